@@ -1,0 +1,72 @@
+/**
+ * The controller's SQLite database (MESHPILOT_HOME/meshpilot.db). Several processes write it
+ * (launcher, bots, CLI), so: WAL, a busy timeout, and short transactions.
+ * Migrations are numbered; `user_version` records the last one applied.
+ */
+import Database from 'better-sqlite3';
+
+export type Db = Database.Database;
+
+const MIGRATIONS: string[] = [
+  // 1: the audit chain, one per device.
+  `CREATE TABLE audit (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     device TEXT NOT NULL,
+     seq INTEGER NOT NULL,
+     ts TEXT NOT NULL,
+     actor TEXT NOT NULL,
+     request_id TEXT,
+     capability TEXT NOT NULL,
+     args TEXT NOT NULL,
+     decision TEXT NOT NULL,
+     outcome TEXT NOT NULL,
+     exit_code INTEGER,
+     output_sha256 TEXT,
+     duration_ms INTEGER,
+     error_code TEXT,
+     reason TEXT,
+     context TEXT,
+     prev_hash TEXT NOT NULL,
+     hash TEXT NOT NULL,
+     UNIQUE (device, seq)
+   );
+   CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+];
+
+/** Extra migrations registered by other modules (bots, launcher) before the first open. */
+const extraMigrations: Array<{ name: string; sql: string }> = [];
+export function registerMigration(name: string, sql: string): void {
+  if (!extraMigrations.some((m) => m.name === name)) extraMigrations.push({ name, sql });
+}
+
+export function openDatabase(file: string): Db {
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  // NORMAL in WAL mode: a process crash loses nothing; only an OS crash may lose the last commits.
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 10000');
+  db.pragma('foreign_keys = ON');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current < MIGRATIONS.length) {
+    db.transaction(() => {
+      for (let i = current; i < MIGRATIONS.length; i++) db.exec(MIGRATIONS[i]!);
+      db.pragma(`user_version = ${MIGRATIONS.length}`);
+    }).immediate();
+  }
+  // Named migrations from other modules: applied once each, tracked in meta.
+  for (const m of extraMigrations) {
+    const key = `migration:${m.name}`;
+    const done = db.prepare('SELECT 1 FROM meta WHERE key = ?').get(key);
+    if (done) continue;
+    db.transaction(() => {
+      if (db.prepare('SELECT 1 FROM meta WHERE key = ?').get(key)) return;
+      db.exec(m.sql);
+      db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(key, new Date().toISOString());
+    }).immediate();
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * Device manifests: what a device may do. YAML, validated with zod; errors name the file, the line
+ * and the field. The schema of each capability's options is derived from its declaration (scope).
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
+import { z } from 'zod';
+import type { AnyCapability, Risk } from './capability.js';
+import { MeshpilotError } from './errors.js';
+import { builtinRegistry, type CapabilityRegistry } from './registry.js';
+
+export const DEVICE_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+export const DeviceNameSchema = z.string().regex(DEVICE_NAME, 'must be 1-32 characters of a-z, 0-9 and -, not starting with -');
+export const OsSchema = z.enum(['linux', 'darwin', 'windows']);
+export type DeviceOs = z.infer<typeof OsSchema>;
+export const ApprovalSchema = z.enum(['never', 'risky', 'always']);
+export type Approval = z.infer<typeof ApprovalSchema>;
+
+const PATH_PATTERN_MSG = 'must be an absolute path or ~/…';
+/** Absolute POSIX (`/…`), home-relative (`~`, `~/…`) or Windows drive (`C:\…`, `C:/…`) patterns. */
+export const PathPatternSchema = z.string().min(1).max(1024).refine(
+  (p) => !p.includes('\0') && (p.startsWith('/') || p === '~' || p.startsWith('~/') || /^[A-Za-z]:[\\/]/.test(p)),
+  PATH_PATTERN_MSG,
+);
+const NameGlob = z.string().min(1).max(256);
+
+export const TransportSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('local') }).strict(),
+  z.object({
+    kind: z.literal('ssh'),
+    host: z.string().min(1).max(255).optional(),
+    port: z.number().int().min(1).max(65535).optional(),
+    user: z.string().min(1).max(64).optional(),
+    key: z.string().min(1).max(1024).optional().describe('private key file on the controller'),
+    alias: z.string().min(1).max(255).optional().describe('a Host alias from ~/.ssh/config'),
+    trust_on_first_use: z.boolean().optional(),
+  }).strict().refine((t) => t.host !== undefined || t.alias !== undefined, 'an ssh transport needs host or alias'),
+  z.object({
+    kind: z.literal('mesh'),
+    address: z.string().min(1).max(64).describe("the device's mesh (WireGuard) IP"),
+    port: z.number().int().min(1).max(65535).default(7420),
+  }).strict(),
+]);
+export type TransportConfig = z.infer<typeof TransportSchema>;
+
+export const LimitsSchema = z.object({
+  timeout_s: z.number().int().min(1).max(3600).default(30),
+  max_output_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(65536),
+}).strict();
+
+const CommonOptions = {
+  approval: ApprovalSchema.optional(),
+  timeout_s: z.number().int().min(1).max(3600).optional(),
+  max_output_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).optional(),
+};
+
+/** The manifest options a capability accepts, derived from what its scope constrains. */
+export function capabilityOptionsSchema(def: AnyCapability) {
+  const scope = def.scope;
+  if (!scope) return z.object(CommonOptions).strict();
+  switch (scope.kind) {
+    case 'paths':
+      return z.object({
+        ...CommonOptions,
+        paths_allowed: z.array(PathPatternSchema).min(1, `${def.name} needs paths_allowed`).max(256),
+        paths_denied: z.array(PathPatternSchema).max(256).optional(),
+      }).strict();
+    case 'binary':
+      return z.object({
+        ...CommonOptions,
+        binaries: z.array(z.string().min(1).max(1024)).min(1, `${def.name} needs binaries`).max(512),
+        paths_allowed: z.array(PathPatternSchema).max(256).optional().describe('where cwd may point'),
+        paths_denied: z.array(PathPatternSchema).max(256).optional(),
+        env_allowed: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/)).max(64).optional(),
+      }).strict();
+    case 'eval':
+      return z.object({
+        ...CommonOptions,
+        enabled: z.literal(true, `${def.name} stays disabled unless the manifest says enabled: true`),
+        paths_allowed: z.array(PathPatternSchema).max(256).optional(),
+        paths_denied: z.array(PathPatternSchema).max(256).optional(),
+      }).strict();
+    case 'names':
+      return z.object({ ...CommonOptions, [scope.option]: z.array(NameGlob).max(512).optional() }).strict();
+  }
+}
+
+export interface CapabilityOptions {
+  approval?: Approval;
+  timeout_s?: number;
+  max_output_bytes?: number;
+  paths_allowed?: string[];
+  paths_denied?: string[];
+  binaries?: string[];
+  env_allowed?: string[];
+  enabled?: true;
+  containers?: string[];
+  services?: string[];
+  packages?: string[];
+}
+
+function manifestSchema(registry: CapabilityRegistry) {
+  const caps: Record<string, z.ZodType> = {};
+  for (const def of registry.all()) caps[def.name] = capabilityOptionsSchema(def).optional();
+  return z.object({
+    device: DeviceNameSchema,
+    os: OsSchema.default('linux'),
+    transport: TransportSchema.default({ kind: 'local' }),
+    operators: z.array(z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org')).max(32).default([]),
+    description: z.string().max(500).optional(),
+    limits: LimitsSchema.default({ timeout_s: 30, max_output_bytes: 65536 }),
+    capabilities: z.object(caps).strict().default({}),
+  }).strict();
+}
+
+const schemaCache = new WeakMap<CapabilityRegistry, ReturnType<typeof manifestSchema>>();
+function schemaFor(registry: CapabilityRegistry) {
+  let s = schemaCache.get(registry);
+  if (!s) {
+    s = manifestSchema(registry);
+    schemaCache.set(registry, s);
+  }
+  return s;
+}
+
+export interface Manifest {
+  device: string;
+  os: DeviceOs;
+  transport: TransportConfig;
+  operators: string[];
+  description?: string;
+  limits: { timeout_s: number; max_output_bytes: number };
+  capabilities: Record<string, CapabilityOptions | undefined>;
+  /** sha256 of the file's bytes: the agent reports it in /health so drift is visible. */
+  hash: string;
+  source: string;
+}
+
+export interface ManifestIssue {
+  file: string;
+  line: number | null;
+  field: string;
+  message: string;
+}
+
+export function formatIssue(i: ManifestIssue): string {
+  const where = i.line === null ? path.basename(i.file) : `${path.basename(i.file)}:${i.line}`;
+  return `${where} ${i.field ? i.field + ': ' : ''}${i.message}`;
+}
+
+export type ManifestParse = { ok: true; manifest: Manifest } | { ok: false; issues: ManifestIssue[] };
+
+function fieldName(p: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const seg of p) out += typeof seg === 'number' ? `[${seg}]` : out ? `.${String(seg)}` : String(seg);
+  return out;
+}
+
+/** The line of the deepest YAML node along `p` (the key's line for a missing or unknown key). */
+function lineOf(doc: ReturnType<typeof parseDocument>, counter: LineCounter, p: ReadonlyArray<PropertyKey>): number | null {
+  let node: unknown = doc.contents;
+  let offset: number | undefined = (doc.contents as YamlNode | null)?.range?.[0];
+  for (const seg of p) {
+    if (isMap(node)) {
+      const pair = node.items.find((it) => (it.key as { value?: unknown } | null)?.value === seg);
+      if (!pair) break;
+      offset = (pair.key as YamlNode | null)?.range?.[0] ?? offset;
+      node = pair.value;
+      // A scalar value's own line is the most precise place to point at.
+      const valueOffset = (pair.value as YamlNode | null)?.range?.[0];
+      if (valueOffset !== undefined && !isMap(pair.value)) offset = valueOffset;
+    } else if (isSeq(node) && typeof seg === 'number') {
+      const item = node.items[seg] as YamlNode | undefined;
+      if (!item) break;
+      offset = item.range?.[0] ?? offset;
+      node = item;
+    } else break;
+  }
+  return offset === undefined ? null : counter.linePos(offset).line;
+}
+
+export function parseManifest(text: string, file: string, registry: CapabilityRegistry = builtinRegistry()): ManifestParse {
+  const counter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: counter, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    return {
+      ok: false,
+      issues: doc.errors.map((e) => ({
+        file, line: e.linePos?.[0]?.line ?? null, field: '',
+        message: `YAML syntax: ${e.message.split('\n')[0] ?? e.message}`,
+      })),
+    };
+  }
+  const raw: unknown = doc.toJS({ maxAliasCount: 50 });
+  const parsed = schemaFor(registry).safeParse(raw ?? {});
+  if (!parsed.success) {
+    const issues: ManifestIssue[] = [];
+    for (const issue of parsed.error.issues) {
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys) {
+          const p = [...issue.path, key];
+          const atCaps = issue.path.length === 1 && issue.path[0] === 'capabilities';
+          issues.push({
+            file, line: lineOf(doc, counter, p), field: fieldName(p),
+            message: atCaps ? `unknown capability (known: ${registry.names().join(', ')})` : 'unknown field',
+          });
+        }
+        continue;
+      }
+      issues.push({ file, line: lineOf(doc, counter, issue.path), field: fieldName(issue.path), message: issue.message });
+    }
+    issues.sort((a, b) => (a.line ?? 0) - (b.line ?? 0));
+    return { ok: false, issues };
+  }
+  const data = parsed.data as Omit<Manifest, 'hash' | 'source'>;
+  return { ok: true, manifest: { ...data, hash: createHash('sha256').update(text).digest('hex'), source: file } };
+}
+
+export function loadManifest(file: string, registry?: CapabilityRegistry): ManifestParse {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return { ok: false, issues: [{ file, line: null, field: '', message: code === 'ENOENT' ? 'file not found' : `cannot read: ${(err as Error).message}` }] };
+  }
+  return parseManifest(text, file, registry);
+}
+
+/** Loads a manifest or throws a MeshpilotError whose message lists every issue. */
+export function loadManifestOrThrow(file: string, registry?: CapabilityRegistry): Manifest {
+  const r = loadManifest(file, registry);
+  if (!r.ok) throw new MeshpilotError('manifest_invalid', r.issues.map(formatIssue).join('\n'));
+  return r.manifest;
+}
+
+export function defaultApproval(risk: Risk): Approval {
+  return risk === 'read' ? 'never' : risk === 'admin' ? 'always' : 'risky';
+}
+
+/** Renders a template for a device: sets `device:` (and optionally the transport), keeping comments. */
+export function renderTemplate(templateText: string, device: string, transport?: TransportConfig): string {
+  const doc = parseDocument(templateText);
+  doc.set('device', device);
+  if (transport) doc.set('transport', doc.createNode(transport, { flow: true }));
+  return doc.toString();
+}
