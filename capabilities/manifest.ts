@@ -18,10 +18,10 @@ export type DeviceOs = z.infer<typeof OsSchema>;
 export const ApprovalSchema = z.enum(['never', 'risky', 'always']);
 export type Approval = z.infer<typeof ApprovalSchema>;
 
-const PATH_PATTERN_MSG = 'must be an absolute path or ~/…';
-/** Absolute POSIX (`/…`), home-relative (`~`, `~/…`) or Windows drive (`C:\…`, `C:/…`) patterns. */
+const PATH_PATTERN_MSG = 'must be an absolute path or ~/… (or **/… for "anywhere")';
+/** Absolute POSIX (`/…`), home-relative (`~`, `~/…`), Windows drive (C:\… or C:/…), or "anywhere" patterns starting with two stars and a slash. */
 export const PathPatternSchema = z.string().min(1).max(1024).refine(
-  (p) => !p.includes('\0') && (p.startsWith('/') || p === '~' || p.startsWith('~/') || /^[A-Za-z]:[\\/]/.test(p)),
+  (p) => !p.includes('\0') && (p.startsWith('/') || p === '~' || p.startsWith('~/') || p.startsWith('**/') || /^[A-Za-z]:[\\/]/.test(p)),
   PATH_PATTERN_MSG,
 );
 const NameGlob = z.string().min(1).max(256);

@@ -12,6 +12,7 @@ import { familyOf } from '../capabilities/capability.js';
 import { formatIssue, loadManifest } from '../capabilities/manifest.js';
 import type { ApprovalHook, InvokeResult } from '../capabilities/invoke.js';
 import { openRuntime, type Runtime } from './runtime.js';
+import { COMMAND_MODULES } from './commands/index.js';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, denied: 3, capFailed: 4 } as const;
 
@@ -32,7 +33,15 @@ const defaultIo: CliIo = {
   },
 };
 
-class UsageError extends Error {}
+/** A mistake in how the command was called: printed as one line, exit code 2. */
+export class UsageError extends Error {}
+
+/** What command modules (launcher/commands/*.ts) get to build their subcommands. */
+export interface CommandContext {
+  io: CliIo;
+  runtime(approve?: ApprovalHook): Runtime;
+  setExit(code: number): void;
+}
 
 function cliActor(): string {
   try { return `cli:${os.userInfo().username}`; } catch { return 'cli:unknown'; }
@@ -220,6 +229,8 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
       else printEntries(io, entries);
     });
 
+  const ctx: CommandContext = { io, runtime, setExit };
+  for (const register of COMMAND_MODULES) register(program, ctx);
   return program;
 }
 

@@ -1,0 +1,9 @@
+/**
+ * Subcommands that live in their own modules. Each exports `register(program, ctx)`.
+ */
+import type { Command } from 'commander';
+import type { CommandContext } from '../cli.js';
+
+export type RegisterCommands = (program: Command, ctx: CommandContext) => void;
+
+export const COMMAND_MODULES: RegisterCommands[] = [];
