@@ -7,7 +7,7 @@
  * strings and numbers as JSON.stringify writes them, `null` kept, `undefined` members omitted.
  * hash = sha256_hex(prev_hash + canonical_json(entry without `hash`)); the first prev_hash is 64 zeros.
  */
-import { createHash } from 'node:crypto';
+import * as nodeCrypto from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { z } from 'zod';
 
@@ -62,13 +62,46 @@ export function canonicalJson(value: unknown): string {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(',')}}`;
 }
 
+// crypto.hash (Node >= 20.12) is a one-shot digest, noticeably cheaper than createHash per entry.
+const oneShot = (nodeCrypto as { hash?: (alg: string, data: string | Buffer, enc: 'hex') => string }).hash;
+
 export function sha256Hex(text: string | Buffer): string {
-  return createHash('sha256').update(text).digest('hex');
+  return oneShot ? oneShot('sha256', text, 'hex') : nodeCrypto.createHash('sha256').update(text).digest('hex');
+}
+
+const str = (v: string | null): string => (v === null ? 'null' : JSON.stringify(v));
+const num = (v: number | null): string => (v === null || !Number.isFinite(v) ? 'null' : JSON.stringify(v));
+
+/**
+ * canonical_json(entry without hash), written out with the keys already in sorted order.
+ * Equal to canonicalJson(entry) (a test holds it to that) but several times faster, which is
+ * what keeps verifying a million entries within seconds.
+ */
+export function canonicalBody(e: AuditEntryUnhashed): string {
+  return '{"actor":' + JSON.stringify(e.actor)
+    + ',"args":' + canonicalJson(e.args)
+    + ',"capability":' + JSON.stringify(e.capability)
+    + ',"context":' + (e.context === null ? 'null' : canonicalJson(e.context))
+    + ',"decision":' + JSON.stringify(e.decision)
+    + ',"device":' + JSON.stringify(e.device)
+    + ',"duration_ms":' + num(e.duration_ms)
+    + ',"error_code":' + str(e.error_code)
+    + ',"exit_code":' + num(e.exit_code)
+    + ',"outcome":' + JSON.stringify(e.outcome)
+    + ',"output_sha256":' + str(e.output_sha256)
+    + ',"prev_hash":' + JSON.stringify(e.prev_hash)
+    + ',"reason":' + str(e.reason)
+    + ',"request_id":' + str(e.request_id)
+    + ',"seq":' + String(e.seq)
+    + ',"ts":' + JSON.stringify(e.ts) + '}';
+}
+
+export function hashBody(prevHash: string, body: string): string {
+  return sha256Hex(prevHash + body);
 }
 
 export function entryHash(entry: AuditEntryUnhashed | AuditEntry): string {
-  const { hash: _ignored, ...rest } = entry as AuditEntry;
-  return sha256Hex(entry.prev_hash + canonicalJson(rest));
+  return hashBody(entry.prev_hash, canonicalBody(entry));
 }
 
 /** Keys whose values never reach the audit log. */
@@ -93,6 +126,11 @@ export function redactArgs(value: unknown, depth = 0): unknown {
 }
 
 export function buildEntry(input: AuditInput, prev: AuditHead | undefined): AuditEntry {
+  return buildEntryWithBody(input, prev).entry;
+}
+
+/** The entry and its canonical body (what the hash covers), computed once. */
+export function buildEntryWithBody(input: AuditInput, prev: AuditHead | undefined | null): { entry: AuditEntry; body: string } {
   const unhashed: AuditEntryUnhashed = {
     seq: (prev?.seq ?? 0) + 1,
     ts: input.ts ?? new Date().toISOString(),
@@ -111,7 +149,8 @@ export function buildEntry(input: AuditInput, prev: AuditHead | undefined): Audi
     context: input.context,
     prev_hash: prev?.hash ?? GENESIS_HASH,
   };
-  return { ...unhashed, hash: entryHash(unhashed) };
+  const body = canonicalBody(unhashed);
+  return { entry: { ...unhashed, hash: hashBody(unhashed.prev_hash, body) }, body };
 }
 
 // ---- verification ---------------------------------------------------------------------------

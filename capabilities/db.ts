@@ -8,29 +8,8 @@ import Database from 'better-sqlite3';
 export type Db = Database.Database;
 
 const MIGRATIONS: string[] = [
-  // 1: the audit chain, one per device.
-  `CREATE TABLE audit (
-     id INTEGER PRIMARY KEY AUTOINCREMENT,
-     device TEXT NOT NULL,
-     seq INTEGER NOT NULL,
-     ts TEXT NOT NULL,
-     actor TEXT NOT NULL,
-     request_id TEXT,
-     capability TEXT NOT NULL,
-     args TEXT NOT NULL,
-     decision TEXT NOT NULL,
-     outcome TEXT NOT NULL,
-     exit_code INTEGER,
-     output_sha256 TEXT,
-     duration_ms INTEGER,
-     error_code TEXT,
-     reason TEXT,
-     context TEXT,
-     prev_hash TEXT NOT NULL,
-     hash TEXT NOT NULL,
-     UNIQUE (device, seq)
-   );
-   CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+  // 1: bookkeeping. Tables of each module come as named migrations (registerMigration).
+  `CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);`,
 ];
 
 /** Extra migrations registered by other modules (bots, launcher) before the first open. */

@@ -1,3 +1,5 @@
+import '../capabilities/transports/ssh.js';
+import '../capabilities/transports/mesh.js';
 /**
  * What every launcher command stands on: the data directory, the database, the audit log,
  * the device registry and the one Invoker.

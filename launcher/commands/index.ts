@@ -7,3 +7,5 @@ import type { CommandContext } from '../cli.js';
 export type RegisterCommands = (program: Command, ctx: CommandContext) => void;
 
 export const COMMAND_MODULES: RegisterCommands[] = [];
+import { register as registerAgent } from './agent.js'; COMMAND_MODULES.push(registerAgent);
+import { register as registerSsh } from './ssh.js'; COMMAND_MODULES.push(registerSsh);

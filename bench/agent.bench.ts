@@ -1,0 +1,116 @@
+/**
+ * Device agent figures: `sys.info` round trips through the mesh transport (signed request →
+ * agent: validate, policy, LocalHost, two fsync'd JSONL audit appends → response), on loopback
+ * and across a WireGuard tunnel (wireguard-go between two network namespaces), and the throughput
+ * of 8 concurrent callers on loopback.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { MeshRunner } from '../capabilities/transports/mesh.js';
+import { freePort, REPO_ROOT, startAgentProcess, writeAgentFiles } from '../test/fixtures/agent-proc.js';
+import { createWgMesh, wgAvailable } from '../test/fixtures/wg-netns.js';
+import type { BenchFigure } from './run.js';
+
+export const figures = ['agent.loopback_p50', 'agent.loopback_p99', 'agent.wg_p50', 'agent.concurrent8'];
+
+const SAMPLES = 1000;
+const WARMUP = 100;
+const CONCURRENT_S = 3;
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+}
+
+const manifest = (device: string, address: string, port: number): string =>
+  `device: ${device}\nos: linux\ntransport: { kind: mesh, address: ${address}, port: ${port} }\ncapabilities:\n  sys.info: {}\n`;
+const LIMITS = { rate_per_s: 1_000_000, burst: 1_000_000, chain_check_s: 3600, max_concurrent: 64 };
+
+async function loopback(root: string): Promise<BenchFigure[]> {
+  const port = await freePort();
+  const files = writeAgentFiles({ device: 'bench', address: '127.0.0.1', port, root, manifest: manifest('bench', '127.0.0.1', port), limits: LIMITS });
+  const agent = await startAgentProcess(files, { mode: 'sources' });
+  const runner = new MeshRunner({ device: 'bench', address: '127.0.0.1', port, home: files.home, connections: 8 });
+  try {
+    let n = 0;
+    const call = async (): Promise<void> => {
+      const r = await runner.run({ capability: 'sys.info', args: {}, actor: 'bench', requestId: `b${n++}` });
+      if (!r.result.ok) throw new Error(`sys.info failed: ${r.result.error?.message}`);
+    };
+    for (let i = 0; i < WARMUP; i++) await call();
+    const samples: number[] = [];
+    for (let i = 0; i < SAMPLES; i++) {
+      const t = performance.now();
+      await call();
+      samples.push(performance.now() - t);
+    }
+    samples.sort((a, b) => a - b);
+
+    const until = performance.now() + CONCURRENT_S * 1000;
+    let done = 0;
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (performance.now() < until) {
+        await call();
+        done++;
+      }
+    }));
+    const rate = done / ((performance.now() - t0) / 1000);
+    return [
+      { name: 'agent.loopback_p50', value: percentile(samples, 50), unit: 'ms', target: '<= 5' },
+      { name: 'agent.loopback_p99', value: percentile(samples, 99), unit: 'ms' },
+      { name: 'agent.concurrent8', value: Math.round(rate), unit: 'calls/s' },
+    ];
+  } finally {
+    await runner.close();
+    await agent.stop();
+  }
+}
+
+async function wireguard(root: string): Promise<BenchFigure[]> {
+  const avail = wgAvailable();
+  if (!avail.ok) {
+    process.stderr.write(`# agent.wg_p50 skipped: ${avail.reason}\n`);
+    return [];
+  }
+  const mesh = await createWgMesh({ nodes: 2 });
+  let agent;
+  try {
+    const ip = mesh.nodes[0]!.wgIp;
+    const files = writeAgentFiles({ device: 'benchwg', address: ip, port: 7420, root: path.join(root, 'wg'), manifest: manifest('benchwg', ip, 7420), limits: LIMITS });
+    agent = await startAgentProcess(files, { mode: 'sources', spawner: (c, a, o) => mesh.spawn(0, c, a, o) });
+    const script = path.join(root, 'wg-client.mts');
+    writeFileSync(script, `
+      import { MeshRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'capabilities', 'transports', 'mesh.ts'))};
+      const runner = new MeshRunner({ device: 'benchwg', address: ${JSON.stringify(ip)}, port: 7420, home: process.env.MESHPILOT_HOME });
+      let n = 0;
+      const call = async () => { const r = await runner.run({ capability: 'sys.info', args: {}, actor: 'bench', requestId: 'w' + n++ }); if (!r.result.ok) throw new Error('failed'); };
+      for (let i = 0; i < ${WARMUP}; i++) await call();
+      const s = [];
+      for (let i = 0; i < ${SAMPLES}; i++) { const t = performance.now(); await call(); s.push(performance.now() - t); }
+      s.sort((a, b) => a - b);
+      await runner.close();
+      console.log(JSON.stringify({ p50: s[Math.floor(s.length / 2)], p99: s[Math.floor(s.length * 0.99)] }));
+    `);
+    const child = mesh.spawn(1, process.execPath, ['--import', 'tsx', script], { cwd: REPO_ROOT, env: { ...process.env, MESHPILOT_HOME: files.home, MESHPILOT_LOG_LEVEL: 'error' }, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout?.on('data', (c: Buffer) => { out += c.toString(); });
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    if (code !== 0) throw new Error(`wg client exited ${code}`);
+    const r = JSON.parse(out.trim().split('\n').at(-1)!) as { p50: number; p99: number };
+    process.stderr.write(`# agent.wg_p99 ${r.p99.toFixed(3)} ms\n`);
+    return [{ name: 'agent.wg_p50', value: r.p50, unit: 'ms' }];
+  } finally {
+    await agent?.stop();
+    await mesh.teardown();
+  }
+}
+
+export async function run(): Promise<BenchFigure[]> {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bench-agent-'));
+  try {
+    return [...(await loopback(root)), ...(await wireguard(root))];
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}

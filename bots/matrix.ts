@@ -1,0 +1,792 @@
+/**
+ * meshpilot's one wrapper over matrix-bot-sdk. Nothing else in the project imports matrix-bot-sdk or its
+ * types: bots get a small typed session (normalised, zod-validated events; errors as MeshpilotError).
+ *
+ * - Sync: our own loop on top of the SDK's doSync/processSync (the SDK's loop cannot be stopped while
+ *   a request is in flight, logs every failure with a stack, and waits a fixed 5–15 s). Ours backs off
+ *   exponentially with jitter, logs one warn line per failure, honours retry_after_ms, stops at once
+ *   (an in-flight long poll is abandoned and its response discarded, so nothing is lost), and persists the
+ *   sync token only after a batch has been handed to the callbacks.
+ * - Storage: SimpleFsStorageProvider under storageDir (sync token); a restart resumes from it without
+ *   replaying old events. A session with no stored token does not replay room history: the timeline of
+ *   its first (initial) sync is skipped; invites and account data are processed.
+ * - No end-to-end encryption: the SDK is never given a crypto store. cryptoAvailable() only probes the shim.
+ * - Events sent by the session's own user are not delivered to onMessage/onReaction.
+ */
+import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { createHmac } from 'node:crypto';
+import { LogLevel, LogService, MatrixClient, SimpleFsStorageProvider, type ILogger } from 'matrix-bot-sdk';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { MeshpilotError, toMpError, type ErrorCode } from '../capabilities/errors.js';
+
+// ------------------------------------------------------------------------------------------- types
+
+export interface MatrixSessionOptions {
+  homeserverUrl: string;
+  accessToken: string;
+  /** Directory for the sync token store (created 0700). */
+  storageDir: string;
+  /** Known user id; otherwise learned from /whoami on start. */
+  userId?: string;
+  logger: Logger;
+  /** Long-poll timeout of /sync in ms (default 30000). stop() does not wait for it. */
+  syncTimeoutMs?: number;
+  /** Reconnect backoff bounds in ms (default 1000 … 60000, exponential with jitter). */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** Default size limit of downloadMedia in bytes (default 25 MiB). */
+  maxDownloadBytes?: number;
+}
+
+export interface MediaInfo {
+  mimetype?: string;
+  size?: number;
+  /** Milliseconds (audio/video). */
+  duration?: number;
+}
+
+export interface RelatesTo {
+  relType?: string;
+  eventId?: string;
+  /** m.in_reply_to target, for replies. */
+  inReplyTo?: string;
+  key?: string;
+}
+
+export interface MatrixMessage {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  ts: number;
+  msgtype: string;
+  body: string;
+  formattedBody?: string;
+  /** mxc:// URI of the attachment for m.file/m.image/m.audio/m.video. */
+  mxc?: string;
+  filename?: string;
+  info?: MediaInfo;
+  /** MSC3245 voice message (org.matrix.msc3245.voice present). */
+  isVoice: boolean;
+  relatesTo?: RelatesTo;
+}
+
+export interface MatrixReaction {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  key: string;
+  relatesToEventId: string;
+}
+
+export interface MatrixInvite {
+  roomId: string;
+  sender: string;
+  isDirect: boolean;
+}
+
+export interface DownloadedMedia {
+  bytes: Buffer;
+  contentType: string;
+  /** Which endpoint served it. */
+  endpoint: 'authenticated' | 'legacy';
+}
+
+export type SessionStatus = 'idle' | 'starting' | 'syncing' | 'reconnecting' | 'unauthorized' | 'stopped';
+
+export interface MatrixSession {
+  readonly userId: string | undefined;
+  status(): SessionStatus;
+  /** Resolves once syncing has started (retrying with backoff while the homeserver is down, until stop()). */
+  start(): Promise<void>;
+  /** Stops syncing now (even while the homeserver is down) and saves the sync token. */
+  stop(): Promise<void>;
+  onMessage(cb: (m: MatrixMessage) => void | Promise<void>): () => void;
+  onReaction(cb: (r: MatrixReaction) => void | Promise<void>): () => void;
+  onInvite(cb: (i: MatrixInvite) => void | Promise<void>): () => void;
+  joinRoom(roomIdOrAlias: string): Promise<string>;
+  leaveRoom(roomId: string): Promise<void>;
+  sendText(roomId: string, text: string): Promise<string>;
+  sendHtml(roomId: string, plain: string, html: string): Promise<string>;
+  sendFile(roomId: string, name: string, bytes: Uint8Array, mimetype: string): Promise<{ eventId: string; mxc: string }>;
+  react(roomId: string, eventId: string, key: string): Promise<string>;
+  setTyping(roomId: string, typing: boolean, timeoutMs?: number): Promise<void>;
+  /** The state event's content, or null when there is none. */
+  getState(roomId: string, type: string, stateKey?: string): Promise<Record<string, unknown> | null>;
+  setState(roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<string>;
+  createDm(userId: string, opts?: { name?: string; topic?: string; encrypted?: false }): Promise<string>;
+  /** A DM room with userId from the bot's m.direct account data that the bot is still in, or null. */
+  findDm(userId: string): Promise<string | null>;
+  setDisplayName(name: string): Promise<void>;
+  downloadMedia(mxc: string, opts?: { maxBytes?: number }): Promise<DownloadedMedia>;
+  whoami(): Promise<{ userId: string; deviceId?: string }>;
+  isEncryptedRoom(roomId: string): Promise<boolean>;
+  cryptoAvailable(): boolean;
+}
+
+// ------------------------------------------------------------------------------------------- limits & schemas
+
+const MAX_BODY_CHARS = 64 * 1024;
+const MAX_TEXT_SEND = 60_000;
+const DEFAULT_MAX_DOWNLOAD = 25 * 1024 * 1024;
+const VERSIONS_TTL_MS = 10 * 60_000;
+
+const roomIdRe = /^![^\s:]+:\S+$/;
+const userIdRe = /^@[^\s:]+:\S+$/;
+const mxcRe = /^mxc:\/\/([A-Za-z0-9.\-:[\]]{1,255})\/([A-Za-z0-9_-]{1,255})$/;
+
+const relatesSchema = z
+  .looseObject({
+    rel_type: z.string().max(255).optional(),
+    event_id: z.string().max(255).optional(),
+    key: z.string().max(255).optional(),
+    'm.in_reply_to': z.looseObject({ event_id: z.string().max(255) }).optional(),
+  })
+  .optional();
+
+const messageEventSchema = z.looseObject({
+  event_id: z.string().min(1).max(255),
+  sender: z.string().regex(userIdRe).max(255),
+  origin_server_ts: z.number().optional(),
+  content: z.looseObject({
+    msgtype: z.string().min(1).max(255),
+    body: z.string().max(MAX_BODY_CHARS),
+    format: z.string().max(255).optional(),
+    formatted_body: z.string().max(MAX_BODY_CHARS * 2).optional(),
+    url: z.string().max(1024).optional(),
+    filename: z.string().max(1024).optional(),
+    info: z
+      .looseObject({
+        mimetype: z.string().max(255).optional(),
+        size: z.number().int().nonnegative().optional(),
+        duration: z.number().nonnegative().optional(),
+      })
+      .optional(),
+    'org.matrix.msc3245.voice': z.unknown().optional(),
+    'm.relates_to': relatesSchema,
+  }),
+});
+
+const reactionEventSchema = z.looseObject({
+  event_id: z.string().min(1).max(255),
+  sender: z.string().regex(userIdRe).max(255),
+  content: z.looseObject({
+    'm.relates_to': z.looseObject({ rel_type: z.literal('m.annotation'), event_id: z.string().min(1).max(255), key: z.string().min(1).max(255) }),
+  }),
+});
+
+const inviteEventSchema = z.looseObject({
+  sender: z.string().regex(userIdRe).max(255),
+  content: z.looseObject({ membership: z.literal('invite'), is_direct: z.boolean().optional() }),
+});
+
+const mDirectSchema = z.record(z.string().max(255), z.array(z.string().max(255)).max(1000));
+
+// ------------------------------------------------------------------------------------------- errors & logging
+
+interface MatrixErrorLike {
+  statusCode?: number;
+  errcode?: string;
+  body?: { errcode?: string; error?: string; retry_after_ms?: number };
+  retryAfterMs?: number;
+}
+
+function errInfo(err: unknown): { status?: number; errcode?: string; error?: string; retryAfterMs?: number; code?: string; message: string } {
+  if (err && typeof err === 'object') {
+    const e = err as MatrixErrorLike & { code?: unknown; message?: unknown };
+    const status = typeof e.statusCode === 'number' ? e.statusCode : undefined;
+    const errcode = e.errcode ?? e.body?.errcode;
+    const error = e.body?.error;
+    const retryAfterMs = e.retryAfterMs ?? e.body?.retry_after_ms;
+    const code = typeof e.code === 'string' ? e.code : undefined;
+    const message =
+      errcode !== undefined
+        ? `${errcode}${error ? `: ${error}` : ''}`
+        : status !== undefined
+          ? `HTTP ${status}`
+          : typeof e.message === 'string'
+            ? e.message
+            : 'unknown error';
+    const out: ReturnType<typeof errInfo> = { message };
+    if (status !== undefined) out.status = status;
+    if (errcode !== undefined) out.errcode = errcode;
+    if (error !== undefined) out.error = error;
+    if (typeof retryAfterMs === 'number') out.retryAfterMs = retryAfterMs;
+    if (code !== undefined) out.code = code;
+    return out;
+  }
+  return { message: String(err) };
+}
+
+function toMeshpilot(err: unknown, what: string): MeshpilotError {
+  if (err instanceof MeshpilotError) return err;
+  const i = errInfo(err);
+  let code: ErrorCode;
+  if (i.errcode === 'M_UNKNOWN_TOKEN' || i.errcode === 'M_MISSING_TOKEN' || i.status === 401) code = 'auth';
+  else if (i.errcode === 'M_FORBIDDEN' || i.status === 403) code = 'permission';
+  else if (i.errcode === 'M_NOT_FOUND' || i.status === 404) code = 'not_found';
+  else if (i.errcode === 'M_LIMIT_EXCEEDED' || i.status === 429) code = 'unreachable';
+  else if (i.status !== undefined && i.status >= 500) code = 'unreachable';
+  else if (i.status === undefined && i.errcode === undefined) code = toMpError(err, 'unreachable').code;
+  else code = 'exec_failed';
+  return new MeshpilotError(code, `Matrix ${what} failed: ${i.message}`);
+}
+
+let sdkLog: Logger | undefined;
+
+/** Routes matrix-bot-sdk's global LogService into pino: one line per call, no stacks, failed requests at debug. */
+function installSdkLogger(log: Logger): void {
+  sdkLog = log.child({ component: 'matrix-bot-sdk' });
+  const fmt = (parts: unknown[]): string =>
+    parts
+      .map((p) => (typeof p === 'string' ? p : p instanceof Error || (p && typeof p === 'object') ? errInfo(p).message : String(p)))
+      .join(' ')
+      .slice(0, 500);
+  const adapter: ILogger = {
+    trace: () => {},
+    debug: (mod: string, ...m: unknown[]) => sdkLog?.debug({ module: mod }, fmt(m)),
+    info: (mod: string, ...m: unknown[]) => sdkLog?.debug({ module: mod }, fmt(m)),
+    warn: (mod: string, ...m: unknown[]) => sdkLog?.warn({ module: mod }, fmt(m)),
+    // the HTTP layer logs every failed request; the caller gets the error as a value, so keep these at debug
+    error: (mod: string, ...m: unknown[]) =>
+      mod === 'MatrixHttpClient' ? sdkLog?.debug({ module: mod }, fmt(m)) : sdkLog?.warn({ module: mod }, fmt(m)),
+  };
+  LogService.setLogger(adapter);
+  LogService.setLevel(log.isLevelEnabled('debug') ? LogLevel.DEBUG : LogLevel.WARN);
+}
+
+// ------------------------------------------------------------------------------------------- crypto probe
+
+/** True when the native Matrix crypto module (not meshpilot's stub) is installed and loads. */
+export function cryptoAvailable(): boolean {
+  try {
+    const req = createRequire(import.meta.url);
+    const mod = req('@matrix-org/matrix-sdk-crypto-nodejs') as { __meshpilotCryptoAvailable?: unknown };
+    return mod.__meshpilotCryptoAvailable === true;
+  } catch {
+    return false;
+  }
+}
+
+// ------------------------------------------------------------------------------------------- SDK subclass
+
+/** Exposes the SDK's single-sync primitives and replaces its sync loop with ours. */
+class SessionClient extends MatrixClient {
+  loopStarter: (() => void) | undefined;
+  protected override startSyncInternal(): Promise<void> {
+    this.loopStarter?.();
+    return Promise.resolve();
+  }
+  syncOnce(token: string | null): Promise<unknown> {
+    return this.doSync(token ?? '');
+  }
+  processRaw(raw: unknown): Promise<unknown> {
+    return this.processSync(raw);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Strips joined rooms' timelines from an initial sync so a fresh session does not replay history. */
+function withoutInitialTimelines(raw: unknown): unknown {
+  if (!raw || typeof raw !== 'object') return raw;
+  const r = raw as { rooms?: { join?: Record<string, { timeline?: { events?: unknown[] } }> } };
+  for (const room of Object.values(r.rooms?.join ?? {})) if (room.timeline) room.timeline.events = [];
+  return raw;
+}
+
+// ------------------------------------------------------------------------------------------- session
+
+export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
+  const homeserverUrl = opts.homeserverUrl.replace(/\/+$/, '');
+  if (!/^https?:\/\//.test(homeserverUrl)) throw new MeshpilotError('config', `Matrix homeserver URL must start with http:// or https:// (got ${homeserverUrl.slice(0, 100)})`);
+  const log = opts.logger.child({ component: 'matrix' });
+  installSdkLogger(opts.logger);
+  mkdirSync(opts.storageDir, { recursive: true, mode: 0o700 });
+  const storage = new SimpleFsStorageProvider(path.join(opts.storageDir, 'bot-sdk.json'));
+  const client = new SessionClient(homeserverUrl, opts.accessToken, storage);
+  client.syncingTimeout = opts.syncTimeoutMs ?? 30_000;
+  const backoffMin = opts.backoffMinMs ?? 1_000;
+  const backoffMax = Math.max(backoffMin, opts.backoffMaxMs ?? 60_000);
+  const maxDownloadDefault = opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD;
+
+  let userId = opts.userId;
+  let state: SessionStatus = 'idle';
+  let abort = new AbortController();
+  let loopDone: Promise<void> | undefined;
+  let lastToken: string | null = null;
+  let versionsCache: { at: number; authenticated: boolean } | undefined;
+
+  const messageCbs = new Set<(m: MatrixMessage) => void | Promise<void>>();
+  const reactionCbs = new Set<(r: MatrixReaction) => void | Promise<void>>();
+  const inviteCbs = new Set<(i: MatrixInvite) => void | Promise<void>>();
+
+  function dispatch<T>(cbs: Set<(v: T) => void | Promise<void>>, v: T, what: string): void {
+    for (const cb of cbs) {
+      Promise.resolve()
+        .then(() => cb(v))
+        .catch((err: unknown) => log.warn({ err: errInfo(err).message, what }, 'matrix callback failed'));
+    }
+  }
+
+  client.on('room.message', (roomId: string, ev: unknown) => {
+    if (state === 'stopped') return;
+    const p = messageEventSchema.safeParse(ev);
+    if (!p.success) {
+      log.debug({ roomId }, 'ignoring malformed or redacted m.room.message');
+      return;
+    }
+    const e = p.data;
+    if (e.sender === userId) return;
+    const c = e.content;
+    const m: MatrixMessage = { roomId, eventId: e.event_id, sender: e.sender, ts: e.origin_server_ts ?? Date.now(), msgtype: c.msgtype, body: c.body, isVoice: c['org.matrix.msc3245.voice'] !== undefined };
+    if (c.format === 'org.matrix.custom.html' && c.formatted_body !== undefined) m.formattedBody = c.formatted_body;
+    if (c.url !== undefined && mxcRe.test(c.url)) m.mxc = c.url;
+    if (c.filename !== undefined) m.filename = c.filename;
+    if (c.info) {
+      const info: MediaInfo = {};
+      if (c.info.mimetype !== undefined) info.mimetype = c.info.mimetype;
+      if (c.info.size !== undefined) info.size = c.info.size;
+      if (c.info.duration !== undefined) info.duration = c.info.duration;
+      m.info = info;
+    }
+    const rel = c['m.relates_to'];
+    if (rel) {
+      const r: RelatesTo = {};
+      if (rel.rel_type !== undefined) r.relType = rel.rel_type;
+      if (rel.event_id !== undefined) r.eventId = rel.event_id;
+      if (rel.key !== undefined) r.key = rel.key;
+      if (rel['m.in_reply_to']) r.inReplyTo = rel['m.in_reply_to'].event_id;
+      m.relatesTo = r;
+    }
+    dispatch(messageCbs, m, 'onMessage');
+  });
+
+  client.on('room.event', (roomId: string, ev: { type?: unknown }) => {
+    if (state === 'stopped' || ev?.type !== 'm.reaction') return;
+    const p = reactionEventSchema.safeParse(ev);
+    if (!p.success || p.data.sender === userId) return;
+    const rel = p.data.content['m.relates_to'];
+    dispatch(reactionCbs, { roomId, eventId: p.data.event_id, sender: p.data.sender, key: rel.key, relatesToEventId: rel.event_id }, 'onReaction');
+  });
+
+  client.on('room.invite', (roomId: string, ev: unknown) => {
+    if (state === 'stopped') return;
+    const p = inviteEventSchema.safeParse(ev);
+    if (!p.success) return;
+    dispatch(inviteCbs, { roomId, sender: p.data.sender, isDirect: p.data.content.is_direct === true }, 'onInvite');
+  });
+
+  function backoff(attempt: number): number {
+    const exp = Math.min(backoffMax, backoffMin * 2 ** Math.min(20, attempt - 1));
+    return Math.round(exp / 2 + Math.random() * (exp / 2));
+  }
+
+  async function syncLoop(signal: AbortSignal): Promise<void> {
+    let token = (await Promise.resolve(storage.getSyncToken())) ?? null;
+    lastToken = token;
+    let failures = 0;
+    const stopped = new Promise<'stopped'>((resolve) => signal.addEventListener('abort', () => resolve('stopped'), { once: true }));
+    while (!signal.aborted) {
+      let raw: unknown;
+      try {
+        raw = await Promise.race([client.syncOnce(token), stopped]);
+      } catch (err) {
+        if (signal.aborted) break;
+        const i = errInfo(err);
+        if (i.errcode === 'M_UNKNOWN_TOKEN' || i.errcode === 'M_MISSING_TOKEN') {
+          state = 'unauthorized';
+          log.error({ errcode: i.errcode }, 'Matrix homeserver rejected the access token; syncing stopped');
+          return;
+        }
+        failures += 1;
+        state = 'reconnecting';
+        const delay = i.retryAfterMs !== undefined ? Math.min(backoffMax, Math.max(i.retryAfterMs, 50)) : backoff(failures);
+        log.warn({ error: i.message, attempt: failures, retryInMs: delay }, 'Matrix sync failed; retrying');
+        await sleep(delay, signal);
+        continue;
+      }
+      // stopped while the request was in flight: drop the response unprocessed, the token stays where it was
+      if (raw === 'stopped' || signal.aborted) break;
+      if (failures > 0) log.info({ attempts: failures }, 'Matrix sync reconnected');
+      failures = 0;
+      state = 'syncing';
+      const next = (raw as { next_batch?: unknown } | null)?.next_batch;
+      try {
+        await client.processRaw(token === null ? withoutInitialTimelines(raw) : raw);
+      } catch (err) {
+        log.warn({ error: errInfo(err).message }, 'Matrix sync batch could not be processed');
+      }
+      if (typeof next === 'string' && next.length > 0 && next.length < 1024) {
+        token = next;
+        lastToken = next;
+        await Promise.resolve(storage.setSyncToken(next));
+      }
+    }
+  }
+
+  async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw toMeshpilot(err, what);
+    }
+  }
+
+  function checkRoom(roomId: string): void {
+    if (!roomIdRe.test(roomId) || roomId.length > 255) throw new MeshpilotError('usage', `Not a Matrix room id: ${roomId.slice(0, 80)}`);
+  }
+  function checkUser(u: string): void {
+    if (!userIdRe.test(u) || u.length > 255) throw new MeshpilotError('usage', `Not a Matrix user id: ${u.slice(0, 80)}`);
+  }
+  function checkText(t: string): void {
+    if (t.length > MAX_TEXT_SEND) throw new MeshpilotError('output_limit', `Message too long for Matrix (${t.length} characters, limit ${MAX_TEXT_SEND})`);
+  }
+
+  async function readDirect(): Promise<Record<string, string[]>> {
+    try {
+      const raw = await client.getAccountData<unknown>('m.direct');
+      const p = mDirectSchema.safeParse(raw);
+      return p.success ? p.data : {};
+    } catch (err) {
+      const i = errInfo(err);
+      if (i.errcode === 'M_NOT_FOUND' || i.status === 404) return {};
+      throw err;
+    }
+  }
+
+  async function authenticatedMediaSupported(): Promise<boolean> {
+    if (versionsCache && Date.now() - versionsCache.at < VERSIONS_TTL_MS) return versionsCache.authenticated;
+    const v = await client.getServerVersions();
+    const authenticated = (v.versions ?? []).includes('v1.11') || v.unstable_features?.['org.matrix.msc3916.stable'] === true;
+    versionsCache = { at: Date.now(), authenticated };
+    return authenticated;
+  }
+
+  const session: MatrixSession = {
+    get userId() {
+      return userId;
+    },
+    status: () => state,
+
+    async start() {
+      if (state === 'starting' || state === 'syncing' || state === 'reconnecting') return;
+      abort = new AbortController();
+      const signal = abort.signal;
+      state = 'starting';
+      client.loopStarter = () => {
+        loopDone = syncLoop(signal).catch((err: unknown) => log.warn({ error: errInfo(err).message }, 'Matrix sync loop ended with an error'));
+      };
+      let attempt = 0;
+      while (!signal.aborted) {
+        try {
+          if (!userId) userId = (await client.getWhoAmI()).user_id;
+          await client.start();
+          if (!signal.aborted && state === 'starting') state = 'syncing';
+          log.info({ userId }, 'Matrix session started');
+          return;
+        } catch (err) {
+          const i = errInfo(err);
+          if (i.errcode === 'M_UNKNOWN_TOKEN' || i.errcode === 'M_MISSING_TOKEN') {
+            state = 'unauthorized';
+            throw new MeshpilotError('auth', 'The Matrix homeserver rejected the bot\'s access token');
+          }
+          attempt += 1;
+          const delay = backoff(attempt);
+          log.warn({ error: i.message, attempt, retryInMs: delay }, 'Matrix session could not start; retrying');
+          await sleep(delay, signal);
+        }
+      }
+    },
+
+    async stop() {
+      abort.abort();
+      client.stop();
+      if (state !== 'unauthorized') state = 'stopped';
+      await loopDone;
+      loopDone = undefined;
+      if (lastToken !== null) await Promise.resolve(storage.setSyncToken(lastToken));
+      log.info('Matrix session stopped');
+    },
+
+    onMessage(cb) {
+      messageCbs.add(cb);
+      return () => void messageCbs.delete(cb);
+    },
+    onReaction(cb) {
+      reactionCbs.add(cb);
+      return () => void reactionCbs.delete(cb);
+    },
+    onInvite(cb) {
+      inviteCbs.add(cb);
+      return () => void inviteCbs.delete(cb);
+    },
+
+    joinRoom: async (roomIdOrAlias) => {
+      if (roomIdOrAlias.length > 255 || !/^[!#]\S+:\S+$/.test(roomIdOrAlias)) throw new MeshpilotError('usage', `Not a Matrix room id or alias: ${roomIdOrAlias.slice(0, 80)}`);
+      return call('join', () => client.joinRoom(roomIdOrAlias));
+    },
+    leaveRoom: async (roomId) => {
+      checkRoom(roomId);
+      return call('leave', async () => {
+        await client.leaveRoom(roomId);
+      });
+    },
+    sendText: async (roomId, text) => {
+      checkRoom(roomId);
+      checkText(text);
+      return call('send', () => client.sendMessage(roomId, { msgtype: 'm.text', body: text }));
+    },
+    sendHtml: async (roomId, plain, html) => {
+      checkRoom(roomId);
+      checkText(plain);
+      checkText(html);
+      return call('send', () => client.sendMessage(roomId, { msgtype: 'm.text', body: plain, format: 'org.matrix.custom.html', formatted_body: html }));
+    },
+    sendFile: async (roomId, name, bytes, mimetype) => {
+      checkRoom(roomId);
+      if (name.length === 0 || name.length > 255) throw new MeshpilotError('usage', 'File name must be 1–255 characters');
+      if (!/^[\w.+-]+\/[\w.+-]+$/.test(mimetype)) throw new MeshpilotError('usage', `Not a MIME type: ${mimetype.slice(0, 80)}`);
+      return call('file upload', async () => {
+        const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        const mxc = await client.uploadContent(buf, mimetype, name);
+        const eventId = await client.sendMessage(roomId, { msgtype: 'm.file', body: name, filename: name, url: mxc, info: { mimetype, size: buf.length } });
+        return { eventId, mxc };
+      });
+    },
+    react: async (roomId, eventId, key) => {
+      checkRoom(roomId);
+      if (key.length === 0 || key.length > 64) throw new MeshpilotError('usage', 'Reaction key must be 1–64 characters');
+      return call('reaction', () => client.sendEvent(roomId, 'm.reaction', { 'm.relates_to': { rel_type: 'm.annotation', event_id: eventId, key } }));
+    },
+    setTyping: async (roomId, typing, timeoutMs = 30_000) => {
+      checkRoom(roomId);
+      return call('typing', async () => {
+        await client.setTyping(roomId, typing, Math.max(1_000, Math.min(120_000, timeoutMs)));
+      });
+    },
+    getState: async (roomId, type, stateKey = '') => {
+      checkRoom(roomId);
+      return call('state read', async () => {
+        try {
+          const c = (await client.getRoomStateEvent(roomId, type, stateKey)) as unknown;
+          return c && typeof c === 'object' ? (c as Record<string, unknown>) : null;
+        } catch (err) {
+          const i = errInfo(err);
+          if (i.errcode === 'M_NOT_FOUND' || i.status === 404) return null;
+          throw err;
+        }
+      });
+    },
+    setState: async (roomId, type, stateKey, content) => {
+      checkRoom(roomId);
+      if (type.length === 0 || type.length > 255 || stateKey.length > 255) throw new MeshpilotError('usage', 'State type and key must be at most 255 characters');
+      return call('state write', () => client.sendStateEvent(roomId, type, stateKey, content));
+    },
+    createDm: async (target, o = {}) => {
+      checkUser(target);
+      return call('DM creation', async () => {
+        const roomId = await client.createRoom({
+          invite: [target],
+          is_direct: true,
+          preset: 'trusted_private_chat',
+          ...(o.name !== undefined ? { name: o.name } : {}),
+          ...(o.topic !== undefined ? { topic: o.topic } : {}),
+        });
+        const direct = await readDirect();
+        direct[target] = [roomId, ...(direct[target] ?? []).filter((r) => r !== roomId)];
+        await client.setAccountData('m.direct', direct);
+        return roomId;
+      });
+    },
+    findDm: async (target) => {
+      checkUser(target);
+      return call('DM lookup', async () => {
+        const rooms = (await readDirect())[target] ?? [];
+        if (rooms.length === 0) return null;
+        const joined = new Set(await client.getJoinedRooms());
+        return rooms.find((r) => joined.has(r)) ?? null;
+      });
+    },
+    setDisplayName: async (name) => {
+      if (name.length === 0 || name.length > 256) throw new MeshpilotError('usage', 'Display name must be 1–256 characters');
+      return call('display name', async () => {
+        await client.setDisplayName(name);
+      });
+    },
+    async downloadMedia(mxc, o = {}) {
+      const m = mxcRe.exec(mxc);
+      if (!m) throw new MeshpilotError('usage', `Not an mxc:// media URI: ${mxc.slice(0, 120)}`);
+      const maxBytes = o.maxBytes ?? maxDownloadDefault;
+      const authenticated = await call('versions', authenticatedMediaSupported);
+      const server = encodeURIComponent(m[1]!);
+      const id = encodeURIComponent(m[2]!);
+      const url = authenticated ? `${homeserverUrl}/_matrix/client/v1/media/download/${server}/${id}` : `${homeserverUrl}/_matrix/media/v3/download/${server}/${id}`;
+      let res: Response;
+      try {
+        res = await fetch(url, { headers: { Authorization: `Bearer ${opts.accessToken}` }, redirect: 'follow', signal: AbortSignal.timeout(120_000) });
+      } catch (err) {
+        throw new MeshpilotError('unreachable', `Matrix media download failed: ${errInfo(err).message}`);
+      }
+      if (!res.ok) {
+        const text = (await readBounded(res, 64 * 1024).catch(() => Buffer.alloc(0))).toString('utf8');
+        let errcode: string | undefined;
+        try {
+          errcode = (JSON.parse(text) as { errcode?: string }).errcode;
+        } catch {
+          errcode = undefined;
+        }
+        throw toMeshpilot({ statusCode: res.status, body: errcode ? { errcode } : undefined }, 'media download');
+      }
+      const declared = Number(res.headers.get('content-length') ?? 'NaN');
+      if (Number.isFinite(declared) && declared > maxBytes) {
+        await res.body?.cancel();
+        throw new MeshpilotError('output_limit', `Matrix media is ${declared} bytes, over the ${maxBytes}-byte limit`);
+      }
+      const bytes = await readBounded(res, maxBytes);
+      return { bytes, contentType: res.headers.get('content-type') ?? 'application/octet-stream', endpoint: authenticated ? 'authenticated' : 'legacy' };
+    },
+    whoami: () =>
+      call('whoami', async () => {
+        const w = await client.getWhoAmI();
+        userId = w.user_id;
+        return w.device_id ? { userId: w.user_id, deviceId: w.device_id } : { userId: w.user_id };
+      }),
+    isEncryptedRoom: async (roomId) => (await session.getState(roomId, 'm.room.encryption', '')) !== null,
+    cryptoAvailable,
+  };
+  return session;
+}
+
+async function readBounded(res: Response, maxBytes: number): Promise<Buffer> {
+  if (!res.body) return Buffer.alloc(0);
+  const reader = res.body.getReader();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel();
+      throw new MeshpilotError('output_limit', `Matrix media is over the ${maxBytes}-byte limit`);
+    }
+    chunks.push(Buffer.from(value));
+  }
+  return Buffer.concat(chunks);
+}
+
+// ------------------------------------------------------------------------------------------- registration (Synapse admin)
+
+const nonceSchema = z.object({ nonce: z.string().min(1).max(255) });
+const registerResponseSchema = z.looseObject({ user_id: z.string().regex(userIdRe), access_token: z.string().min(1).max(4096), device_id: z.string().max(255).optional() });
+const errorBodySchema = z.looseObject({ errcode: z.string().max(255), error: z.string().max(2000).optional() });
+
+async function adminRequest(url: string, init: { method: string; token?: string; body?: unknown }, what: string): Promise<unknown> {
+  let res: Response;
+  try {
+    const headers: Record<string, string> = { 'Content-Type': 'application/json' };
+    if (init.token) headers['Authorization'] = `Bearer ${init.token}`;
+    res = await fetch(url, {
+      method: init.method,
+      headers,
+      body: init.body === undefined ? null : JSON.stringify(init.body),
+      signal: AbortSignal.timeout(20_000),
+    });
+  } catch (err) {
+    throw new MeshpilotError('unreachable', `Matrix ${what} failed: cannot reach the homeserver (${errInfo(err).message})`);
+  }
+  const text = (await readBounded(res, 64 * 1024)).toString('utf8');
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  if (!res.ok) {
+    const e = errorBodySchema.safeParse(json);
+    const body = e.success ? { errcode: e.data.errcode, ...(e.data.error !== undefined ? { error: e.data.error } : {}) } : undefined;
+    throw Object.assign(new Error(`HTTP ${res.status}`), { statusCode: res.status, body });
+  }
+  return json;
+}
+
+function validLocalpart(localpart: string): void {
+  if (!/^[a-z0-9._=\-/+]{1,200}$/.test(localpart)) {
+    throw new MeshpilotError('usage', `Matrix user names may only contain a-z, 0-9 and . _ = - / + (got ${localpart.slice(0, 80)})`);
+  }
+}
+
+/** Registers a user through Synapse's shared-secret admin API (nonce + HMAC-SHA1). */
+export async function registerWithSharedSecret(o: {
+  homeserverUrl: string;
+  sharedSecret: string;
+  localpart: string;
+  password: string;
+  admin?: boolean;
+  displayname?: string;
+}): Promise<{ userId: string; accessToken: string; deviceId: string }> {
+  validLocalpart(o.localpart);
+  if (o.password.length === 0 || o.password.length > 512) throw new MeshpilotError('usage', 'Password must be 1–512 characters');
+  const base = o.homeserverUrl.replace(/\/+$/, '');
+  const url = `${base}/_synapse/admin/v1/register`;
+  const admin = o.admin === true;
+  try {
+    const n = nonceSchema.safeParse(await adminRequest(url, { method: 'GET' }, 'registration'));
+    if (!n.success) throw new MeshpilotError('unreachable', 'Matrix registration failed: the homeserver sent no nonce (is it Synapse with shared-secret registration enabled?)');
+    const mac = createHmac('sha1', o.sharedSecret)
+      .update(n.data.nonce)
+      .update('\x00')
+      .update(o.localpart)
+      .update('\x00')
+      .update(o.password)
+      .update('\x00')
+      .update(admin ? 'admin' : 'notadmin')
+      .digest('hex');
+    const body: Record<string, unknown> = { nonce: n.data.nonce, username: o.localpart, password: o.password, admin, mac };
+    if (o.displayname !== undefined) body['displayname'] = o.displayname;
+    const r = registerResponseSchema.safeParse(await adminRequest(url, { method: 'POST', body }, 'registration'));
+    if (!r.success) throw new MeshpilotError('unreachable', 'Matrix registration failed: unexpected response from the homeserver');
+    return { userId: r.data.user_id, accessToken: r.data.access_token, deviceId: r.data.device_id ?? '' };
+  } catch (err) {
+    if (err instanceof MeshpilotError) throw err;
+    const i = errInfo(err);
+    if (i.errcode === 'M_USER_IN_USE') {
+      throw new MeshpilotError('config', `The Matrix user name "${o.localpart}" is already taken on ${base}; pick another name or reuse that account's access token`);
+    }
+    if (i.errcode === 'M_FORBIDDEN' || i.status === 403) {
+      throw new MeshpilotError('auth', 'The homeserver rejected the registration shared secret (check registration_shared_secret in homeserver.yaml)');
+    }
+    if (i.status === 404 || i.errcode === 'M_UNRECOGNIZED') {
+      throw new MeshpilotError('config', 'This homeserver has no shared-secret registration endpoint (Synapse with registration_shared_secret is required)');
+    }
+    throw toMeshpilot(err, 'registration');
+  }
+}
+
+/** Deactivates a user with Synapse's admin API (the token must belong to a server admin). */
+export async function deactivateUser(o: { homeserverUrl: string; adminToken: string; userId: string; erase?: boolean }): Promise<void> {
+  if (!userIdRe.test(o.userId) || o.userId.length > 255) throw new MeshpilotError('usage', `Not a Matrix user id: ${o.userId.slice(0, 80)}`);
+  const base = o.homeserverUrl.replace(/\/+$/, '');
+  try {
+    await adminRequest(`${base}/_synapse/admin/v1/deactivate/${encodeURIComponent(o.userId)}`, { method: 'POST', token: o.adminToken, body: { erase: o.erase === true } }, 'deactivation');
+  } catch (err) {
+    if (err instanceof MeshpilotError) throw err;
+    const i = errInfo(err);
+    if (i.errcode === 'M_FORBIDDEN') throw new MeshpilotError('permission', 'Deactivating a Matrix user needs a server admin\'s access token');
+    throw toMeshpilot(err, 'deactivation');
+  }
+}

@@ -1,0 +1,116 @@
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
+import { openDatabase } from '../capabilities/db.js';
+import { Invoker, type ApprovalHook } from '../capabilities/invoke.js';
+import { parseManifest } from '../capabilities/manifest.js';
+import { PACKAGE_ROOT } from '../capabilities/home.js';
+import { tempDir } from './helpers/tmp.js';
+
+function setup(approve?: ApprovalHook) {
+  const dir = tempDir('mp-invoke-');
+  writeFileSync(path.join(dir, 'hello.txt'), 'hello');
+  const r = parseManifest(`device: box
+capabilities:
+  fs.read: { paths_allowed: ["${dir}/**"] }
+  fs.write: { paths_allowed: ["${dir}/**"] }
+  shell.exec: { binaries: ["sh"], approval: never }
+  sys.info: {}
+`, 'box.yaml');
+  if (!r.ok) throw new Error('bad manifest');
+  const db = openDatabase(path.join(dir, 'meshpilot.db'));
+  const audit = new SqliteAuditLog(db);
+  const invoker = new Invoker({ manifests: { get: (d) => (d === 'box' ? r.manifest : undefined) }, audit, ...(approve ? { approve } : {}) });
+  return { dir, audit, invoker };
+}
+
+describe('invoke: the one path', () => {
+  it('runs an allowed call and writes started + outcome entries that verify', async () => {
+    const { dir, audit, invoker } = setup();
+    const r = await invoker.invoke({ device: 'box', capability: 'fs.read', args: { path: `${dir}/hello.txt` }, actor: '@op:x.org' });
+    expect(r.ok).toBe(true);
+    expect(r.result?.stdout).toBe('hello');
+    const entries = audit.tail(10, 'box');
+    expect(entries.map((e) => [e.seq, e.decision, e.outcome])).toEqual([[1, 'allowed', 'started'], [2, 'allowed', 'ok']]);
+    expect(r.audit?.seq).toBe(2);
+    expect(entries[1]?.output_sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(entries[1]?.actor).toBe('@op:x.org');
+    expect(audit.verify('box')).toMatchObject({ ok: true, count: 2 });
+  });
+
+  it('audits denials: policy, invalid args, unknown capability; unknown device has no chain', async () => {
+    const { audit, invoker } = setup();
+    const denied = await invoker.invoke({ device: 'box', capability: 'fs.read', args: { path: '/etc/shadow' }, actor: 'a' });
+    expect(denied).toMatchObject({ ok: false, decision: 'denied', error: { code: 'policy_denied' } });
+    const invalid = await invoker.invoke({ device: 'box', capability: 'fs.read', args: { path: 42 }, actor: 'a' });
+    expect(invalid.error?.code).toBe('invalid_args');
+    const unknown = await invoker.invoke({ device: 'box', capability: 'fs.nope', args: {}, actor: 'a' });
+    expect(unknown.error?.code).toBe('unknown_capability');
+    const notListed = await invoker.invoke({ device: 'box', capability: 'proc.list', args: {}, actor: 'a' });
+    expect(notListed.error?.message).toBe('proc.list is not enabled on box (not listed in its manifest)');
+    const noDevice = await invoker.invoke({ device: 'ghost', capability: 'sys.info', args: {}, actor: 'a' });
+    expect(noDevice).toMatchObject({ ok: false, audit: null, error: { code: 'unknown_device' } });
+    const entries = audit.tail(10, 'box');
+    expect(entries.map((e) => `${e.decision}/${e.outcome}/${e.error_code}`)).toEqual([
+      'denied/not_run/policy_denied', 'denied/not_run/invalid_args', 'denied/not_run/unknown_capability', 'denied/not_run/policy_denied',
+    ]);
+  });
+
+  it('asks the approval hook for risky calls and records who approved or rejected', async () => {
+    const asked: string[] = [];
+    let answer = true;
+    const { dir, audit, invoker } = setup(async (req) => {
+      asked.push(`${req.capability}:${req.risk}`);
+      return answer ? { approved: true, by: '@boss:x.org' } : { approved: false, by: '@boss:x.org', reason: 'no' };
+    });
+    const ok = await invoker.invoke({ device: 'box', capability: 'fs.write', args: { path: `${dir}/new.txt`, content: 'x' }, actor: 'a' });
+    expect(ok).toMatchObject({ ok: true, decision: 'approved' });
+    expect(readFileSync(`${dir}/new.txt`, 'utf8')).toBe('x');
+    answer = false;
+    const no = await invoker.invoke({ device: 'box', capability: 'fs.write', args: { path: `${dir}/no.txt`, content: 'x' }, actor: 'a' });
+    expect(no).toMatchObject({ ok: false, decision: 'rejected', error: { code: 'approval_rejected' } });
+    expect(() => statSync(`${dir}/no.txt`)).toThrow();
+    expect(asked).toEqual(['fs.write:write', 'fs.write:write']);
+    const last = audit.tail(1, 'box')[0];
+    expect(last).toMatchObject({ decision: 'rejected', outcome: 'not_run' });
+    expect(last?.reason).toContain('@boss:x.org');
+    // shell.exec with approval: never does not ask.
+    await invoker.invoke({ device: 'box', capability: 'shell.exec', args: { argv: ['sh', '-c', 'exit 3'] }, actor: 'a' });
+    expect(asked).toHaveLength(2);
+    expect(audit.tail(1, 'box')[0]).toMatchObject({ outcome: 'error', exit_code: 3 });
+  });
+
+  it('records a context (e.g. a voice transcript) and redacts secrets in args', async () => {
+    const { audit, invoker } = setup();
+    await invoker.invoke({ device: 'box', capability: 'shell.exec', args: { argv: ['sh', '-c', 'true'], env: { TOKEN: 'x' } }, actor: 'a', context: { transcript: 'run true', engine: 'pocketsphinx' } });
+    const e = audit.tail(1, 'box')[0];
+    expect(e?.context).toEqual({ transcript: 'run true', engine: 'pocketsphinx' });
+    expect((e?.args as { env: Record<string, string> }).env['TOKEN']).toBe('[redacted]');
+  });
+});
+
+describe('architecture', () => {
+  it('no module outside invoke, the transports themselves and the device agent imports a transport', () => {
+    const offenders: string[] = [];
+    const allowed = new Set(['capabilities/invoke.ts']);
+    const walk = (dir: string): void => {
+      for (const name of readdirSync(path.join(PACKAGE_ROOT, dir))) {
+        const rel = path.join(dir, name);
+        if (statSync(path.join(PACKAGE_ROOT, rel)).isDirectory()) {
+          if (rel === 'capabilities/transports' || rel === 'capabilities/agent') continue;
+          walk(rel);
+        } else if (rel.endsWith('.ts')) {
+          const text = readFileSync(path.join(PACKAGE_ROOT, rel), 'utf8');
+          const imports = [...text.matchAll(/from\s+'([^']+)'|import\s+'([^']+)'/g)].map((m) => m[1] ?? m[2] ?? '');
+          // Side-effect imports that only register a transport are fine; named imports of a transport are not.
+          const named = [...text.matchAll(/import\s+[^'";]+from\s+'([^']*transports\/(?:local|ssh|ssh-pool|mesh)\.js)'/g)].map((m) => m[1]);
+          if (named.length > 0 && !allowed.has(rel)) offenders.push(`${rel}: ${named.join(', ')}`);
+          void imports;
+        }
+      }
+    };
+    for (const top of ['capabilities', 'bots', 'launcher']) walk(top);
+    expect(offenders).toEqual([]);
+  });
+});
