@@ -2,11 +2,16 @@
  * Device agent figures: `sys.info` round trips through the mesh transport (signed request →
  * agent: validate, policy, LocalHost, two fsync'd JSONL audit appends → response), on loopback
  * and across a WireGuard tunnel (wireguard-go between two network namespaces), and the throughput
- * of 8 concurrent callers on loopback.
+ * of 8 concurrent callers on loopback. The agent runs as the bundle (what devices run), built
+ * into a temp dir. sys.info itself spawns `df`, which is most of each call: its in-process
+ * cost is printed beside the figures for reference.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { sysCapabilities } from '../capabilities/catalog/sys.js';
+import { LocalHost } from '../capabilities/transports/local.js';
 import { MeshRunner } from '../capabilities/transports/mesh.js';
 import { freePort, REPO_ROOT, startAgentProcess, writeAgentFiles } from '../test/fixtures/agent-proc.js';
 import { createWgMesh, wgAvailable } from '../test/fixtures/wg-netns.js';
@@ -26,10 +31,10 @@ const manifest = (device: string, address: string, port: number): string =>
   `device: ${device}\nos: linux\ntransport: { kind: mesh, address: ${address}, port: ${port} }\ncapabilities:\n  sys.info: {}\n`;
 const LIMITS = { rate_per_s: 1_000_000, burst: 1_000_000, chain_check_s: 3600, max_concurrent: 64 };
 
-async function loopback(root: string): Promise<BenchFigure[]> {
+async function loopback(root: string, bundlePath: string): Promise<BenchFigure[]> {
   const port = await freePort();
   const files = writeAgentFiles({ device: 'bench', address: '127.0.0.1', port, root, manifest: manifest('bench', '127.0.0.1', port), limits: LIMITS });
-  const agent = await startAgentProcess(files, { mode: 'sources' });
+  const agent = await startAgentProcess(files, { mode: 'bundle', bundlePath });
   const runner = new MeshRunner({ device: 'bench', address: '127.0.0.1', port, home: files.home, connections: 8 });
   try {
     let n = 0;
@@ -67,7 +72,7 @@ async function loopback(root: string): Promise<BenchFigure[]> {
   }
 }
 
-async function wireguard(root: string): Promise<BenchFigure[]> {
+async function wireguard(root: string, bundlePath: string): Promise<BenchFigure[]> {
   const avail = wgAvailable();
   if (!avail.ok) {
     process.stderr.write(`# agent.wg_p50 skipped: ${avail.reason}\n`);
@@ -78,7 +83,7 @@ async function wireguard(root: string): Promise<BenchFigure[]> {
   try {
     const ip = mesh.nodes[0]!.wgIp;
     const files = writeAgentFiles({ device: 'benchwg', address: ip, port: 7420, root: path.join(root, 'wg'), manifest: manifest('benchwg', ip, 7420), limits: LIMITS });
-    agent = await startAgentProcess(files, { mode: 'sources', spawner: (c, a, o) => mesh.spawn(0, c, a, o) });
+    agent = await startAgentProcess(files, { mode: 'bundle', bundlePath, spawner: (c, a, o) => mesh.spawn(0, c, a, o) });
     const script = path.join(root, 'wg-client.mts');
     writeFileSync(script, `
       import { MeshRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'capabilities', 'transports', 'mesh.ts'))};
@@ -106,10 +111,28 @@ async function wireguard(root: string): Promise<BenchFigure[]> {
   }
 }
 
+async function sysInfoInProcess(): Promise<number> {
+  const def = sysCapabilities.find((c) => c.name === 'sys.info');
+  if (!def) throw new Error('sys.info missing');
+  const host = new LocalHost('bench');
+  const ctx = { host, device: 'bench', os: 'linux' as const, limits: { timeoutMs: 10_000, maxOutputBytes: 65536 } };
+  for (let i = 0; i < 20; i++) await def.run({}, ctx);
+  const s: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const t = performance.now();
+    await def.run({}, ctx);
+    s.push(performance.now() - t);
+  }
+  return percentile(s.sort((a, b) => a - b), 50);
+}
+
 export async function run(): Promise<BenchFigure[]> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bench-agent-'));
   try {
-    return [...(await loopback(root)), ...(await wireguard(root))];
+    const bundlePath = path.join(root, 'meshpilot-agent.mjs');
+    execFileSync(process.execPath, [path.join(REPO_ROOT, 'scripts', 'bundle-agent.mjs')], { env: { ...process.env, MESHPILOT_AGENT_OUT: bundlePath }, stdio: 'ignore' });
+    process.stderr.write(`# sys.info in-process p50 ${(await sysInfoInProcess()).toFixed(3)} ms (no transport, no audit)\n`);
+    return [...(await loopback(root, bundlePath)), ...(await wireguard(root, bundlePath))];
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -73,6 +73,12 @@ export interface MatrixMessage {
   relatesTo?: RelatesTo;
 }
 
+export interface MatrixEncrypted {
+  roomId: string;
+  eventId: string;
+  sender: string;
+}
+
 export interface MatrixReaction {
   roomId: string;
   eventId: string;
@@ -99,11 +105,16 @@ export type SessionStatus = 'idle' | 'starting' | 'syncing' | 'reconnecting' | '
 export interface MatrixSession {
   readonly userId: string | undefined;
   status(): SessionStatus;
-  /** Resolves once syncing has started (retrying with backoff while the homeserver is down, until stop()). */
+  /**
+   * Resolves once the first sync batch has been processed (retrying with backoff while the homeserver is
+   * down, until stop()): anything sent to the bot after start() resolves reaches the callbacks.
+   */
   start(): Promise<void>;
   /** Stops syncing now (even while the homeserver is down) and saves the sync token. */
   stop(): Promise<void>;
   onMessage(cb: (m: MatrixMessage) => void | Promise<void>): () => void;
+  /** Events this session cannot decrypt (no crypto module): the bot tells the sender once. */
+  onEncrypted(cb: (e: MatrixEncrypted) => void | Promise<void>): () => void;
   onReaction(cb: (r: MatrixReaction) => void | Promise<void>): () => void;
   onInvite(cb: (i: MatrixInvite) => void | Promise<void>): () => void;
   joinRoom(roomIdOrAlias: string): Promise<string>;
@@ -333,6 +344,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   const messageCbs = new Set<(m: MatrixMessage) => void | Promise<void>>();
   const reactionCbs = new Set<(r: MatrixReaction) => void | Promise<void>>();
   const inviteCbs = new Set<(i: MatrixInvite) => void | Promise<void>>();
+  const encryptedCbs = new Set<(e: MatrixEncrypted) => void | Promise<void>>();
 
   function dispatch<T>(cbs: Set<(v: T) => void | Promise<void>>, v: T, what: string): void {
     for (const cb of cbs) {
@@ -375,7 +387,12 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     dispatch(messageCbs, m, 'onMessage');
   });
 
-  client.on('room.event', (roomId: string, ev: { type?: unknown }) => {
+  client.on('room.event', (roomId: string, ev: { type?: unknown; sender?: unknown; event_id?: unknown }) => {
+    // Without a crypto store an encrypted event stays m.room.encrypted: the bot must say it can't read it.
+    if (state !== 'stopped' && ev?.type === 'm.room.encrypted' && typeof ev.sender === 'string' && typeof ev.event_id === 'string' && ev.sender !== userId) {
+      dispatch(encryptedCbs, { roomId, eventId: ev.event_id, sender: ev.sender }, 'onEncrypted');
+      return;
+    }
     if (state === 'stopped' || ev?.type !== 'm.reaction') return;
     const p = reactionEventSchema.safeParse(ev);
     if (!p.success || p.data.sender === userId) return;
@@ -395,7 +412,24 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     return Math.round(exp / 2 + Math.random() * (exp / 2));
   }
 
+  let firstBatch: { promise: Promise<void>; resolve: () => void } | undefined;
+  function newFirstBatch(): { promise: Promise<void>; resolve: () => void } {
+    let resolve = (): void => {};
+    const promise = new Promise<void>((r) => {
+      resolve = r;
+    });
+    return { promise, resolve };
+  }
+
   async function syncLoop(signal: AbortSignal): Promise<void> {
+    try {
+      await syncLoopInner(signal);
+    } finally {
+      firstBatch?.resolve();
+    }
+  }
+
+  async function syncLoopInner(signal: AbortSignal): Promise<void> {
     let token = (await Promise.resolve(storage.getSyncToken())) ?? null;
     lastToken = token;
     let failures = 0;
@@ -435,6 +469,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
         lastToken = next;
         await Promise.resolve(storage.setSyncToken(next));
       }
+      firstBatch?.resolve();
     }
   }
 
@@ -487,6 +522,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       abort = new AbortController();
       const signal = abort.signal;
       state = 'starting';
+      firstBatch = newFirstBatch();
       client.loopStarter = () => {
         loopDone = syncLoop(signal).catch((err: unknown) => log.warn({ error: errInfo(err).message }, 'Matrix sync loop ended with an error'));
       };
@@ -495,6 +531,8 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
         try {
           if (!userId) userId = (await client.getWhoAmI()).user_id;
           await client.start();
+          // resolve once the first batch is in: a message sent after start() returns is always delivered
+          await firstBatch.promise;
           if (!signal.aborted && state === 'starting') state = 'syncing';
           log.info({ userId }, 'Matrix session started');
           return;
@@ -525,6 +563,10 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     onMessage(cb) {
       messageCbs.add(cb);
       return () => void messageCbs.delete(cb);
+    },
+    onEncrypted(cb) {
+      encryptedCbs.add(cb);
+      return () => void encryptedCbs.delete(cb);
     },
     onReaction(cb) {
       reactionCbs.add(cb);

@@ -60,7 +60,7 @@ function invokeBody(capability: string, args: Record<string, unknown>, extra: Re
   return JSON.stringify({ capability, args, actor: '@test:example.org', request_id: `t-${randomBytes(4).toString('hex')}`, ...extra });
 }
 
-const signed = (o: { path: string; method?: 'GET' | 'POST'; body?: string; secret?: Buffer; now?: number; nonce?: string; mutate?: (h: Record<string, string>) => void; signedBody?: string; device?: string }) =>
+const signed = (o: { path: string; method?: 'GET' | 'POST'; body?: string; secret?: Buffer; now?: number; nonce?: string; mutate?: (h: Record<string, string>) => void; signedBody?: string; signedPath?: string; device?: string }) =>
   rawRequest(base, { method: o.method ?? 'POST', secret: o.secret ?? files.secret, device: o.device ?? DEVICE, ...o });
 
 beforeAll(async () => {
@@ -138,8 +138,10 @@ describe('agent over loopback (sources via `meshpilot agent --config`)', () => {
     expect(flipped.json.error?.message).toMatch(/bad signature/);
     const altered = await signed({ path: '/v1/invoke', body: invokeBody('sys.info', {}), signedBody: body });
     expect(altered.status).toBe(401);
-    const pathChanged = await signed({ path: '/v1/audit?after=0', method: 'GET', mutate: () => undefined });
-    expect(pathChanged.status).toBe(200); // control: the same request unaltered passes
+    const queryChanged = await signed({ path: '/v1/audit?after=1', signedPath: '/v1/audit?after=0', method: 'GET' });
+    expect(queryChanged.status).toBe(401);
+    const control = await signed({ path: '/v1/audit?after=0', method: 'GET' });
+    expect(control.status).toBe(200); // the same request unaltered passes
   });
 
   it('rejects a clock skew over 60 s and accepts one under it', async () => {
@@ -397,6 +399,13 @@ describe('agent config, secrets, limits', () => {
     for (let i = 0; i < 99; i++) expect(c.admit(`x${i}`, 1600)).toBe('ok');
     expect(c.admit('overflow', 1700)).toBe('full');
     expect(c.admit('later', 3000)).toBe('ok');
+    // A nonce re-admitted after expiry moves to the back, so pruning still frees the expired ones.
+    const d = new NonceCache(101, 1000);
+    expect(d.admit('again', 0)).toBe('ok');
+    for (let i = 0; i < 99; i++) expect(d.admit(`y${i}`, 500)).toBe('ok');
+    expect(d.admit('again', 1400)).toBe('ok'); // expired at 1000, admitted anew until 2400
+    expect(d.admit('z', 1450)).toBe('ok'); // full now
+    expect(d.admit('more', 1600)).toBe('ok'); // the y* (expired at 1500) are pruned
     const b = new TokenBuckets(1, 2);
     expect([b.take('d', 0), b.take('d', 0), b.take('d', 0)]).toEqual([true, true, false]);
     expect(b.take('d', 1000)).toBe(true);

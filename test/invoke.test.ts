@@ -91,26 +91,37 @@ describe('invoke: the one path', () => {
 });
 
 describe('architecture', () => {
-  it('no module outside invoke, the transports themselves and the device agent imports a transport', () => {
+  // What runs things on a device. Only invoke() (through the transport registry) and the device
+  // agent (which wraps LocalHost in its own Invoker) may hold one of these.
+  const EXECUTING = /^(LocalHost|runLocalProcess|SshHost|sshHostFor|SshPool|sshPool|PooledConnection|sshHandshake|MeshRunner|DefaultTransports|registerTransport)$/;
+  const ALLOWED = new Set(['capabilities/invoke.ts', 'capabilities/agent/server.ts']);
+
+  it('no module outside invoke and the device agent imports what executes on a device', () => {
     const offenders: string[] = [];
-    const allowed = new Set(['capabilities/invoke.ts']);
     const walk = (dir: string): void => {
       for (const name of readdirSync(path.join(PACKAGE_ROOT, dir))) {
         const rel = path.join(dir, name);
         if (statSync(path.join(PACKAGE_ROOT, rel)).isDirectory()) {
-          if (rel === 'capabilities/transports' || rel === 'capabilities/agent') continue;
+          if (rel === 'capabilities/transports') continue; // the transports themselves
           walk(rel);
-        } else if (rel.endsWith('.ts')) {
-          const text = readFileSync(path.join(PACKAGE_ROOT, rel), 'utf8');
-          const imports = [...text.matchAll(/from\s+'([^']+)'|import\s+'([^']+)'/g)].map((m) => m[1] ?? m[2] ?? '');
-          // Side-effect imports that only register a transport are fine; named imports of a transport are not.
-          const named = [...text.matchAll(/import\s+[^'";]+from\s+'([^']*transports\/(?:local|ssh|ssh-pool|mesh)\.js)'/g)].map((m) => m[1]);
-          if (named.length > 0 && !allowed.has(rel)) offenders.push(`${rel}: ${named.join(', ')}`);
-          void imports;
+          continue;
+        }
+        if (!rel.endsWith('.ts') || ALLOWED.has(rel)) continue;
+        const text = readFileSync(path.join(PACKAGE_ROOT, rel), 'utf8');
+        for (const m of text.matchAll(/import\s+(?!type\b)\{([^}]*)\}\s+from\s+'([^']*transports\/[^']+)'/g)) {
+          const names = (m[1] ?? '').split(',').map((n) => n.trim().replace(/^type\s+/, '').split(/\s+as\s+/)[0] ?? '').filter(Boolean);
+          const bad = names.filter((n) => EXECUTING.test(n));
+          if (bad.length) offenders.push(`${rel}: ${bad.join(', ')} from ${m[2]}`);
         }
       }
     };
     for (const top of ['capabilities', 'bots', 'launcher']) walk(top);
     expect(offenders).toEqual([]);
+  });
+
+  it('the check itself catches a forbidden import', () => {
+    const sample = "import { LocalHost } from '../capabilities/transports/local.js';";
+    const m = /import\s+(?!type\b)\{([^}]*)\}\s+from\s+'([^']*transports\/[^']+)'/.exec(sample);
+    expect(m?.[1]?.trim()).toMatch(EXECUTING);
   });
 });

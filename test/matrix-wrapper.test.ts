@@ -69,7 +69,7 @@ function collector<T>(): { items: T[]; push: (v: T) => void; waitFor: (pred: (v:
         };
         const t = setTimeout(() => {
           listeners.delete(check);
-          reject(new Error('expected callback did not happen'));
+          reject(new Error(`expected callback did not happen (${items.length} seen)`));
         }, ms);
         listeners.add(check);
         check();
@@ -325,7 +325,7 @@ describe('bots/matrix.ts session', () => {
     const seenB = collector<MatrixMessage>();
     b.onMessage(seenB.push);
     await b.start();
-    await seenB.waitFor((m) => m.eventId === whileOff).catch((e: unknown) => { console.log('B', JSON.stringify(seenB.items), logLines.slice(-30).join('')); throw e; });
+    await seenB.waitFor((m) => m.eventId === whileOff);
     const later = await opSend(operator, roomId, { msgtype: 'm.text', body: 'later' });
     await seenB.waitFor((m) => m.eventId === later);
     expect(seenB.items.map((m) => m.eventId)).toEqual([whileOff, later]);

@@ -124,6 +124,8 @@ export class NonceCache {
     if (exp !== undefined && exp > now) return 'replay';
     if (this.seen.size >= this.max) this.prune(now);
     if (this.seen.size >= this.max) return 'full';
+    // Re-inserted at the end, so the map stays ordered by expiry (prune relies on it).
+    this.seen.delete(nonce);
     this.seen.set(nonce, now + this.ttlMs);
     return 'ok';
   }

@@ -289,8 +289,8 @@ function verifyHostKey(target: SshTarget, keyBlob: Buffer, file: string): HostKe
 // ---- connections ------------------------------------------------------------------------------
 
 const CONNECT_TIMEOUT_MS = 15_000;
-/** OpenSSH's default MaxSessions is 10; one goes to SFTP, one stays spare. */
-export const MAX_EXEC_CHANNELS = 8;
+/** OpenSSH's default MaxSessions is 10; one goes to SFTP, the rest is margin for sessions sshd has not freed yet. */
+export const MAX_EXEC_CHANNELS = 6;
 
 function readKey(target: SshTarget): Buffer {
   try {
@@ -311,7 +311,8 @@ export function isFatalConnectionError(err: unknown): boolean {
   const message = typeof e?.message === 'string' ? e.message : '';
   if (['ECONNRESET', 'EPIPE', 'ECONNREFUSED', 'ETIMEDOUT', 'ERR_STREAM_DESTROYED', 'ERR_STREAM_WRITE_AFTER_END'].includes(code)) return true;
   if (e?.level === 'client-authentication' || e?.level === 'client-socket' || e?.level === 'protocol') return true;
-  return /Not connected|No response from server|broken pipe|socket hang up|connection (reset|lost|closed)|Keepalive timeout|write after end|Unable to exec|Channel open failure/i.test(message);
+  // Not fatal: a refused channel ("Channel open failure", e.g. sshd's MaxSessions not yet freed) or exec request.
+  return /Not connected|No response from server|broken pipe|socket hang up|connection (reset|lost|closed)|Keepalive timeout|write after end/i.test(message);
 }
 
 function connectError(target: SshTarget, err: unknown): MeshpilotError {
@@ -500,12 +501,35 @@ export class PooledConnection {
     };
   }
 
-  /** Opens an exec channel; rejects (and the caller poisons) when the connection is gone. */
-  exec(command: string): Promise<ClientChannel> {
+  /**
+   * Opens an exec channel; rejects (and the caller poisons) when the connection is gone. A refused
+   * channel is retried a few times: sshd frees a session slot a moment after the channel closes.
+   */
+  async exec(command: string): Promise<OpenChannel> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.execOnce(command);
+      } catch (err) {
+        const refused = /Channel open failure|open failed/i.test((err as Error).message ?? '');
+        if (!refused || this.dead || attempt >= 5) throw err;
+        await new Promise((r) => setTimeout(r, 10 * 2 ** attempt));
+      }
+    }
+  }
+
+  private execOnce(command: string): Promise<OpenChannel> {
     return new Promise((resolve, reject) => {
       try {
-        const ok = this.client.exec(command, (err, channel) => (err ? reject(err) : resolve(channel)));
-        void ok;
+        this.client.exec(command, (err, channel) => {
+          if (err) return reject(err);
+          // A fast command's exit-status can arrive in the same read as the exec reply, before the
+          // caller's listeners exist (it is a plain event, not buffered): record it right here.
+          const open: OpenChannel = { channel, exit: null };
+          channel.on('exit', (code: number | null, sig?: string) => {
+            open.exit = { code: code ?? null, signal: sig ? `SIG${sig.replace(/^SIG/, '')}` : null };
+          });
+          resolve(open);
+        });
       } catch (err) {
         reject(err);
       }
@@ -537,11 +561,10 @@ export class PooledConnection {
     this.timeoutProbe ??= (async () => {
       const release = await this.slot();
       try {
-        const ch = await this.exec('command -v timeout >/dev/null 2>&1 && exec timeout -s TERM -k 2 10 true');
+        const open = await this.exec('command -v timeout >/dev/null 2>&1 && exec timeout -s TERM -k 2 10 true');
+        const ch = open.channel;
         return await new Promise<boolean>((resolve) => {
-          let code: number | null = null;
-          ch.on('exit', (c: number | null) => { code = c; });
-          ch.on('close', () => resolve(code === 0));
+          ch.on('close', () => resolve(open.exit?.code === 0));
           ch.on('data', () => { /* drain */ });
           ch.stderr.on('data', () => { /* drain */ });
           ch.end();
@@ -581,6 +604,12 @@ export class PooledConnection {
     // end() is polite; make sure the socket goes even if the server does not answer.
     setTimeout(() => this.sock.destroy(), 1000).unref();
   }
+}
+
+/** An exec channel and its exit status (recorded from the moment it opened). */
+export interface OpenChannel {
+  channel: ClientChannel;
+  exit: { code: number | null; signal: string | null } | null;
 }
 
 export interface PoolStats {

@@ -231,14 +231,12 @@ export class SshHost implements Host {
       const release = await conn.slot();
       try {
         const startedAt = performance.now();
-        const channel = await conn.exec(command);
+        const open = await conn.exec(command);
+        const channel = open.channel;
         markStarted();
         const outcome = await new Promise<ExecOutcome>((resolve, reject) => {
           const stdout = new CappedBuffer(req.maxOutputBytes);
           const stderr = new CappedBuffer(req.maxOutputBytes);
-          let exitCode: number | null = null;
-          let signal: string | null = null;
-          let gotExit = false;
           let timedOut = false;
           const timers: NodeJS.Timeout[] = [];
           let settled = false;
@@ -261,18 +259,15 @@ export class SshHost implements Host {
           }, req.timeoutMs));
           channel.on('data', (c: Buffer) => stdout.push(c));
           channel.stderr.on('data', (c: Buffer) => stderr.push(c));
-          channel.on('exit', (code: number | null, sig?: string) => {
-            gotExit = true;
-            exitCode = code ?? null;
-            signal = sig ? `SIG${sig.replace(/^SIG/, '')}` : null;
-          });
           channel.on('error', () => { /* reported through close */ });
           const finish = (): void => {
             if (settled) return;
             settled = true;
             for (const t of timers) clearTimeout(t);
             const durationMs = Math.round(performance.now() - startedAt);
-            if (!gotExit && !timedOut && conn.dead) {
+            const exitCode = open.exit?.code ?? null;
+            const signal = open.exit?.signal ?? null;
+            if (!open.exit && !timedOut && conn.dead) {
               reject(new MeshpilotError('unreachable', `the ssh connection to ${this.device} was lost while ${bin} was running`));
               return;
             }

@@ -3,7 +3,7 @@
  * `meshpilot agent init --device d --address ip --port p --out dir`
  *                                         write an agent config, a secret (0600), and a manifest copy
  *                                         for the device, and the controller's copy of the secret
- * `meshpilot agent service --kind systemd|launchd|windows --agent <path> --config <path>`
+ * `meshpilot agent service --kind systemd|launchd|windows --agent <path> --agent-config <path>`
  *                                         print (or --out write) a service definition that starts it at boot
  */
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -86,14 +86,14 @@ export function register(program: Command, ctx: CommandContext): void {
     .description('render the boot service definition (systemd unit, launchd plist, Task Scheduler XML)')
     .addOption(new Option('--kind <kind>', 'service manager').choices(['systemd', 'launchd', 'windows']).makeOptionMandatory())
     .requiredOption('--agent <path>', 'absolute path of meshpilot-agent.mjs on the device')
-    .requiredOption('--config <path>', 'absolute path of the agent config on the device')
+    .requiredOption('--agent-config <path>', 'absolute path of the agent config on the device (--config belongs to `meshpilot agent`)')
     .option('--node <path>', 'absolute path of node on the device', process.execPath)
     .option('--user <user>', 'account the agent runs as')
     .option('--out <file>', 'write to this file instead of printing')
-    .action((opts: { kind: ServiceKind; agent: string; config: string; node: string; user?: string; out?: string }) => {
+    .action((opts: { kind: ServiceKind; agent: string; agentConfig: string; node: string; user?: string; out?: string }) => {
       let text: string;
       try {
-        text = renderService(opts.kind, { node: opts.node, agent: opts.agent, config: opts.config, ...(opts.user ? { user: opts.user } : {}) });
+        text = renderService(opts.kind, { node: opts.node, agent: opts.agent, config: opts.agentConfig, ...(opts.user ? { user: opts.user } : {}) });
       } catch (err) {
         throw new UsageError((err as Error).message);
       }

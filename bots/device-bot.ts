@@ -1,0 +1,344 @@
+/**
+ * The device bot's conversation logic, independent of the Matrix library: it receives normalised
+ * chat events through a ChatPort, and every action goes through the one Invoker (policy, approval,
+ * audit). Plain words go to the LLM loop; `!commands` run without it.
+ */
+import type { Logger } from 'pino';
+import { parseKeyValues, describeArgs } from '../capabilities/args.js';
+import type { AuditSink } from '../capabilities/audit-sqlite.js';
+import type { Db } from '../capabilities/db.js';
+import { toMpError } from '../capabilities/errors.js';
+import type { InvokeResult, Invoker } from '../capabilities/invoke.js';
+import type { Manifest } from '../capabilities/manifest.js';
+import { ApprovalManager } from './approvals.js';
+import { ConversationStore } from './conversation.js';
+import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
+import { auditFooter, buildSystemPrompt, buildTools, COMMAND_MODE_HINT, runTurn, type LlmClient, type TurnAction } from './llm.js';
+
+/** What the bot needs from a chat network (implemented over Matrix in bots/matrix.ts). */
+export interface ChatPort {
+  readonly userId: string;
+  sendText(roomId: string, text: string): Promise<string>;
+  sendHtml(roomId: string, plain: string, html: string): Promise<string>;
+  sendFile(roomId: string, name: string, bytes: Buffer, mimetype: string): Promise<string>;
+  setTyping(roomId: string, typing: boolean, timeoutMs?: number): Promise<void>;
+  setState(roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<void>;
+  createDm(userId: string, opts: { name: string; topic: string }): Promise<string>;
+  findDm(userId: string): Promise<string | undefined>;
+  joinRoom(roomId: string): Promise<void>;
+  leaveRoom(roomId: string): Promise<void>;
+  isEncryptedRoom(roomId: string): Promise<boolean>;
+}
+
+export interface ChatMessage {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  body: string;
+  msgtype: string;
+  /** Extra audit context (e.g. a voice transcript and its engine). */
+  context?: Record<string, unknown>;
+}
+
+export const AUDIT_HEAD_EVENT = 'dev.meshpilot.audit_head';
+const TYPING_MS = 30_000;
+
+export interface DeviceBotOptions {
+  device: string;
+  manifest: () => Manifest | undefined;
+  /** Operators from the config; the manifest's own operators add to them. */
+  operators: readonly string[];
+  invoker: Invoker;
+  audit: AuditSink;
+  db: Db;
+  chat: ChatPort;
+  llm?: { client: LlmClient; maxSteps: number; dailyTokenBudget: number; operatorPrompt?: string };
+  approvalTimeoutMs: number;
+  logger: Logger;
+}
+
+interface CommandDef {
+  name: string;
+  args: string;
+  help: string;
+  run(bot: DeviceBot, msg: ChatMessage, rest: string): Promise<void>;
+}
+
+/** Declared once: the parser and `!help` both come from this table. */
+const COMMANDS: CommandDef[] = [
+  { name: 'help', args: '[capability]', help: 'this list, or one capability\'s arguments', run: (b, m, r) => b.cmdHelp(m, r) },
+  { name: 'status', args: '', help: 'sys.info + sys.health of this device', run: (b, m) => b.cmdStatus(m) },
+  { name: 'cap', args: '<capability> key=value …', help: 'run one capability, e.g. !cap fs.list path=/var/log', run: (b, m, r) => b.cmdCap(m, r) },
+  { name: 'audit', args: '[n]', help: 'the last n audit entries (default 10)', run: (b, m, r) => b.cmdAudit(m, r) },
+  { name: 'approve', args: '[id]', help: 'approve a pending request (or react ✅)', run: (b, m, r) => b.cmdDecide(m, r, true) },
+  { name: 'reject', args: '[id]', help: 'reject a pending request (or react ❌)', run: (b, m, r) => b.cmdDecide(m, r, false) },
+  { name: 'reset', args: '', help: 'forget this conversation\'s history', run: (b, m) => b.cmdReset(m) },
+  { name: 'budget', args: '', help: 'LLM tokens used today and the daily budget', run: (b, m) => b.cmdBudget(m) },
+];
+
+export class DeviceBot {
+  readonly approvals: ApprovalManager;
+  private readonly conversations: ConversationStore;
+  private readonly queues = new Map<string, Promise<void>>();
+  private readonly warnedEncrypted = new Set<string>();
+  private busyCount = 0;
+  private stopping = false;
+
+  constructor(private readonly o: DeviceBotOptions) {
+    this.conversations = new ConversationStore(o.db, { device: o.device });
+    this.approvals = new ApprovalManager(o.db, {
+      device: o.device,
+      timeoutMs: o.approvalTimeoutMs,
+      isOperator: (u) => this.isOperator(u),
+      poster: { post: (room, plain, html) => o.chat.sendHtml(room, plain, html) },
+    });
+  }
+
+  get busy(): boolean {
+    return this.busyCount > 0;
+  }
+
+  operators(): string[] {
+    return [...new Set([...this.o.operators, ...(this.o.manifest()?.operators ?? [])])];
+  }
+
+  isOperator(userId: string): boolean {
+    return this.operators().includes(userId);
+  }
+
+  /** Ensures a DM with each operator; returns the rooms created now (where "live" was announced). */
+  async start(): Promise<string[]> {
+    const expired = this.approvals.expireStale();
+    if (expired) this.o.logger.info({ expired }, 'pending approvals from before the restart were rejected');
+    const m = this.o.manifest();
+    const created: string[] = [];
+    for (const op of this.operators()) {
+      try {
+        let room = await this.o.chat.findDm(op);
+        if (!room) {
+          room = await this.o.chat.createDm(op, {
+            name: `🖥 ${this.o.device}`,
+            topic: `meshpilot device ${this.o.device} · ${m?.os ?? 'unknown os'} · via ${m?.transport.kind ?? '?'}`,
+          });
+          created.push(room);
+          await this.o.chat.sendHtml(room, `✓ ${this.o.device} live. Ask me anything, or send !help.`, `✓ <b>${escapeHtml(this.o.device)}</b> live. Ask me anything, or send <code>!help</code>.`);
+        }
+      } catch (err) {
+        this.o.logger.warn({ operator: op, err: toMpError(err).message }, 'could not open a DM with an operator');
+      }
+    }
+    return created;
+  }
+
+  /** Invites: joined only when they come from an operator; others are refused and audited. */
+  async onInvite(roomId: string, inviter: string): Promise<void> {
+    if (this.isOperator(inviter)) {
+      await this.o.chat.joinRoom(roomId);
+      return;
+    }
+    this.auditStranger(inviter, 'chat.invite', roomId);
+    await this.o.chat.leaveRoom(roomId).catch(() => undefined);
+  }
+
+  onReaction(roomId: string, sender: string, relatesTo: string, key: string): void {
+    this.approvals.onReaction(roomId, sender, relatesTo, key);
+  }
+
+  /** Entry point for a text message (or a transcribed voice message). */
+  async onMessage(msg: ChatMessage): Promise<void> {
+    if (msg.sender === this.o.chat.userId) return;
+    if (!this.isOperator(msg.sender)) {
+      this.auditStranger(msg.sender, 'chat.message', msg.roomId);
+      return;
+    }
+    // Approvals must get through while a turn in the same room waits for them.
+    const decision = /^!(approve|reject)\b\s*(\S*)/.exec(msg.body.trim());
+    if (decision) {
+      await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, decision[1] === 'approve', decision[2] || undefined));
+      return;
+    }
+    if (this.stopping) {
+      await this.reply(msg.roomId, 'I am restarting; send that again in a moment.');
+      return;
+    }
+    // One turn at a time per room, in order.
+    const prev = this.queues.get(msg.roomId) ?? Promise.resolve();
+    const next = prev.then(() => this.handle(msg)).catch((err) => {
+      this.o.logger.error({ err: toMpError(err).message }, 'message handling failed');
+      return this.reply(msg.roomId, `Something went wrong: ${toMpError(err).message}`).catch(() => undefined);
+    });
+    this.queues.set(msg.roomId, next);
+    await next;
+  }
+
+  /** Tells, once per room, why an encrypted message cannot be answered. */
+  async onUndecryptable(roomId: string, sender: string): Promise<void> {
+    if (!this.isOperator(sender) || this.warnedEncrypted.has(roomId)) return;
+    this.warnedEncrypted.add(roomId);
+    const dm = await this.o.chat.findDm(sender).catch(() => undefined);
+    await this.reply(roomId, `🔒 This room is end-to-end encrypted and this bot has no encryption support installed, so it cannot read your messages here.${dm && dm !== roomId ? ' Talk to me in our unencrypted DM instead.' : ' Start a new DM with encryption turned off, or install the Matrix crypto module on the launcher.'}`).catch(() => undefined);
+  }
+
+  private async handle(msg: ChatMessage): Promise<void> {
+    this.busyCount++;
+    await this.o.chat.setTyping(msg.roomId, true, TYPING_MS).catch(() => undefined);
+    try {
+      const text = msg.body.trim();
+      if (text.startsWith('!')) {
+        const [word = '', ...restParts] = text.slice(1).split(/\s+/);
+        const cmd = COMMANDS.find((c) => c.name === word.toLowerCase());
+        if (!cmd) {
+          await this.reply(msg.roomId, `Unknown command !${word}. Send !help for the list.`);
+          return;
+        }
+        await cmd.run(this, msg, restParts.join(' '));
+        return;
+      }
+      await this.llmTurn(msg);
+    } finally {
+      this.busyCount--;
+      await this.o.chat.setTyping(msg.roomId, false).catch(() => undefined);
+    }
+  }
+
+  private invoke(msg: ChatMessage, capability: string, args: unknown, actor: string): Promise<InvokeResult> {
+    const req = { device: this.o.device, capability, args, actor, ...(msg.context ? { context: msg.context } : {}) };
+    return this.o.invoker.invoke(req, this.approvals.hookFor(msg.roomId));
+  }
+
+  private async llmTurn(msg: ChatMessage): Promise<void> {
+    const llm = this.o.llm;
+    const manifest = this.o.manifest();
+    if (!llm) {
+      await this.reply(msg.roomId, `No LLM is configured, so I only understand commands. ${COMMAND_MODE_HINT}`);
+      return;
+    }
+    if (!manifest) {
+      await this.reply(msg.roomId, 'My manifest is missing or invalid, so I cannot act. Check `meshpilot devices` on the launcher.');
+      return;
+    }
+    const tools = buildTools(this.o.invoker.allowedCapabilities(this.o.device));
+    const system = buildSystemPrompt({ ...manifest, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
+    const result = await runTurn({
+      client: llm.client, system, tools,
+      history: this.conversations.load(msg.roomId),
+      userText: msg.body,
+      invoke: (capability, args) => this.invoke(msg, capability, args, `llm:${msg.sender}`),
+      maxSteps: llm.maxSteps,
+      budget: this.conversations.budget(llm.dailyTokenBudget),
+      logger: this.o.logger,
+    });
+    if (result.messages.length) this.conversations.append(msg.roomId, result.messages);
+    const footer = auditFooter(result.actions);
+    let text = result.text || (result.error ? result.error.message : '(no answer)');
+    if (result.error && result.text) text += `\n\n${result.error.message}`;
+    const plain = footer ? `${text}\n\n${footer}` : text;
+    const html = `${llmTextToHtml(text)}${footer ? `<br><br><small>${escapeHtml(footer)}</small>` : ''}`;
+    await this.o.chat.sendHtml(msg.roomId, plain, html);
+    if (result.actions.length) await this.anchorAuditHead(msg.roomId, result.actions);
+  }
+
+  /** Records the audit head in the room: an anchor the device cannot rewrite later. */
+  async anchorAuditHead(roomId: string, actions?: readonly TurnAction[]): Promise<void> {
+    const head = this.o.audit.head(this.o.device);
+    if (!head) return;
+    const content: Record<string, unknown> = { device: this.o.device, seq: head.seq, hash: head.hash, ts: new Date().toISOString() };
+    if (actions) content['actions'] = actions.map((a) => a.auditSeq).filter((s) => s !== null);
+    await this.o.chat.setState(roomId, AUDIT_HEAD_EVENT, this.o.device, content).catch((err) => {
+      this.o.logger.warn({ err: toMpError(err).message }, 'could not record the audit head in the room');
+    });
+  }
+
+  private async reply(roomId: string, text: string): Promise<void> {
+    await this.o.chat.sendText(roomId, text);
+  }
+
+  async sendReply(roomId: string, reply: ChatReply): Promise<void> {
+    await this.o.chat.sendHtml(roomId, reply.plain, reply.html);
+    if (reply.attachment) await this.o.chat.sendFile(roomId, reply.attachment.name, reply.attachment.bytes, reply.attachment.mimetype);
+  }
+
+  private auditStranger(sender: string, what: string, roomId: string): void {
+    this.o.logger.info({ sender, what }, 'ignored: not an operator');
+    this.o.audit.append({
+      device: this.o.device, actor: sender.slice(0, 256), request_id: null, capability: what, args: { room: roomId },
+      decision: 'denied', outcome: 'not_run', exit_code: null, output_sha256: null, duration_ms: null,
+      error_code: 'policy_denied', reason: `${sender} is not an operator of ${this.o.device}`, context: null,
+    });
+  }
+
+  // ---- commands ---------------------------------------------------------------------------
+
+  async cmdHelp(msg: ChatMessage, rest: string): Promise<void> {
+    const name = rest.trim();
+    if (name) {
+      const def = this.o.invoker.registry.get(name);
+      if (!def) return this.reply(msg.roomId, `Unknown capability ${name}.`);
+      const allowed = this.o.invoker.allowedCapabilities(this.o.device).some((d) => d.name === name);
+      const lines = describeArgs(def);
+      return this.o.chat.sendHtml(msg.roomId, `${def.name} (${def.risk})${allowed ? '' : ' — not enabled on this device'}\n${def.description}\n${lines.join('\n')}`,
+        `<b>${escapeHtml(def.name)}</b> (${def.risk})${allowed ? '' : ' — <i>not enabled on this device</i>'}<br>${escapeHtml(def.description)}<pre><code>${escapeHtml(lines.join('\n') || 'no arguments')}</code></pre>`).then(() => undefined);
+    }
+    const caps = this.o.invoker.allowedCapabilities(this.o.device).map((d) => d.name);
+    const cmdLines = COMMANDS.map((c) => `!${c.name}${c.args ? ' ' + c.args : ''} — ${c.help}`);
+    const plain = `Commands:\n${cmdLines.join('\n')}\n\nCapabilities here: ${caps.join(', ') || 'none'}\nOr just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
+    const html = `<b>Commands</b><br>${cmdLines.map((l) => escapeHtml(l)).join('<br>')}<br><br><b>Capabilities here</b>: ${escapeHtml(caps.join(', ') || 'none')}<br>Or just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
+    await this.o.chat.sendHtml(msg.roomId, plain, html);
+  }
+
+  async cmdStatus(msg: ChatMessage): Promise<void> {
+    const info = await this.invoke(msg, 'sys.info', {}, msg.sender);
+    const health = await this.invoke(msg, 'sys.health', {}, msg.sender);
+    const parts = [info, health].map((r) => (r.ok ? (r.result?.stdout.trim() ?? '') : `${r.capability}: ${r.error?.message ?? 'failed'}`));
+    const refs = [info, health].map(auditRef).filter(Boolean).join(' · ');
+    const plain = `🖥 ${this.o.device}\n${parts.join('\n')}\n${refs}`;
+    const html = `🖥 <b>${escapeHtml(this.o.device)}</b><pre><code>${escapeHtml(parts.join('\n'))}</code></pre><small>${escapeHtml(refs)}</small>`;
+    await this.o.chat.sendHtml(msg.roomId, plain, html);
+    await this.anchorAuditHead(msg.roomId);
+  }
+
+  async cmdCap(msg: ChatMessage, rest: string): Promise<void> {
+    const [name = '', ...pairs] = rest.trim().split(/\s+/).filter(Boolean);
+    if (!name) return this.reply(msg.roomId, 'Usage: !cap <capability> key=value … (see !help)');
+    const def = this.o.invoker.registry.get(name);
+    if (!def) return this.reply(msg.roomId, `Unknown capability ${name}. Send !help for the ones enabled here.`);
+    const parsed = parseKeyValues(def, pairs);
+    if (!parsed.ok) return this.reply(msg.roomId, parsed.message);
+    const r = await this.invoke(msg, name, parsed.args, msg.sender);
+    await this.sendReply(msg.roomId, formatResult(r));
+    if (r.audit) await this.anchorAuditHead(msg.roomId);
+  }
+
+  async cmdAudit(msg: ChatMessage, rest: string): Promise<void> {
+    const n = rest.trim() ? Number(rest.trim()) : 10;
+    if (!Number.isInteger(n) || n < 1 || n > 200) return this.reply(msg.roomId, 'Usage: !audit [n] with n from 1 to 200');
+    const tail = (this.o.audit as unknown as { tail?: (n: number, d: string) => Array<{ seq: number; ts: string; actor: string; capability: string; decision: string; outcome: string; exit_code: number | null }> }).tail;
+    if (!tail) return this.reply(msg.roomId, 'This audit log cannot be listed here.');
+    const entries = tail.call(this.o.audit, n, this.o.device);
+    const lines = entries.map((e) => `#${e.seq} ${e.ts.slice(5, 19).replace('T', ' ')} ${e.capability} ${e.decision}/${e.outcome}${e.exit_code !== null ? ` exit ${e.exit_code}` : ''} · ${e.actor}`);
+    const text = lines.join('\n') || 'The audit log is empty.';
+    await this.o.chat.sendHtml(msg.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
+  }
+
+  async cmdDecide(msg: ChatMessage, rest: string, approve: boolean): Promise<void> {
+    await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, approve, rest.trim() || undefined));
+  }
+
+  async cmdReset(msg: ChatMessage): Promise<void> {
+    this.conversations.reset(msg.roomId);
+    await this.reply(msg.roomId, 'Conversation history cleared.');
+  }
+
+  async cmdBudget(msg: ChatMessage): Promise<void> {
+    const u = this.conversations.usageToday();
+    const limit = this.o.llm?.dailyTokenBudget;
+    await this.reply(msg.roomId, `LLM tokens today (UTC ${u.day}): ${u.total}${limit ? ` of ${limit}` : ''} (${u.input} in, ${u.output} out, ${u.calls} calls).`);
+  }
+
+  /** Graceful stop: new messages are turned away, the current turn finishes, pending approvals are rejected. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.approvals.rejectAll('shutdown');
+    await Promise.allSettled([...this.queues.values()]);
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * The device bot process (forked by the launcher's supervisor, one per device). It reads its
+ * config and secrets from MESHPILOT_HOME (never from argv), talks to the launcher over IPC
+ * (ready, heartbeat with the audit head, fatal), and shuts down gracefully on request.
+ */
+import * as path from 'node:path';
+import { z } from 'zod';
+import '../capabilities/transports/ssh.js';
+import '../capabilities/transports/mesh.js';
+import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
+import { openDatabase } from '../capabilities/db.js';
+import { toMpError } from '../capabilities/errors.js';
+import { layout, resolveHome } from '../capabilities/home.js';
+import { Invoker } from '../capabilities/invoke.js';
+import { logger } from '../capabilities/log.js';
+import { builtinRegistry } from '../capabilities/registry.js';
+import { loadConfig } from '../launcher/config.js';
+import { DeviceRegistry } from '../launcher/registry.js';
+import { readCredentials } from './credentials.js';
+import { DeviceBot } from './device-bot.js';
+import { createLlmClient } from './llm.js';
+import { createMatrixSession } from './matrix.js';
+
+const ParentMessage = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('init'), device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/) }),
+  z.object({ type: z.literal('shutdown') }),
+]);
+
+function send(msg: Record<string, unknown>): void {
+  if (process.send) process.send(msg);
+}
+
+function fatal(code: string, message: string): never {
+  send({ type: 'fatal', code, message });
+  // Give the IPC message time to leave before exiting.
+  setTimeout(() => process.exit(78), 200);
+  throw new Error(message);
+}
+
+async function main(device: string): Promise<void> {
+  const home = layout(resolveHome());
+  const log = logger('bot', { device });
+  const cfg = loadConfig(home.config);
+  if (!cfg.ok) fatal('config', cfg.missing ? `no config at ${home.config}: run \`meshpilot init\`` : cfg.errors.join('\n'));
+  const config = cfg.config;
+  const creds = readCredentials(home.keys, device);
+  if (!creds) fatal('config', `no Matrix account for ${device}: run \`meshpilot bot register ${device}\``);
+
+  const db = openDatabase(home.db);
+  const audit = new SqliteAuditLog(db);
+  const devices = new DeviceRegistry(home.manifests, builtinRegistry());
+  if (!devices.get(device)) fatal('manifest_invalid', devices.problems(device) ?? `no manifest for ${device}`);
+  const invoker = new Invoker({ manifests: devices, audit });
+  const session = createMatrixSession({
+    homeserverUrl: creds.homeserverUrl ?? config.matrix.homeserver_url,
+    accessToken: creds.accessToken,
+    userId: creds.userId,
+    storageDir: path.join(home.bots, device),
+    logger: log.child({ component: 'matrix' }),
+  });
+  const apiKey = config.llm.api_key;
+  const bot = new DeviceBot({
+    device,
+    manifest: () => devices.get(device),
+    operators: config.operators,
+    invoker, audit, db,
+    chat: {
+      get userId() { return session.userId ?? creds.userId; },
+      sendText: (r, t) => session.sendText(r, t),
+      sendHtml: (r, p, h) => session.sendHtml(r, p, h),
+      sendFile: async (r, n, b, m) => (await session.sendFile(r, n, b, m)).eventId,
+      setTyping: (r, t, ms) => session.setTyping(r, t, ms),
+      setState: async (r, t, k, c) => { await session.setState(r, t, k, c); },
+      createDm: (u, o) => session.createDm(u, { ...o, encrypted: false }),
+      findDm: async (u) => (await session.findDm(u)) ?? undefined,
+      joinRoom: async (r) => { await session.joinRoom(r); },
+      leaveRoom: (r) => session.leaveRoom(r),
+      isEncryptedRoom: (r) => session.isEncryptedRoom(r),
+    },
+    ...(apiKey ? {
+      llm: {
+        client: createLlmClient({ apiKey, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), model: config.llm.model, maxTokens: config.llm.max_tokens, timeoutMs: config.llm.timeout_s * 1000, logger: log }),
+        maxSteps: config.llm.max_steps,
+        dailyTokenBudget: config.llm.daily_token_budget,
+        ...(config.llm.system_prompt ? { operatorPrompt: config.llm.system_prompt } : {}),
+      },
+    } : {}),
+    approvalTimeoutMs: config.approvals.timeout_s * 1000,
+    logger: log,
+  });
+
+  session.onInvite((i) => bot.onInvite(i.roomId, i.sender));
+  session.onReaction((r) => bot.onReaction(r.roomId, r.sender, r.relatesToEventId, r.key));
+  session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender));
+  session.onMessage(async (m) => {
+    if (m.msgtype === 'm.text' || m.msgtype === 'm.notice') {
+      await bot.onMessage({ roomId: m.roomId, eventId: m.eventId, sender: m.sender, body: m.body, msgtype: m.msgtype });
+    } else if (m.msgtype === 'm.audio' && voiceHandler) {
+      await voiceHandler(m, bot);
+    } else if (bot.isOperator(m.sender)) {
+      await session.sendText(m.roomId, `I can't handle ${m.msgtype.replace('m.', '')} messages${m.msgtype === 'm.audio' ? ' yet' : ''}; send text or !help.`);
+    }
+  });
+
+  let stopping = false;
+  const shutdown = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info('shutting down: finishing the current call');
+    await bot.stop();
+    await session.stop();
+    await invoker.close();
+    db.close();
+    process.exit(0);
+  };
+  process.on('message', (raw) => {
+    const p = ParentMessage.safeParse(raw);
+    if (p.success && p.data.type === 'shutdown') void shutdown();
+  });
+  process.on('SIGTERM', () => void shutdown());
+  process.on('SIGINT', () => void shutdown());
+
+  await session.start();
+  await bot.start();
+  send({ type: 'ready' });
+  log.info({ userId: creds.userId }, 'device bot running');
+  const beat = (): void => send({ type: 'heartbeat', busy: bot.busy, auditHead: audit.head(device) ?? undefined });
+  beat();
+  setInterval(beat, 10_000).unref();
+}
+
+/** Set by the voice module when it is loaded (issue: voice messages to commands). */
+let voiceHandler: ((m: import('./matrix.js').MatrixMessage, bot: DeviceBot) => Promise<void>) | undefined;
+export function setVoiceHandler(h: typeof voiceHandler): void {
+  voiceHandler = h;
+}
+
+// Entry: wait for the launcher's init message (device name), or take MESHPILOT_DEVICE when run by hand.
+const direct = process.env['MESHPILOT_DEVICE'];
+if (direct) {
+  main(direct).catch((err) => { process.stderr.write(`${toMpError(err).message}\n`); process.exit(1); });
+} else {
+  process.once('message', (raw) => {
+    const p = ParentMessage.safeParse(raw);
+    if (!p.success || p.data.type !== 'init') {
+      process.stderr.write('device bot: expected an init message from the launcher\n');
+      process.exit(2);
+    }
+    main(p.data.device).catch((err) => {
+      process.stderr.write(`${toMpError(err).message}\n`);
+      process.exit(1);
+    });
+  });
+}

@@ -1,0 +1,117 @@
+/**
+ * MESHPILOT_HOME/config.yaml, zod-validated, with environment overrides. Secrets may live in the
+ * file (0600) or come from the environment; they never reach logs (pino redaction) or argv.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { LineCounter, parseDocument, stringify } from 'yaml';
+import { z } from 'zod';
+import { MeshpilotError } from '../capabilities/errors.js';
+
+const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
+
+export const ConfigSchema = z.object({
+  matrix: z.object({
+    homeserver_url: z.url().max(512),
+    /** The part after the colon in user IDs; defaults to the homeserver's host. */
+    server_name: z.string().min(1).max(255).optional(),
+    registration_shared_secret: z.string().min(1).max(1024).optional(),
+    /** Bot user IDs are `@<bot_prefix><device>:<server_name>`. */
+    bot_prefix: z.string().regex(/^[a-z0-9._=-]*$/).max(32).default('meshpilot-'),
+    operator_bot: z.string().regex(/^[a-z0-9._=-]+$/).max(64).default('meshpilot'),
+    /** Room for health alerts; created on first run when absent. */
+    operator_room: z.string().max(255).optional(),
+  }).strict(),
+  /** Operators for every device (a manifest's own `operators` add to these). */
+  operators: z.array(Mxid).min(1).max(32),
+  llm: z.object({
+    api_key: z.string().min(1).max(512).optional(),
+    base_url: z.url().max(512).optional(),
+    model: z.string().min(1).max(128).default('claude-sonnet-4-5'),
+    max_tokens: z.number().int().min(256).max(64000).default(2048),
+    max_steps: z.number().int().min(1).max(32).default(8),
+    daily_token_budget: z.number().int().min(1000).max(100_000_000).default(1_000_000),
+    timeout_s: z.number().int().min(5).max(600).default(60),
+    system_prompt: z.string().max(4000).optional(),
+  }).strict().default({ model: 'claude-sonnet-4-5', max_tokens: 2048, max_steps: 8, daily_token_budget: 1_000_000, timeout_s: 60 }),
+  approvals: z.object({ timeout_s: z.number().int().min(10).max(3600).default(300) }).strict().default({ timeout_s: 300 }),
+  supervisor: z.object({
+    max_crashes: z.number().int().min(1).max(100).default(5),
+    crash_window_s: z.number().int().min(10).max(86400).default(300),
+    backoff_max_s: z.number().int().min(1).max(3600).default(60),
+  }).strict().default({ max_crashes: 5, crash_window_s: 300, backoff_max_s: 60 }),
+  health: z.object({
+    schedule: z.string().max(64).default('* * * * *'),
+    stale_after_s: z.number().int().min(30).max(86400).default(600),
+    unreachable_after: z.number().int().min(1).max(20).default(2),
+    remind_after_s: z.number().int().min(60).max(7 * 86400).default(6 * 3600),
+    hub_interface: z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/).optional(),
+  }).strict().default({ schedule: '* * * * *', stale_after_s: 600, unreachable_after: 2, remind_after_s: 21600 }),
+}).strict();
+export type Config = z.infer<typeof ConfigSchema>;
+
+export type ConfigLoad =
+  | { ok: true; config: Config }
+  | { ok: false; missing: true; file: string }
+  | { ok: false; missing: false; file: string; errors: string[] };
+
+/** Environment variables that override (or supply) config values. */
+export function envOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const o: Record<string, unknown> = {};
+  if (env['ANTHROPIC_API_KEY']) o['llm.api_key'] = env['ANTHROPIC_API_KEY'];
+  if (env['ANTHROPIC_BASE_URL']) o['llm.base_url'] = env['ANTHROPIC_BASE_URL'];
+  if (env['MESHPILOT_HOMESERVER']) o['matrix.homeserver_url'] = env['MESHPILOT_HOMESERVER'];
+  if (env['MESHPILOT_REGISTRATION_SECRET']) o['matrix.registration_shared_secret'] = env['MESHPILOT_REGISTRATION_SECRET'];
+  return o;
+}
+
+function setPath(obj: Record<string, unknown>, dotted: string, value: unknown): void {
+  const keys = dotted.split('.');
+  let cur = obj;
+  for (const k of keys.slice(0, -1)) {
+    if (typeof cur[k] !== 'object' || cur[k] === null) cur[k] = {};
+    cur = cur[k] as Record<string, unknown>;
+  }
+  cur[keys[keys.length - 1]!] = value;
+}
+
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): ConfigLoad {
+  if (!existsSync(file)) return { ok: false, missing: true, file };
+  const counter = new LineCounter();
+  const doc = parseDocument(readFileSync(file, 'utf8'), { lineCounter: counter });
+  if (doc.errors.length) {
+    return { ok: false, missing: false, file, errors: doc.errors.map((e) => `${file}:${e.linePos?.[0]?.line ?? '?'} YAML syntax: ${e.message.split('\n')[0]}`) };
+  }
+  const raw = (doc.toJS() ?? {}) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(envOverrides(env))) setPath(raw, k, v);
+  const parsed = ConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    return {
+      ok: false, missing: false, file,
+      errors: parsed.error.issues.map((i) => {
+        const node = doc.getIn(i.path as Array<string | number>, true) as { range?: [number] } | undefined;
+        const line = node?.range ? `:${counter.linePos(node.range[0]).line}` : '';
+        return `${file}${line} ${i.path.join('.')}: ${i.message}`;
+      }),
+    };
+  }
+  return { ok: true, config: parsed.data };
+}
+
+export function loadConfigOrThrow(file: string, env?: NodeJS.ProcessEnv): Config {
+  const r = loadConfig(file, env);
+  if (r.ok) return r.config;
+  if (r.missing) throw new MeshpilotError('config', `no config at ${file}: run \`meshpilot init\``);
+  throw new MeshpilotError('config', r.errors.join('\n'));
+}
+
+export function serverNameOf(config: Config): string {
+  return config.matrix.server_name ?? new URL(config.matrix.homeserver_url).hostname;
+}
+
+export function botUserId(config: Config, device: string): string {
+  return `@${config.matrix.bot_prefix}${device}:${serverNameOf(config)}`;
+}
+
+export function writeConfig(file: string, config: Record<string, unknown>): void {
+  writeFileSync(file, `# meshpilot config (see README: Configuration)\n${stringify(config)}`, { mode: 0o600 });
+}
