@@ -50,6 +50,13 @@ async function loopback(root: string, bundlePath: string): Promise<BenchFigure[]
       samples.push(performance.now() - t);
     }
     samples.sort((a, b) => a - b);
+    const health: number[] = [];
+    for (let i = 0; i < 300; i++) {
+      const t = performance.now();
+      await runner.health();
+      health.push(performance.now() - t);
+    }
+    process.stderr.write(`# /health round trip p50 ${percentile(health.sort((a, b) => a - b), 50).toFixed(3)} ms (HTTP + JSON only)\n`);
 
     const until = performance.now() + CONCURRENT_S * 1000;
     let done = 0;

@@ -329,7 +329,8 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   mkdirSync(opts.storageDir, { recursive: true, mode: 0o700 });
   const storage = new SimpleFsStorageProvider(path.join(opts.storageDir, 'bot-sdk.json'));
   const client = new SessionClient(homeserverUrl, opts.accessToken, storage);
-  client.syncingTimeout = opts.syncTimeoutMs ?? 30_000;
+  const syncTimeout = opts.syncTimeoutMs ?? 30_000;
+  client.syncingTimeout = syncTimeout;
   const backoffMin = opts.backoffMinMs ?? 1_000;
   const backoffMax = Math.max(backoffMin, opts.backoffMaxMs ?? 60_000);
   const maxDownloadDefault = opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD;
@@ -434,8 +435,12 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     lastToken = token;
     let failures = 0;
     const stopped = new Promise<'stopped'>((resolve) => signal.addEventListener('abort', () => resolve('stopped'), { once: true }));
+    let caughtUp = false;
     while (!signal.aborted) {
       let raw: unknown;
+      // The first sync after (re)start must not long-poll: start() waits for it, and with nothing new
+      // a long poll would hold a restarted bot back for the whole timeout.
+      client.syncingTimeout = caughtUp ? syncTimeout : 0;
       try {
         raw = await Promise.race([client.syncOnce(token), stopped]);
       } catch (err) {
@@ -469,6 +474,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
         lastToken = next;
         await Promise.resolve(storage.setSyncToken(next));
       }
+      caughtUp = true;
       firstBatch?.resolve();
     }
   }

@@ -202,8 +202,12 @@ export class JsonlAuditLog {
     if (existsSync(file)) {
       const last = lastLine(file);
       if (last) {
-        const parsed = AuditEntrySchema.safeParse(JSON.parse(last));
-        if (parsed.success) this.head = { seq: parsed.data.seq, hash: parsed.data.hash };
+        // A corrupt last line must stop the writer: appending after it would start a second chain.
+        let raw: unknown;
+        try { raw = JSON.parse(last); } catch { raw = undefined; }
+        const parsed = AuditEntrySchema.safeParse(raw);
+        if (!parsed.success) throw new Error(`${file}: the last line is not a valid audit entry; refusing to append after it (inspect and repair the log first)`);
+        this.head = { seq: parsed.data.seq, hash: parsed.data.hash };
       }
     }
     this.fd = openSync(file, 'a', 0o600);

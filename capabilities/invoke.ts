@@ -190,7 +190,7 @@ export class Invoker {
       if (endpoint.kind === 'host') {
         result = await def.run(verdict.args, { host: endpoint.host, device: req.device, os: manifest.os, limits });
       } else {
-        const r = await endpoint.remote.run({ capability: def.name, args: verdict.args, actor: req.actor, requestId });
+        const r = await endpoint.remote.run({ capability: def.name, args: verdict.args, actor: req.actor, requestId, ...(approver ? { approvedBy: approver } : {}) });
         result = r.result;
         deviceAudit = r.deviceAudit;
       }

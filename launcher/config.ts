@@ -33,7 +33,7 @@ export const ConfigSchema = z.object({
     timeout_s: z.number().int().min(5).max(600).default(60),
     system_prompt: z.string().max(4000).optional(),
   }).strict().default({ model: 'claude-sonnet-4-5', max_tokens: 2048, max_steps: 8, daily_token_budget: 1_000_000, timeout_s: 60 }),
-  approvals: z.object({ timeout_s: z.number().int().min(10).max(3600).default(300) }).strict().default({ timeout_s: 300 }),
+  approvals: z.object({ timeout_s: z.number().int().min(1).max(3600).default(300) }).strict().default({ timeout_s: 300 }),
   supervisor: z.object({
     max_crashes: z.number().int().min(1).max(100).default(5),
     crash_window_s: z.number().int().min(10).max(86400).default(300),

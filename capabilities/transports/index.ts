@@ -11,7 +11,7 @@ import type { Host } from './types.js';
 
 /** A device whose capabilities run elsewhere (the mesh agent), which enforces and audits them again. */
 export interface RemoteRunner {
-  run(req: { capability: string; args: Record<string, unknown>; actor: string; requestId: string }): Promise<{
+  run(req: { capability: string; args: Record<string, unknown>; actor: string; requestId: string; approvedBy?: string }): Promise<{
     result: CapabilityResult;
     /** The agent's own audit entry for this call, when it wrote one. */
     deviceAudit?: { seq: number; hash: string };

@@ -9,3 +9,4 @@ export type RegisterCommands = (program: Command, ctx: CommandContext) => void;
 export const COMMAND_MODULES: RegisterCommands[] = [];
 import { register as registerAgent } from './agent.js'; COMMAND_MODULES.push(registerAgent);
 import { register as registerSsh } from './ssh.js'; COMMAND_MODULES.push(registerSsh);
+import { register as registerReload } from './reload.js'; COMMAND_MODULES.push(registerReload);

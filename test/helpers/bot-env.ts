@@ -1,0 +1,87 @@
+/**
+ * A complete meshpilot environment for bot tests: homeserver fixture, Anthropic fixture, a temp
+ * MESHPILOT_HOME with config, a registered bot account and operator, a device manifest, and a
+ * way to run the real device bot process.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { writeCredentials } from '../../bots/credentials.js';
+import { ensureHome, PACKAGE_ROOT } from '../../capabilities/home.js';
+import { writeConfig } from '../../launcher/config.js';
+import { startAnthropicFixture, type AnthropicFixture } from '../fixtures/anthropic.js';
+import { startHomeserver, type Homeserver, type RegisteredUser } from '../fixtures/homeserver.js';
+import { startPhone, type PhoneHandle } from './phone.js';
+
+export const DEVICE_MAIN = path.join(PACKAGE_ROOT, 'bots', 'device-main.ts');
+
+export interface BotEnv {
+  home: string;
+  work: string;
+  hs: Homeserver;
+  llm: AnthropicFixture;
+  operator: RegisteredUser;
+  phone: PhoneHandle;
+  registerBot(device: string): RegisteredUser;
+  writeManifest(device: string, capabilitiesYaml: string): void;
+  startBot(device: string): ChildProcess;
+  cleanup(): Promise<void>;
+}
+
+export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: boolean } = {}): Promise<BotEnv> {
+  const hs = await startHomeserver();
+  const llm = await startAnthropicFixture({ apiKey: 'sk-test' });
+  const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bot-'));
+  const home = path.join(root, 'home');
+  const work = path.join(root, 'work');
+  mkdirSync(work);
+  const { home: layoutDirs } = ensureHome(home);
+  const operator = hs.registerUser('lucas', 'pw-lucas');
+  writeConfig(layoutDirs.config, {
+    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret },
+    operators: [operator.userId],
+    ...(opts.withLlm === false ? {} : { llm: { api_key: 'sk-test', base_url: llm.url, model: 'claude-test', max_tokens: 1024 } }),
+    approvals: { timeout_s: opts.approvalTimeoutS ?? 300 },
+  });
+  const phone = await startPhone(hs, operator);
+  const children: ChildProcess[] = [];
+  return {
+    home, work, hs, llm, operator, phone,
+    registerBot(device) {
+      const user = hs.registerUser(`meshpilot-${device}`, `pw-${device}`);
+      writeCredentials(layoutDirs.keys, device, { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId });
+      return user;
+    },
+    writeManifest(device, capabilitiesYaml) {
+      writeFileSync(path.join(layoutDirs.manifests, `${device}.yaml`), `device: ${device}\nos: linux\ntransport: { kind: local }\ncapabilities:\n${capabilitiesYaml}`);
+    },
+    startBot(device) {
+      const child = fork(DEVICE_MAIN, [], {
+        execArgv: ['--import', 'tsx'],
+        env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: home, MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+      children.push(child);
+      return child;
+    },
+    async cleanup() {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      phone.stop();
+      await llm.close();
+      await hs.stop();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resolves when the child sends {type:'ready'} (or rejects when it exits first). */
+export function waitReady(child: ChildProcess, ms = 30_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('bot did not become ready')), ms);
+    child.on('message', (m: unknown) => {
+      if ((m as { type?: string }).type === 'ready') { clearTimeout(t); resolve(); }
+    });
+    child.once('exit', (code) => { clearTimeout(t); reject(new Error(`bot exited with ${code} before ready`)); });
+  });
+}
