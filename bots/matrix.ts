@@ -838,3 +838,58 @@ export async function deactivateUser(o: { homeserverUrl: string; adminToken: str
     throw toMeshpilot(err, 'deactivation');
   }
 }
+
+// ------------------------------------------------------------------------------------------- account helpers
+
+async function clientApi(homeserverUrl: string, method: string, p: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
+  const base = homeserverUrl.replace(/\/+$/, '');
+  let res: Response;
+  try {
+    res = await fetch(`${base}${p}`, {
+      method,
+      headers: { 'Content-Type': 'application/json', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch (err) {
+    throw new MeshpilotError('unreachable', `Matrix homeserver ${base} cannot be reached: ${(err as Error).message}`);
+  }
+  const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!res.ok) {
+    const errcode = typeof json['errcode'] === 'string' ? json['errcode'] : `HTTP ${res.status}`;
+    const error = typeof json['error'] === 'string' ? json['error'] : '';
+    const code = errcode === 'M_FORBIDDEN' || errcode === 'M_UNKNOWN_TOKEN' || errcode === 'M_MISSING_TOKEN' ? 'auth' : res.status >= 500 ? 'unreachable' : 'usage';
+    throw new MeshpilotError(code, `${errcode}${error ? `: ${error}` : ''}`);
+  }
+  return json;
+}
+
+/** Checks an access token and returns who it belongs to. */
+export async function whoamiWithToken(o: { homeserverUrl: string; accessToken: string }): Promise<{ userId: string; deviceId?: string }> {
+  const j = await clientApi(o.homeserverUrl, 'GET', '/_matrix/client/v3/account/whoami', undefined, o.accessToken);
+  if (typeof j['user_id'] !== 'string') throw new MeshpilotError('auth', 'whoami returned no user_id');
+  return { userId: j['user_id'], ...(typeof j['device_id'] === 'string' ? { deviceId: j['device_id'] } : {}) };
+}
+
+/** m.login.password; returns a fresh access token (a new Matrix device). */
+export async function loginWithPassword(o: { homeserverUrl: string; user: string; password: string; deviceName?: string }): Promise<{ userId: string; accessToken: string; deviceId: string }> {
+  const j = await clientApi(o.homeserverUrl, 'POST', '/_matrix/client/v3/login', {
+    type: 'm.login.password',
+    identifier: { type: 'm.id.user', user: o.user },
+    password: o.password,
+    initial_device_display_name: o.deviceName ?? 'meshpilot',
+  });
+  if (typeof j['access_token'] !== 'string' || typeof j['user_id'] !== 'string') throw new MeshpilotError('auth', 'login returned no access token');
+  return { userId: j['user_id'], accessToken: j['access_token'], deviceId: typeof j['device_id'] === 'string' ? j['device_id'] : '' };
+}
+
+/** `/versions`, for doctor checks. */
+export async function homeserverVersions(homeserverUrl: string): Promise<string[]> {
+  const j = await clientApi(homeserverUrl, 'GET', '/_matrix/client/versions');
+  return Array.isArray(j['versions']) ? (j['versions'] as unknown[]).filter((v): v is string => typeof v === 'string') : [];
+}
+
+/** Sets a user's display name with their own token. */
+export async function setDisplayNameWithToken(o: { homeserverUrl: string; accessToken: string; userId: string; displayname: string }): Promise<void> {
+  await clientApi(o.homeserverUrl, 'PUT', `/_matrix/client/v3/profile/${encodeURIComponent(o.userId)}/displayname`, { displayname: o.displayname }, o.accessToken);
+}

@@ -9,6 +9,37 @@ import { MeshpilotError } from '../capabilities/errors.js';
 
 const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
 
+/** WireGuard mesh settings used by `meshpilot add-pc --via wg` (launcher/enroll-wg.ts). */
+export const MeshConfigSchema = z.object({
+  hub: z.object({
+    /** The hub's WireGuard interface (wg0). */
+    interface: z.string().regex(/^[a-zA-Z0-9_.=+-]{1,15}$/),
+    /** The hub's mesh address with the mesh prefix, e.g. 10.99.0.1/24: devices get addresses from this subnet. */
+    address: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}\/(1[6-9]|2\d|30)$/, 'must be an IPv4 address with a /16-/30 prefix, e.g. 10.99.0.1/24'),
+    /** What devices dial: host:port of the hub's WireGuard listener. */
+    endpoint: z.string().regex(/^[A-Za-z0-9.-]{1,253}:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'must be host:port'),
+    /** How to run `wg` on the hub: 'local' (meshpilot runs on the hub) or an ssh alias / user@host[:port]. */
+    ssh: z.string().min(1).max(300).default('local'),
+    /** Private key for that ssh connection (default: the ssh transport's default keys). */
+    ssh_key: z.string().min(1).max(1024).optional(),
+    /** The hub's wg-quick config file, where peers are persisted (default /etc/wireguard/<interface>.conf). */
+    config_file: z.string().min(1).max(1024).optional(),
+  }).strict(),
+  /** The port the device agent listens on, on its mesh address. */
+  agent_port: z.number().int().min(1).max(65535).default(7420),
+  /** Where the agent is installed on a device (a per-device folder is made inside). */
+  install_dir: z.string().min(1).max(1024).default('~/.meshpilot-agent'),
+  /** Where the device's WireGuard config goes. */
+  wg_dir: z.string().min(1).max(1024).default('/etc/wireguard'),
+  /** How the agent is started: systemd when present, else a supervised background process. */
+  service: z.enum(['auto', 'systemd', 'process']).default('auto'),
+  persistent_keepalive_s: z.number().int().min(0).max(3600).default(25),
+  /** How long add-pc waits for the agent's /health, then for the bot's "live" message. */
+  health_timeout_s: z.number().int().min(1).max(600).default(30),
+  live_timeout_s: z.number().int().min(1).max(600).default(60),
+}).strict();
+export type MeshConfig = z.infer<typeof MeshConfigSchema>;
+
 export const ConfigSchema = z.object({
   matrix: z.object({
     homeserver_url: z.url().max(512),
@@ -45,7 +76,12 @@ export const ConfigSchema = z.object({
     unreachable_after: z.number().int().min(1).max(20).default(2),
     remind_after_s: z.number().int().min(60).max(7 * 86400).default(6 * 3600),
     hub_interface: z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/).optional(),
-  }).strict().default({ schedule: '* * * * *', stale_after_s: 600, unreachable_after: 2, remind_after_s: 21600 }),
+    /** The device (an ssh manifest) that is the WireGuard hub; absent: `wg show` runs on the launcher's machine. */
+    hub_device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/).optional(),
+    /** Alerts in one cycle at or above which one digest message is sent instead. */
+    digest_min: z.number().int().min(2).max(1000).default(5),
+  }).strict().default({ schedule: '* * * * *', stale_after_s: 600, unreachable_after: 2, remind_after_s: 21600, digest_min: 5 }),
+  mesh: MeshConfigSchema.optional(),
 }).strict();
 export type Config = z.infer<typeof ConfigSchema>;
 

@@ -60,19 +60,24 @@ export const ParentMessageSchema = z.discriminatedUnion('type', [
 ]);
 export type ParentMessage = z.infer<typeof ParentMessageSchema>;
 
+// Child → parent objects strip unknown keys instead of rejecting them (the size is bounded first):
+// a bot that adds a field must not have its heartbeats dropped and be killed as hung.
 export const AuditHeadSchema = z.object({
   seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   hash: z.string().regex(/^[0-9a-f]{64}$/),
-}).strict();
+});
 export type AuditHead = z.infer<typeof AuditHeadSchema>;
+
+const cut = (max: number) => (t: string): string => (t.length > max ? `${t.slice(0, max)}…` : t);
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
 
 export const ChildMessageSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('ready') }).strict(),
-  z.object({ type: z.literal('heartbeat'), busy: z.boolean(), auditHead: AuditHeadSchema.optional() }).strict(),
-  z.object({ type: z.literal('fatal'), code: z.string().min(1).max(64), message: z.string().max(2000) }).strict(),
-  z.object({ type: z.literal('log'), level: z.enum(LOG_LEVELS), msg: z.string().max(4000) }).strict(),
+  z.object({ type: z.literal('ready') }),
+  z.object({ type: z.literal('heartbeat'), busy: z.boolean(), auditHead: AuditHeadSchema.optional() }),
+  // Long texts are cut, not rejected: a fatal message must not be lost for being long.
+  z.object({ type: z.literal('fatal'), code: z.string().min(1).max(64), message: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(2000)) }),
+  z.object({ type: z.literal('log'), level: z.enum(LOG_LEVELS), msg: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(4000)) }),
 ]);
 export type ChildMessage = z.infer<typeof ChildMessageSchema>;
 
@@ -851,8 +856,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       this.emit('crash-loop', { device: b.device, code, signal, reason, crashesInWindow: n, stderrTail });
       return;
     }
-    const capped = Math.min(this.s.backoffMaxS * 1000, this.s.backoffBaseMs * 2 ** Math.min(n - 1, 30));
-    const delayMs = Math.round(capped / 2 + Math.random() * (capped / 2)); // "equal jitter": never below half
+    // base·2^(n-1) with "equal jitter" (between half and all of it), then capped: each delay is at
+    // least the previous one, and at most backoffMaxS.
+    const raw = this.s.backoffBaseMs * 2 ** Math.min(n - 1, 30);
+    const delayMs = Math.round(Math.min(this.s.backoffMaxS * 1000, raw / 2 + Math.random() * (raw / 2)));
     this.setState(b, 'restarting');
     this.emit('restart-scheduled', { device: b.device, delayMs, crashesInWindow: n });
     b.restartTimer = setTimeout(() => {

@@ -36,6 +36,10 @@ const SYSTEM_PACKAGES = [
   { check: 'wireguard-go', pkg: 'wireguard-go' },
   { check: 'ip', path: '/usr/sbin/ip', pkg: 'iproute2' },
   { check: 'git', pkg: 'git' },
+  { check: 'ffmpeg', pkg: 'ffmpeg' },
+  { check: 'espeak-ng', pkg: 'espeak-ng' },
+  { check: 'pocketsphinx_continuous', pkg: 'pocketsphinx' },
+  { check: 'pocketsphinx-en-us', path: '/usr/share/pocketsphinx/model/en-us/en-us', pkg: 'pocketsphinx-en-us' },
 ];
 
 function has(entry) {

@@ -125,7 +125,7 @@ describe('Supervisor (real child processes)', () => {
     const home = makeHome(['a', 'b', 'c']);
     process.env['MP_TEST_LAUNCHER_SECRET'] = 'must-not-reach-children';
     cleanups.push(() => { delete process.env['MP_TEST_LAUNCHER_SECRET']; });
-    const sup = makeSupervisor(home, { heartbeatTimeoutMs: 2000 }, { env: { MP_PASSED_ON_PURPOSE: 'yes' } });
+    const sup = makeSupervisor(home, {}, { env: { MP_PASSED_ON_PURPOSE: 'yes' } });
     await sup.start();
     const pids = await waitFor('three running bots', () => {
       const p = ['a', 'b', 'c'].map((d) => runningPid(sup, d));
@@ -137,7 +137,7 @@ describe('Supervisor (real child processes)', () => {
 
     // The protocol: init first, with the device name; heartbeats carry the audit head.
     const firstMsg = JSON.parse(readFileSync(dummyFile(home, 'a', 'log'), 'utf8').split('\n')[0]!);
-    expect(firstMsg).toEqual({ type: 'init', device: 'a', heartbeatMs: 500 });
+    expect(firstMsg).toEqual({ type: 'init', device: 'a', heartbeatMs: 1000 });
     await waitFor('an audit head from a', () => bot(sup, 'a')?.auditHead?.seq === 7);
     expect(bot(sup, 'a')?.auditHead?.hash).toBe('ab'.repeat(32));
 
@@ -189,10 +189,10 @@ describe('Supervisor (real child processes)', () => {
     expect(ev.crashesInWindow).toBe(6);
     expect(ev.stderrTail.some((l) => /dummy x: boom on start/.test(l))).toBe(true);
     expect(delays).toHaveLength(5);
-    // Equal jitter: the n-th delay lies in [d/2, d] with d = 100·2^(n-1), capped at 1000.
-    [100, 200, 400, 800, 1000].forEach((d, i) => {
+    // Equal jitter: the n-th delay lies in [d/2, d] with d = 100·2^(n-1), then capped at 1000.
+    [100, 200, 400, 800, 1600].forEach((d, i) => {
       expect(delays[i]).toBeGreaterThanOrEqual(d / 2);
-      expect(delays[i]).toBeLessThanOrEqual(d);
+      expect(delays[i]).toBeLessThanOrEqual(Math.min(d, 1000));
     });
     for (let i = 1; i < delays.length; i++) expect(delays[i]).toBeGreaterThanOrEqual(delays[i - 1]!);
     expect(bot(sup, 'x')).toMatchObject({ state: 'crash-looping', pid: null, crashesInWindow: 6, restarts: 5 });

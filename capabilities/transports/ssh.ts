@@ -496,4 +496,52 @@ export function sshHostFor(manifest: Manifest, opts: SshHostOptions = {}): SshHo
   return host;
 }
 
+// ---- health probes ------------------------------------------------------------------------------
+
+/**
+ * Probes for the launcher's health monitor (launcher/health.ts), on the pooled connection. They run
+ * fixed commands chosen here, never anything a manifest, a chat message or an LLM supplies, so they
+ * sit outside invoke() and its audit: `true` (a cheap authenticated exec) and `wg show <iface> dump`
+ * on the WireGuard hub. The dump's first line holds the interface's private key: callers must parse
+ * it and drop that line, and never log the text.
+ */
+const probeHosts = new Map<string, { key: string; host: SshHost }>();
+function probeHostFor(manifest: Manifest): SshHost {
+  const key = JSON.stringify(manifest.transport);
+  const hit = probeHosts.get(manifest.device);
+  if (hit && hit.key === key) return hit.host;
+  const host = new SshHost(manifest.device, sshTransport(manifest));
+  probeHosts.set(manifest.device, { key, host });
+  return host;
+}
+
+/** Runs `true` on the device; resolves with the round trip in ms, throws MeshpilotError when it cannot. */
+export async function sshPing(manifest: Manifest, timeoutMs = 10_000): Promise<number> {
+  const t0 = performance.now();
+  const out = await probeHostFor(manifest).exec({ argv: ['true'], timeoutMs, maxOutputBytes: 1024 });
+  if (out.timedOut) throw new MeshpilotError('timeout', `ssh ping to ${manifest.device} timed out after ${timeoutMs} ms`);
+  if (out.exitCode !== 0) throw new MeshpilotError('exec_failed', `ssh ping to ${manifest.device}: \`true\` exited ${out.exitCode ?? out.signal}`);
+  return performance.now() - t0;
+}
+
+const WG_IFACE = /^[a-zA-Z0-9_.=+-]{1,15}$/;
+
+/** `wg show <iface> dump` on the hub (with `sudo -n` when plain wg is not permitted). Never log the result. */
+export async function sshWgDump(manifest: Manifest, iface: string, timeoutMs = 10_000): Promise<string> {
+  if (!WG_IFACE.test(iface)) throw new MeshpilotError('config', `not a WireGuard interface name: ${iface.slice(0, 32)}`);
+  const host = probeHostFor(manifest);
+  const req = { timeoutMs, maxOutputBytes: 8 * 1024 * 1024 };
+  let out = await host.exec({ argv: ['wg', 'show', iface, 'dump'], ...req });
+  if (out.exitCode !== 0 && /permitted|permission|denied/i.test(out.stderr.toString('utf8'))) {
+    out = await host.exec({ argv: ['sudo', '-n', 'wg', 'show', iface, 'dump'], ...req });
+  }
+  if (out.timedOut) throw new MeshpilotError('timeout', `wg show ${iface} dump on ${manifest.device} timed out`);
+  if (out.truncated) throw new MeshpilotError('output_limit', `wg show ${iface} dump on ${manifest.device} is over 8 MiB`);
+  if (out.exitCode !== 0) {
+    const why = out.stderr.toString('utf8').trim().split('\n')[0]?.slice(0, 300) ?? '';
+    throw new MeshpilotError(out.exitCode === 127 ? 'tool_missing' : 'exec_failed', `wg show ${iface} dump on ${manifest.device} failed (exit ${out.exitCode ?? out.signal}): ${why}`);
+  }
+  return out.stdout.toString('utf8');
+}
+
 registerTransport('ssh', (manifest) => ({ kind: 'host', host: sshHostFor(manifest) }));

@@ -10,3 +10,6 @@ export const COMMAND_MODULES: RegisterCommands[] = [];
 import { register as registerAgent } from './agent.js'; COMMAND_MODULES.push(registerAgent);
 import { register as registerSsh } from './ssh.js'; COMMAND_MODULES.push(registerSsh);
 import { register as registerReload } from './reload.js'; COMMAND_MODULES.push(registerReload);
+import { register as registerSetup } from './setup.js'; COMMAND_MODULES.push(registerSetup);
+import { register as registerHealth } from './health.js'; COMMAND_MODULES.push(registerHealth);
+import { register as registerAddPc } from './addpc.js'; COMMAND_MODULES.push(registerAddPc);

@@ -17,7 +17,7 @@ export interface PhoneHandle {
   stop(): void;
 }
 
-export async function startPhone(hs: Homeserver, user: { userId: string; accessToken: string; deviceId: string }): Promise<PhoneHandle> {
+export async function startPhone(hs: Pick<Homeserver, "url">, user: { userId: string; accessToken: string; deviceId: string }): Promise<PhoneHandle> {
   const sdk: JsSdk = await import('matrix-js-sdk');
   const client = sdk.createClient({ baseUrl: hs.url, accessToken: user.accessToken, userId: user.userId, deviceId: user.deviceId, logger: silent });
   const events: ClientEvent[] = [];
@@ -44,7 +44,7 @@ export async function startPhone(hs: Homeserver, user: { userId: string; accessT
         const hit = events.find(pred);
         if (hit) { listeners.delete(check); clearTimeout(t); resolve(hit); }
       };
-      const t = setTimeout(() => { listeners.delete(check); reject(new Error(`phone did not see the expected event (${events.length} events seen)`)); }, ms);
+      const t = setTimeout(() => { listeners.delete(check); reject(new Error(`phone did not see the expected event (${events.length} events seen: ${events.slice(-5).map((e) => `${e.type}/${e.sender}`).join(", ")})`)); }, ms);
       listeners.add(check);
       check();
     });

@@ -1,0 +1,417 @@
+/**
+ * The operator room: one room for the whole mesh, where a dedicated bot user (@<matrix.operator_bot>:
+ * <server>, default @meshpilot) posts health alerts and answers operators' commands:
+ *
+ *   !devices                 table: device, state, transport, mesh IP, last handshake, last command, chain
+ *   !health [device]         run a health cycle now (summary), or one device's health and history
+ *   !audit <device> [n]      the device's last n controller audit entries and its agent chain status
+ *   !revoke <device>         asks for `!revoke <device> confirm`, then calls the injected revoke
+ *   !add-pc …                the injected add-pc flow, its progress lines streamed into the room
+ *
+ * Only operators (config `operators`) may command; anything else is ignored (and logged).
+ *
+ * Launcher wiring (`meshpilot up`): `startOperatorServices({ runtime, config, supervisor, logger })`
+ * registers the bot account when needed (shared-secret registration; credentials in
+ * MESHPILOT_HOME/keys/_operator/matrix.json), creates the room on first run (its id is kept in the
+ * meta table as `operator_room` unless config matrix.operator_room names one), invites the operators,
+ * starts the HealthMonitor on its schedule with the room as its alert sink, and returns
+ * `{ stop(), monitor }`.
+ *
+ * Agent audit anchors: after the monitor verifies a new head of a device's agent chain, the bot puts it
+ * in the room as a `dev.meshpilot.audit_head` state event with state_key `<device>@agent` (content
+ * { device, chain: 'agent', seq, hash, ts }); the monitor compares later chains with these. A device
+ * bot anchor (state_key = device) whose content carries `agent: { seq, hash }` counts too when it is
+ * in this room.
+ */
+import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import type { AuditHead } from '../capabilities/audit.js';
+import { MeshpilotError, toMpError } from '../capabilities/errors.js';
+import { logger as makeLogger } from '../capabilities/log.js';
+import { serverNameOf, type Config } from '../launcher/config.js';
+import { ago, HealthMonitor, mirrorKey, type AnchorSource, type DeviceHealth, type SupervisorLike } from '../launcher/health.js';
+import type { Runtime } from '../launcher/runtime.js';
+import { hubDumpReader } from '../launcher/wg.js';
+import { readCredentials, writeCredentials } from './credentials.js';
+import { AUDIT_HEAD_EVENT } from './device-bot.js';
+import { escapeHtml } from './format.js';
+import { createMatrixSession, registerWithSharedSecret, type MatrixMessage, type MatrixSession } from './matrix.js';
+
+export const OPERATOR_CREDENTIALS = '_operator';
+const CONFIRM_MS = 5 * 60_000;
+const MAX_TABLE_ROWS = 500;
+
+export type RevokeFn = (device: string, ctx: { by: string }) => Promise<string | void>;
+export type AddPcFn = (args: string[], ctx: { by: string; progress: (line: string) => Promise<void> }) => Promise<string | void>;
+
+/** What the operator bot needs from the chat network. */
+export interface OperatorChat {
+  sendText(roomId: string, text: string): Promise<unknown>;
+  sendHtml(roomId: string, plain: string, html: string): Promise<unknown>;
+}
+
+export interface OperatorBotOptions {
+  roomId: string;
+  userId: string;
+  operators: readonly string[];
+  monitor: HealthMonitor;
+  runtime: Pick<Runtime, 'audit' | 'devices'>;
+  chat: OperatorChat;
+  addPc?: AddPcFn;
+  revoke?: RevokeFn;
+  now?: () => number;
+  logger?: Logger;
+}
+
+const DEVICE = /^[a-z0-9][a-z0-9-]{0,31}$/;
+
+export class OperatorBot {
+  private readonly pendingRevoke = new Map<string, { device: string; at: number }>();
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(private readonly o: OperatorBotOptions) {
+    this.log = o.logger ?? makeLogger('operator-bot');
+    this.now = o.now ?? Date.now;
+  }
+
+  isOperator(userId: string): boolean {
+    return this.o.operators.includes(userId);
+  }
+
+  /** Handles one message; commands run one at a time, in order. */
+  onMessage(m: { roomId: string; sender: string; body: string }): Promise<void> {
+    if (m.roomId !== this.o.roomId || m.sender === this.o.userId) return Promise.resolve();
+    const text = m.body.trim();
+    if (!text.startsWith('!')) return Promise.resolve();
+    if (!this.isOperator(m.sender)) {
+      this.log.info({ sender: m.sender.slice(0, 256) }, 'command ignored: not an operator');
+      return Promise.resolve();
+    }
+    const run = this.queue.then(() => this.handle(m.sender, text.slice(0, 4096))).catch(async (err: unknown) => {
+      this.log.error({ err: toMpError(err).message }, 'operator command failed');
+      await this.say(`Something went wrong: ${toMpError(err).message}`).catch(() => undefined);
+    });
+    this.queue = run;
+    return run;
+  }
+
+  private say(text: string): Promise<unknown> {
+    return this.o.chat.sendText(this.o.roomId, text);
+  }
+
+  private pre(text: string): Promise<unknown> {
+    return this.o.chat.sendHtml(this.o.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
+  }
+
+  private async handle(sender: string, text: string): Promise<void> {
+    const [word = '', ...args] = text.slice(1).split(/\s+/).filter(Boolean);
+    switch (word.toLowerCase()) {
+      case 'help':
+        await this.say([
+          'Operator commands:',
+          '!devices — every device: state, transport, mesh IP, last handshake, last command, chain',
+          '!health [device] — run a health check now, or one device\'s health and history',
+          '!audit <device> [n] — the last n audit entries (default 10) and the agent chain status',
+          '!revoke <device> — revoke a device (asks for confirmation)',
+          '!add-pc … — enroll a new machine, with progress here',
+        ].join('\n'));
+        return;
+      case 'devices': return this.cmdDevices();
+      case 'health': return this.cmdHealth(args[0]);
+      case 'audit': return this.cmdAudit(args);
+      case 'revoke': return this.cmdRevoke(sender, args);
+      case 'add-pc': return this.cmdAddPc(sender, args);
+      default:
+        await this.say(`Unknown command !${word.slice(0, 40)}. Send !help for the list.`);
+    }
+  }
+
+  private lastCommand(device: string): string {
+    try {
+      const e = this.o.runtime.audit.tail(1, device)[0];
+      if (!e) return '-';
+      return `${e.capability} ${ago((this.now() - Date.parse(e.ts)) / 1000)} ago`;
+    } catch {
+      return '?';
+    }
+  }
+
+  devicesTable(): string {
+    const snap = new Map(this.o.monitor.snapshot().map((h) => [h.device, h]));
+    const nowS = this.now() / 1000;
+    const rows: string[][] = [['DEVICE', 'STATE', 'TRANSPORT', 'MESH IP', 'HANDSHAKE', 'LAST COMMAND', 'CHAIN']];
+    const listings = this.o.runtime.devices.list();
+    for (const l of listings.slice(0, MAX_TABLE_ROWS)) {
+      const h: DeviceHealth | undefined = snap.get(l.device);
+      const t = l.manifest?.transport;
+      const hs = h?.lastHandshake === null || h?.lastHandshake === undefined ? '-' : h.lastHandshake === 0 ? 'never' : `${ago(nowS - h.lastHandshake)} ago`;
+      const chain = !h?.chain ? '-' : h.chain.ok ? `ok #${h.chain.seq}` : `BAD at #${h.chain.badSeq ?? '?'}`;
+      rows.push([
+        l.device, l.manifest ? (h?.state ?? 'unknown') : 'invalid', t?.kind ?? '?', t?.kind === 'mesh' ? t.address : '-', hs, this.lastCommand(l.device), chain,
+      ]);
+    }
+    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+    const lines = rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+    if (listings.length > MAX_TABLE_ROWS) lines.push(`… and ${listings.length - MAX_TABLE_ROWS} more`);
+    return lines.join('\n');
+  }
+
+  private async cmdDevices(): Promise<void> {
+    if (this.o.runtime.devices.list().length === 0) { await this.say('No devices enrolled.'); return; }
+    await this.pre(this.devicesTable());
+  }
+
+  private async cmdHealth(device: string | undefined): Promise<void> {
+    if (device) {
+      if (!DEVICE.test(device) || !this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device.slice(0, 40)}.`); return; }
+      const r = await this.o.monitor.runCycle();
+      const h = r.devices.find((d) => d.device === device);
+      if (!h) { await this.say(`${device}: no health yet (invalid manifest?)`); return; }
+      const nowS = this.now() / 1000;
+      const lines = [
+        `${device}: ${h.state}${h.detail ? ` (${h.detail})` : ''}, since ${new Date(h.since).toISOString()}`,
+        `transport ${h.transport}${h.meshIp ? `, mesh IP ${h.meshIp}` : ''}`,
+        ...(h.lastHandshake !== null ? [`last handshake: ${h.lastHandshake === 0 ? 'never' : `${ago(nowS - h.lastHandshake)} ago`}`] : []),
+        ...(h.agent ? [`agent: ${h.agent.ok ? `ok (v${h.agent.version ?? '?'})` : `failing (${h.agent.error}, ${h.agent.failures}x)`}`] : []),
+        ...(h.ssh ? [`ssh: ${h.ssh.ok ? `ok${h.ssh.ms !== undefined ? ` (${h.ssh.ms} ms)` : ''}` : `failing (${h.ssh.error}, ${h.ssh.failures}x)`}`] : []),
+        ...(h.bot ? [`bot: ${h.bot}`] : []),
+        ...(h.chain ? [`agent audit chain: ${h.chain.ok ? `ok up to #${h.chain.seq}` : `CORRUPTED, first bad seq ${h.chain.badSeq ?? '?'}: ${h.chain.reason ?? ''}`}`] : []),
+        'history:',
+        ...this.o.monitor.history(device, 10).map((e) => `  ${new Date(e.at).toISOString().slice(0, 16).replace('T', ' ')} ${e.from ?? '(new)'} → ${e.to}${e.detail ? ` (${e.detail})` : ''}`),
+      ];
+      await this.pre(lines.join('\n'));
+      return;
+    }
+    const r = await this.o.monitor.runCycle();
+    const counts = new Map<string, number>();
+    for (const d of r.devices) counts.set(d.state, (counts.get(d.state) ?? 0) + 1);
+    const down = r.devices.filter((d) => d.state !== 'online').slice(0, 50).map((d) => `device_id=${d.device} status=${d.state}${d.detail ? ` (${d.detail})` : ''}`);
+    const summary = `${r.devices.length} devices: ${[...counts].map(([s, c]) => `${c} ${s}`).join(', ') || 'none'} · cycle ${(r.durationMs / 1000).toFixed(1)} s${r.wg && !r.wg.ok ? ` · WireGuard hub unreadable: ${r.wg.error}` : ''}`;
+    await this.say([summary, ...down].join('\n'));
+  }
+
+  private async cmdAudit(args: string[]): Promise<void> {
+    const [device, nText] = args;
+    if (!device || !DEVICE.test(device)) { await this.say('Usage: !audit <device> [n]'); return; }
+    if (!this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device}.`); return; }
+    const n = nText ? Number(nText) : 10;
+    if (!Number.isInteger(n) || n < 1 || n > 200) { await this.say('Usage: !audit <device> [n] with n from 1 to 200'); return; }
+    const entries = this.o.runtime.audit.tail(n, device);
+    const lines = entries.map((e) => `#${e.seq} ${e.ts.slice(5, 19).replace('T', ' ')} ${e.capability} ${e.decision}/${e.outcome}${e.exit_code !== null ? ` exit ${e.exit_code}` : ''} · ${e.actor}`);
+    const agentHead = this.o.runtime.audit.head(mirrorKey(device));
+    const h = this.o.monitor.snapshot().find((d) => d.device === device);
+    if (agentHead || h?.chain) {
+      lines.push(h?.chain && !h.chain.ok
+        ? `agent chain: CORRUPTED, first bad seq ${h.chain.badSeq ?? '?'}: ${h.chain.reason ?? ''}`
+        : `agent chain: verified up to #${agentHead?.seq ?? 0} (mirrored as ${mirrorKey(device)})`);
+    }
+    await this.pre(lines.join('\n') || `No audit entries for ${device}.`);
+  }
+
+  private async cmdRevoke(sender: string, args: string[]): Promise<void> {
+    const [device, confirm] = args;
+    if (!device || !DEVICE.test(device)) { await this.say('Usage: !revoke <device>'); return; }
+    if (!this.o.revoke) { await this.say('!revoke is not available in this build.'); return; }
+    if (confirm !== 'confirm') {
+      if (!this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device}.`); return; }
+      this.pendingRevoke.set(sender, { device, at: this.now() });
+      await this.say(`Revoking ${device} removes its keys and access. Reply \`!revoke ${device} confirm\` within 5 minutes to go ahead.`);
+      return;
+    }
+    const p = this.pendingRevoke.get(sender);
+    if (!p || p.device !== device || this.now() - p.at > CONFIRM_MS) {
+      await this.say(`Nothing to confirm: send \`!revoke ${device}\` first.`);
+      return;
+    }
+    this.pendingRevoke.delete(sender);
+    const out = await this.o.revoke(device, { by: sender });
+    this.o.monitor.markRevoked(device);
+    await this.say(out ? String(out).slice(0, 4000) : `${device} revoked.`);
+  }
+
+  private async cmdAddPc(sender: string, args: string[]): Promise<void> {
+    if (!this.o.addPc) { await this.say('!add-pc is not available in this build.'); return; }
+    const progress = async (line: string): Promise<void> => { await this.say(line.slice(0, 4000)); };
+    const out = await this.o.addPc(args.slice(0, 32).map((a) => a.slice(0, 512)), { by: sender, progress });
+    if (out) await this.say(String(out).slice(0, 4000));
+  }
+}
+
+// ---- Matrix plumbing the session wrapper does not offer (room creation, invites, full state) -------
+
+const RoomIdSchema = z.object({ room_id: z.string().regex(/^![^\s:]+:\S+$/).max(255) });
+const StateListSchema = z.array(z.looseObject({ type: z.string().max(255), state_key: z.string().max(255).optional(), content: z.record(z.string(), z.unknown()) })).max(100_000);
+const HeadSchema = z.object({ seq: z.number().int().min(1), hash: z.string().regex(/^[0-9a-f]{64}$/) });
+
+async function clientCall(base: string, token: string, method: string, p: string, body?: unknown): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(`${base.replace(/\/+$/, '')}/_matrix/client/v3${p}`, {
+      method,
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      signal: AbortSignal.timeout(20_000),
+    });
+  } catch (err) {
+    throw new MeshpilotError('unreachable', `Matrix ${method} ${p.split('?')[0]} failed: ${(err as Error).message}`);
+  }
+  const text = await res.text();
+  if (text.length > 32 * 1024 * 1024) throw new MeshpilotError('output_limit', 'Matrix response too large');
+  let json: unknown;
+  try { json = JSON.parse(text); } catch { json = undefined; }
+  if (!res.ok) {
+    const e = json as { errcode?: unknown; error?: unknown } | undefined;
+    throw new MeshpilotError(res.status >= 500 ? 'unreachable' : res.status === 403 ? 'permission' : 'exec_failed', `Matrix ${method} failed: ${typeof e?.errcode === 'string' ? e.errcode : `HTTP ${res.status}`}${typeof e?.error === 'string' ? `: ${e.error.slice(0, 200)}` : ''}`);
+  }
+  return json;
+}
+
+/** Anchors of the agents' chains kept as state in the operator room. */
+export function roomAnchors(base: string, token: string, roomId: string, session: Pick<MatrixSession, 'setState'>): AnchorSource {
+  return {
+    async agentAnchors(devices) {
+      const want = new Set(devices);
+      const raw = await clientCall(base, token, 'GET', `/rooms/${encodeURIComponent(roomId)}/state`);
+      const list = StateListSchema.safeParse(raw);
+      const out = new Map<string, AuditHead[]>();
+      if (!list.success) return out;
+      for (const ev of list.data) {
+        if (ev.type !== AUDIT_HEAD_EVENT || !ev.state_key) continue;
+        let device: string;
+        let head: unknown;
+        if (ev.state_key.endsWith('@agent')) { device = ev.state_key.slice(0, -'@agent'.length); head = ev.content; }
+        else { device = ev.state_key; head = ev.content['agent']; }
+        if (!want.has(device)) continue;
+        const h = HeadSchema.safeParse(head);
+        if (!h.success) continue;
+        out.set(device, [...(out.get(device) ?? []), { seq: h.data.seq, hash: h.data.hash }]);
+      }
+      return out;
+    },
+    async anchor(device, head) {
+      await session.setState(roomId, AUDIT_HEAD_EVENT, mirrorKey(device), { device, chain: 'agent', seq: head.seq, hash: head.hash, ts: new Date().toISOString() });
+    },
+  };
+}
+
+export interface OperatorServicesOptions {
+  runtime: Runtime;
+  config: Config;
+  supervisor?: SupervisorLike;
+  logger?: Logger;
+  addPc?: AddPcFn;
+  revoke?: RevokeFn;
+  /** Tests: the monitor's clock and extra monitor options. */
+  now?: () => number;
+  monitorOverrides?: Partial<ConstructorParameters<typeof HealthMonitor>[0]>;
+  /** Do not start the cron schedule (tests drive runCycle themselves). */
+  noSchedule?: boolean;
+}
+
+export interface OperatorServices {
+  stop(): Promise<void>;
+  monitor: HealthMonitor;
+  bot: OperatorBot;
+  roomId: string;
+  userId: string;
+}
+
+/** Operator bot account: registered once through the shared secret, then read from keys/_operator/matrix.json. */
+async function operatorCredentials(rt: Runtime, config: Config): Promise<{ userId: string; accessToken: string; homeserverUrl: string }> {
+  const have = readCredentials(rt.home.keys, OPERATOR_CREDENTIALS);
+  const homeserverUrl = have?.homeserverUrl ?? config.matrix.homeserver_url;
+  if (have) return { userId: have.userId, accessToken: have.accessToken, homeserverUrl };
+  const secret = config.matrix.registration_shared_secret;
+  const userId = `@${config.matrix.operator_bot}:${serverNameOf(config)}`;
+  if (!secret) throw new MeshpilotError('config', `no Matrix account for the operator bot ${userId}: set matrix.registration_shared_secret, or write its access token to ${path.join(rt.home.keys, OPERATOR_CREDENTIALS, 'matrix.json')}`);
+  const reg = await registerWithSharedSecret({
+    homeserverUrl: config.matrix.homeserver_url, sharedSecret: secret, localpart: config.matrix.operator_bot,
+    password: randomBytes(24).toString('base64url'), displayname: 'meshpilot',
+  });
+  writeCredentials(rt.home.keys, OPERATOR_CREDENTIALS, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId, homeserverUrl: config.matrix.homeserver_url });
+  return { userId: reg.userId, accessToken: reg.accessToken, homeserverUrl: config.matrix.homeserver_url };
+}
+
+/** The operator room: config matrix.operator_room, else the one created on a previous run, else a new one. */
+async function operatorRoom(rt: Runtime, config: Config, base: string, token: string, session: MatrixSession, log: Logger): Promise<string> {
+  const meta = rt.db.prepare('SELECT value FROM meta WHERE key = ?');
+  let roomId = config.matrix.operator_room ?? (meta.get('operator_room') as { value: string } | undefined)?.value;
+  if (roomId?.startsWith('#')) roomId = await session.joinRoom(roomId);
+  if (!roomId) {
+    const raw = await clientCall(base, token, 'POST', '/createRoom', {
+      name: 'meshpilot operators', topic: 'meshpilot health alerts and fleet commands (!help)', preset: 'private_chat',
+      invite: config.operators, power_level_content_override: { users: Object.fromEntries(config.operators.map((o) => [o, 50])) },
+    });
+    roomId = RoomIdSchema.parse(raw).room_id;
+    rt.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run('operator_room', roomId);
+    log.info({ room: roomId }, 'operator room created; operators invited (set matrix.operator_room to pin it)');
+    return roomId;
+  }
+  // Operators added to the config since: invite them (those already in the room make this fail harmlessly).
+  const members = await clientCall(base, token, 'GET', `/rooms/${encodeURIComponent(roomId)}/joined_members`).catch(() => undefined) as { joined?: Record<string, unknown> } | undefined;
+  for (const op of config.operators) {
+    if (members?.joined && op in members.joined) continue;
+    await clientCall(base, token, 'POST', `/rooms/${encodeURIComponent(roomId)}/invite`, { user_id: op }).catch(() => undefined);
+  }
+  return roomId;
+}
+
+/**
+ * Starts the operator bot and the health monitor for `meshpilot up`. Call once after the supervisor is
+ * up; `stop()` before closing the runtime.
+ */
+export async function startOperatorServices(o: OperatorServicesOptions): Promise<OperatorServices> {
+  const log = o.logger ?? makeLogger('operator-bot');
+  const rt = o.runtime;
+  const creds = await operatorCredentials(rt, o.config);
+  const session = createMatrixSession({
+    homeserverUrl: creds.homeserverUrl, accessToken: creds.accessToken, userId: creds.userId,
+    storageDir: path.join(rt.home.bots, OPERATOR_CREDENTIALS), logger: log,
+  });
+  await session.start();
+  try {
+    const roomId = await operatorRoom(rt, o.config, creds.homeserverUrl, creds.accessToken, session, log);
+    const settings = o.config.health;
+    const hub = settings.hub_device ? rt.devices.get(settings.hub_device) : undefined;
+    if (settings.hub_device && !hub) log.warn({ hub: settings.hub_device }, 'health.hub_device has no valid manifest: WireGuard handshakes are read locally');
+    const monitor = new HealthMonitor({
+      db: rt.db, audit: rt.audit, devices: rt.devices, settings, home: rt.home.root,
+      ...(o.now ? { now: o.now } : {}),
+      ...(o.supervisor ? { supervisor: o.supervisor } : {}),
+      ...(settings.hub_interface ? { wgDump: hubDumpReader(settings.hub_interface, hub) } : {}),
+      anchors: roomAnchors(creds.homeserverUrl, creds.accessToken, roomId, session),
+      send: async (text) => { await session.sendText(roomId, text); },
+      logger: log.child({ component: 'health' }),
+      ...o.monitorOverrides,
+    });
+    const bot = new OperatorBot({
+      roomId, userId: creds.userId, operators: o.config.operators, monitor, runtime: rt,
+      chat: { sendText: (r, t) => session.sendText(r, t), sendHtml: (r, p, h) => session.sendHtml(r, p, h) },
+      ...(o.addPc ? { addPc: o.addPc } : {}), ...(o.revoke ? { revoke: o.revoke } : {}),
+      ...(o.now ? { now: o.now } : {}), logger: log,
+    });
+    session.onMessage((m: MatrixMessage) => bot.onMessage(m));
+    session.onInvite(async (i) => { if (i.roomId === roomId || o.config.operators.includes(i.sender)) await session.joinRoom(i.roomId).catch(() => undefined); });
+    if (!o.noSchedule) monitor.start();
+    void monitor.flush();
+    return {
+      monitor, bot, roomId, userId: creds.userId,
+      async stop() {
+        await monitor.stop();
+        await session.stop();
+      },
+    };
+  } catch (err) {
+    await session.stop();
+    throw err;
+  }
+}
+
+/** The bot user id the config names (for messages and docs). */
+export function operatorBotUserId(config: Config): string {
+  return `@${config.matrix.operator_bot}:${serverNameOf(config)}`;
+}

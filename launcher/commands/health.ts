@@ -1,0 +1,50 @@
+/**
+ * `meshpilot health [--json]`: runs one health cycle now (launcher/health.ts) and prints every
+ * device's state. Alerts this cycle produces go to the outbox; the running launcher's operator bot
+ * delivers them. Exit code 1 when a device is not online (or revoked).
+ */
+import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { ago, HealthMonitor, healthSettings } from '../health.js';
+import { loadConfig } from '../config.js';
+import { EXIT, UsageError, type CommandContext } from '../cli.js';
+import { hubDumpReader } from '../wg.js';
+
+export function register(program: Command, ctx: CommandContext): void {
+  program.command('health')
+    .description('check every device now (WireGuard handshake, agent, ssh, audit chain) and print its state')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const rt = ctx.runtime();
+      let settings = healthSettings(undefined);
+      if (existsSync(rt.home.config)) {
+        const c = loadConfig(rt.home.config);
+        if (!c.ok) throw new UsageError(c.missing ? `no config at ${c.file}` : c.errors.join('\n'));
+        settings = healthSettings(c.config);
+      }
+      const hub = settings.hub_device ? rt.devices.get(settings.hub_device) : undefined;
+      const monitor = new HealthMonitor({
+        db: rt.db, audit: rt.audit, devices: rt.devices, settings, home: rt.home.root,
+        ...(settings.hub_interface ? { wgDump: hubDumpReader(settings.hub_interface, hub) } : {}),
+      });
+      try {
+        const r = await monitor.runCycle();
+        if (opts.json) {
+          ctx.io.out(JSON.stringify({ durationMs: Math.round(r.durationMs), wg: r.wg, devices: r.devices, alerts: r.queued }, null, 2) + '\n');
+        } else {
+          const nowS = Date.now() / 1000;
+          if (r.wg && !r.wg.ok) ctx.io.err(`WireGuard hub unreadable: ${r.wg.error}\n`);
+          if (r.devices.length === 0) ctx.io.out('no devices\n');
+          for (const d of r.devices) {
+            const hs = d.lastHandshake === null ? '' : d.lastHandshake === 0 ? ' handshake=never' : ` handshake=${ago(nowS - d.lastHandshake)}`;
+            const chain = d.chain ? ` chain=${d.chain.ok ? `ok#${d.chain.seq}` : `BAD@${d.chain.badSeq ?? '?'}`}` : '';
+            ctx.io.out(`${d.device.padEnd(16)} ${d.state.padEnd(11)} ${d.transport.padEnd(5)}${hs}${chain}${d.detail ? ` (${d.detail})` : ''}\n`);
+          }
+          for (const q of r.queued) ctx.io.err(`queued for the operator room: ${q.split('\n')[0]}\n`);
+        }
+        ctx.setExit(r.devices.some((d) => d.state !== 'online' && d.state !== 'revoked') ? EXIT.failed : EXIT.ok);
+      } finally {
+        await monitor.stop();
+      }
+    });
+}

@@ -1,0 +1,186 @@
+/**
+ * `meshpilot init` (write config.yaml), `meshpilot bot register <device>` (a Matrix account per
+ * device bot) and `meshpilot doctor` (one verdict line per dependency).
+ */
+import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import type { Command } from 'commander';
+import { readCredentials, writeCredentials } from '../../bots/credentials.js';
+import { homeserverVersions, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
+import { toMpError } from '../../capabilities/errors.js';
+import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../config.js';
+import { UsageError, type CommandContext } from '../cli.js';
+import type { Runtime } from '../runtime.js';
+
+const MXID = /^@[^:\s]+:\S+$/;
+
+function configOrExplain(rt: Runtime): Config {
+  const r = loadConfig(rt.home.config);
+  if (r.ok) return r.config;
+  if (r.missing) throw new UsageError(`no config at ${rt.home.config}: run \`meshpilot init\` first`);
+  throw new UsageError(`config is invalid:\n${r.errors.join('\n')}`);
+}
+
+/** Registers (or records) the Matrix account of one device bot. Returns a line for the person. */
+export async function registerBot(rt: Runtime, config: Config, device: string, opts: { token?: string; password?: string } = {}): Promise<string> {
+  const existing = readCredentials(rt.home.keys, device);
+  const url = config.matrix.homeserver_url;
+  const userId = botUserId(config, device);
+  if (opts.token) {
+    const who = await whoamiWithToken({ homeserverUrl: url, accessToken: opts.token });
+    writeCredentials(rt.home.keys, device, { userId: who.userId, accessToken: opts.token, ...(who.deviceId ? { deviceId: who.deviceId } : {}) });
+    return `stored the token of ${who.userId} for ${device}`;
+  }
+  if (opts.password) {
+    const login = await loginWithPassword({ homeserverUrl: url, user: userId, password: opts.password, deviceName: `meshpilot ${device}` });
+    writeCredentials(rt.home.keys, device, { userId: login.userId, accessToken: login.accessToken, deviceId: login.deviceId });
+    return `logged in as ${login.userId} for ${device}`;
+  }
+  if (existing) {
+    await whoamiWithToken({ homeserverUrl: url, accessToken: existing.accessToken });
+    return `${device} already has a working Matrix account (${existing.userId})`;
+  }
+  const secret = config.matrix.registration_shared_secret;
+  if (!secret) {
+    throw new UsageError(`no registration_shared_secret in the config: create ${userId} on your homeserver yourself, then run \`meshpilot bot register ${device} --password <pw>\` (or --token <access token>)`);
+  }
+  const localpart = userId.slice(1, userId.indexOf(':'));
+  const reg = await registerWithSharedSecret({ homeserverUrl: url, sharedSecret: secret, localpart, password: randomBytes(24).toString('base64url'), displayname: `🖥 ${device}` });
+  writeCredentials(rt.home.keys, device, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId });
+  await setDisplayNameWithToken({ homeserverUrl: url, accessToken: reg.accessToken, userId: reg.userId, displayname: `🖥 ${device}` }).catch(() => undefined);
+  return `registered ${reg.userId} for ${device}`;
+}
+
+export function register(program: Command, ctx: CommandContext): void {
+  program.command('init')
+    .description(`write MESHPILOT_HOME/config.yaml (homeserver, operators, bot accounts, Anthropic key); asks for what flags don't give`)
+    .option('--homeserver <url>', 'Matrix homeserver base URL, e.g. https://matrix.example.org')
+    .option('--server-name <name>', 'the server name in user IDs, if it differs from the URL host')
+    .option('--operator <mxid...>', 'operator Matrix IDs (who may command the bots)')
+    .option('--registration-secret <secret>', "Synapse registration_shared_secret (lets meshpilot create bot accounts)")
+    .option('--anthropic-key <key>', 'Anthropic API key (or set ANTHROPIC_API_KEY)')
+    .option('--model <model>', 'Anthropic model')
+    .option('--force', 'overwrite an existing config')
+    .option('-y, --yes', 'do not ask: fail on anything missing')
+    .action(async (o: { homeserver?: string; serverName?: string; operator?: string[]; registrationSecret?: string; anthropicKey?: string; model?: string; force?: boolean; yes?: boolean }) => {
+      const rt = ctx.runtime();
+      const { io } = ctx;
+      if (existsSync(rt.home.config) && !o.force) throw new UsageError(`${rt.home.config} exists; pass --force to overwrite it`);
+      const ask = async (q: string, fallback?: string): Promise<string> => {
+        if (o.yes || !io.isTTY || !io.ask) return fallback ?? '';
+        return (await io.ask(q)).trim() || (fallback ?? '');
+      };
+      const homeserver = o.homeserver ?? (await ask('Matrix homeserver URL (e.g. https://matrix.example.org): '));
+      if (!/^https?:\/\/\S+$/.test(homeserver)) throw new UsageError('a homeserver URL is needed: --homeserver https://matrix.example.org');
+      const operators = o.operator ?? (await ask('Your Matrix ID (operator), e.g. @you:example.org: ')).split(/[\s,]+/).filter(Boolean);
+      if (operators.length === 0 || operators.some((x) => !MXID.test(x))) throw new UsageError('at least one operator Matrix ID like @you:example.org is needed: --operator @you:example.org');
+      const secret = o.registrationSecret ?? (await ask('Synapse registration_shared_secret (Enter to skip; then you register bot accounts yourself): '));
+      const key = o.anthropicKey ?? (process.env['ANTHROPIC_API_KEY'] ? '' : await ask('Anthropic API key (Enter to skip: bots then only understand !commands): '));
+      const config: Record<string, unknown> = {
+        matrix: { homeserver_url: homeserver, ...(o.serverName ? { server_name: o.serverName } : {}), ...(secret ? { registration_shared_secret: secret } : {}) },
+        operators,
+        ...(key || o.model ? { llm: { ...(key ? { api_key: key } : {}), ...(o.model ? { model: o.model } : {}) } } : {}),
+      };
+      writeConfig(rt.home.config, config);
+      const check = loadConfig(rt.home.config);
+      if (!check.ok) throw new UsageError(check.missing ? 'config was not written' : check.errors.join('\n'));
+      io.out(`wrote ${rt.home.config} (mode 0600)\n`);
+      if (secret) {
+        for (const device of rt.devices.list().filter((l) => l.manifest).map((l) => l.device)) {
+          try {
+            io.out(`${await registerBot(rt, check.config, device)}\n`);
+          } catch (err) {
+            io.err(`could not register the bot for ${device}: ${toMpError(err).message}\n`);
+          }
+        }
+      } else {
+        io.out(`next: create a Matrix account per device bot (e.g. ${botUserId(check.config, 'local')}) and run \`meshpilot bot register local --password <pw>\`\n`);
+      }
+      io.out('next: `npm start`, then DM the bot from your Matrix client. `meshpilot doctor` checks everything.\n');
+    });
+
+  const bot = program.command('bot').description('device bot accounts');
+  bot.command('register')
+    .description('create (shared-secret registration) or record the Matrix account of a device bot')
+    .argument('<device>')
+    .option('--token <token>', 'use this existing access token')
+    .option('--password <password>', 'log in to an existing account with this password')
+    .action(async (device: string, o: { token?: string; password?: string }) => {
+      const rt = ctx.runtime();
+      if (!rt.devices.listing(device)) throw new UsageError(`unknown device ${device}; known: ${rt.devices.names().join(', ') || 'none'}`);
+      const config = configOrExplain(rt);
+      try {
+        ctx.io.out(`${await registerBot(rt, config, device, o)}\n`);
+      } catch (err) {
+        if (err instanceof UsageError) throw err;
+        const e = toMpError(err);
+        ctx.io.err(`error: ${e.message}\n`);
+        ctx.setExit(e.code === 'usage' || e.code === 'config' ? 2 : 1);
+      }
+    });
+
+  program.command('doctor')
+    .description('check each dependency (config, homeserver, bot tokens, LLM key, ssh/wg/ffmpeg) and print a verdict per line')
+    .action(async () => {
+      const rt = ctx.runtime();
+      const { io } = ctx;
+      let failed = false;
+      const line = (verdict: 'ok' | 'warn' | 'FAIL', what: string, detail: string): void => {
+        if (verdict === 'FAIL') failed = true;
+        io.out(`${verdict.padEnd(4)} ${what.padEnd(22)} ${detail}\n`);
+      };
+      line('ok', 'data dir', rt.home.root);
+      for (const l of rt.devices.list()) {
+        if (l.manifest) line('ok', `manifest ${l.device}`, `${l.manifest.transport.kind}, ${Object.keys(l.manifest.capabilities).length} capabilities`);
+        else line('FAIL', `manifest ${l.device}`, l.issues?.map((i) => `${i.line ?? ''} ${i.field}: ${i.message}`).join('; ') ?? 'invalid');
+      }
+      for (const [device, v] of rt.audit.verifyAll()) {
+        line(v.ok ? 'ok' : 'FAIL', `audit ${device}`, v.ok ? `${v.count} entries` : `broken at seq ${v.badSeq}: ${v.reason}`);
+      }
+      const cfg = loadConfig(rt.home.config);
+      if (!cfg.ok) {
+        line('FAIL', 'config', cfg.missing ? `missing: run \`meshpilot init\`` : cfg.errors.join('; '));
+      } else {
+        const config = cfg.config;
+        line('ok', 'config', rt.home.config);
+        let hsUp = false;
+        try {
+          const versions = await homeserverVersions(config.matrix.homeserver_url);
+          hsUp = true;
+          line('ok', 'homeserver', `${config.matrix.homeserver_url} (${serverNameOf(config)}), spec ${versions.slice(-1)[0] ?? '?'}`);
+        } catch (err) {
+          line('FAIL', 'homeserver', toMpError(err).message);
+        }
+        for (const l of rt.devices.list().filter((x) => x.manifest)) {
+          const creds = readCredentials(rt.home.keys, l.device);
+          if (!creds) { line('FAIL', `bot ${l.device}`, `no Matrix account: run \`meshpilot bot register ${l.device}\``); continue; }
+          if (!hsUp) { line('warn', `bot ${l.device}`, `${creds.userId} (not checked: homeserver down)`); continue; }
+          try {
+            const who = await whoamiWithToken({ homeserverUrl: creds.homeserverUrl ?? config.matrix.homeserver_url, accessToken: creds.accessToken });
+            line('ok', `bot ${l.device}`, `${who.userId} token valid`);
+          } catch (err) {
+            line('FAIL', `bot ${l.device}`, `${creds.userId}: ${toMpError(err).message}`);
+          }
+        }
+        if (!config.llm.api_key) line('warn', 'llm', 'no Anthropic key: bots answer !commands only (set llm.api_key or ANTHROPIC_API_KEY)');
+        else {
+          try {
+            const { default: Anthropic } = await import('@anthropic-ai/sdk');
+            const client = new Anthropic({ apiKey: config.llm.api_key, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), maxRetries: 0, timeout: 15_000 });
+            await client.models.retrieve(config.llm.model);
+            line('ok', 'llm', `key valid, model ${config.llm.model}`);
+          } catch (err) {
+            const status = (err as { status?: number }).status;
+            line(status === 401 || status === 403 ? 'FAIL' : 'warn', 'llm', status === 401 || status === 403 ? 'the Anthropic key was refused' : `could not check the key: ${toMpError(err).message}`);
+          }
+        }
+      }
+      for (const [bin, why] of [['ssh', 'ssh devices, add-pc'], ['wg', 'mesh devices, health'], ['ffmpeg', 'voice messages'], ['git', 'git.* capabilities']] as const) {
+        const found = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' }).stdout.trim();
+        line(found ? 'ok' : 'warn', bin, found ? found : `not installed (needed for ${why})`);
+      }
+      io.out(failed ? '\nsome checks FAILED (see above)\n' : '\nall required checks passed\n');
+      ctx.setExit(failed ? 1 : 0);
+    });
+}

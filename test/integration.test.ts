@@ -1,0 +1,84 @@
+/**
+ * The device bot end to end against a REAL homeserver (Synapse or any server with shared-secret
+ * registration). Runs when MESHPILOT_TEST_HOMESERVER (base URL) and MESHPILOT_TEST_REGISTRATION_SECRET
+ * are set; `npm run test:integration` runs only this file. It creates its own users and rooms, so it
+ * can run repeatedly against one server. The LLM side uses the Anthropic fixture.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeCredentials } from '../bots/credentials.js';
+import { registerWithSharedSecret } from '../bots/matrix.js';
+import { ensureHome } from '../capabilities/home.js';
+import { writeConfig } from '../launcher/config.js';
+import { startAnthropicFixture, textReply, toolReply, type AnthropicFixture } from './fixtures/anthropic.js';
+import { DEVICE_MAIN, waitReady } from './helpers/bot-env.js';
+import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';
+
+const url = process.env['MESHPILOT_TEST_HOMESERVER'];
+const secret = process.env['MESHPILOT_TEST_REGISTRATION_SECRET'];
+const reason = 'MESHPILOT_TEST_HOMESERVER and MESHPILOT_TEST_REGISTRATION_SECRET are not set';
+
+describe.skipIf(!url || !secret)(`real homeserver integration (skipped unless ${reason.replace(' are not set', ' are set')})`, () => {
+  let root: string;
+  let work: string;
+  let llm: AnthropicFixture;
+  let phone: PhoneHandle;
+  let bot: ChildProcess;
+  let room: string;
+  let botUser: string;
+  const run = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+
+  beforeAll(async () => {
+    root = mkdtempSync(path.join(os.tmpdir(), 'mp-integ-'));
+    work = path.join(root, 'work');
+    mkdirSync(work);
+    writeFileSync(path.join(work, 'integration.txt'), 'x');
+    const home = ensureHome(path.join(root, 'home')).home;
+    llm = await startAnthropicFixture();
+    const operator = await registerWithSharedSecret({ homeserverUrl: url!, sharedSecret: secret!, localpart: `mp-op-${run}`, password: `pw-${run}` });
+    const botAccount = await registerWithSharedSecret({ homeserverUrl: url!, sharedSecret: secret!, localpart: `meshpilot-it${run}`, password: `pw-${run}-b` });
+    botUser = botAccount.userId;
+    writeConfig(home.config, {
+      matrix: { homeserver_url: url, registration_shared_secret: secret },
+      operators: [operator.userId],
+      llm: { api_key: 'sk-test', base_url: llm.url, model: 'claude-test' },
+    });
+    const device = `it${run}`.slice(0, 32);
+    writeCredentials(home.keys, device, { userId: botAccount.userId, accessToken: botAccount.accessToken, deviceId: botAccount.deviceId });
+    writeFileSync(path.join(home.manifests, `${device}.yaml`), `device: ${device}\ncapabilities:\n  sys.info: {}\n  sys.health: {}\n  fs.list: { paths_allowed: ["${work}/**"] }\n`);
+    phone = await startPhone({ url: url! }, operator);
+    bot = fork(DEVICE_MAIN, [], { execArgv: ['--import', 'tsx'], env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: home.root, MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    await waitReady(bot, 60_000);
+    const live = await phone.waitFor((e) => e.sender === botUser && /live/.test(bodyOf(e)), 60_000);
+    room = live.room_id;
+  }, 120_000);
+
+  afterAll(async () => {
+    if (bot && bot.exitCode === null) {
+      const exited = new Promise((r) => bot.once('exit', r));
+      bot.kill('SIGTERM');
+      await exited;
+    }
+    phone?.stop();
+    await llm?.close();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  it('answers !status with audit references', async () => {
+    const idx = phone.events.length;
+    await phone.client.sendTextMessage(room, '!status');
+    const reply = await phone.waitFor((e) => e.sender === botUser && phone.events.indexOf(e) >= idx && /sys\.health ok/.test(bodyOf(e)), 60_000);
+    expect(bodyOf(reply)).toMatch(/🧾 #\d+ sys\.info ok/);
+  }, 90_000);
+
+  it('runs an LLM tool call and reports it with its audit entry', async () => {
+    llm.enqueue(toolReply([{ name: 'fs_list', input: { path: work } }]), textReply('Found integration.txt'));
+    const idx = phone.events.length;
+    await phone.client.sendTextMessage(room, 'what is in the work dir?');
+    const reply = await phone.waitFor((e) => e.sender === botUser && phone.events.indexOf(e) >= idx && /Found integration\.txt/.test(bodyOf(e)), 60_000);
+    expect(bodyOf(reply)).toMatch(/🧾 #\d+ fs\.list ok/);
+  }, 90_000);
+});
