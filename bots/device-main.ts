@@ -22,7 +22,7 @@ import { createLlmClient } from './llm.js';
 import { createMatrixSession } from './matrix.js';
 
 const ParentMessage = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('init'), device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/) }),
+  z.object({ type: z.literal('init'), device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/), heartbeatMs: z.number().int().min(100).max(600_000).optional() }),
   z.object({ type: z.literal('shutdown') }),
 ]);
 
@@ -30,14 +30,17 @@ function send(msg: Record<string, unknown>): void {
   if (process.send) process.send(msg);
 }
 
+/** Thrown after a fatal message was handed to IPC; the send callback exits the process. */
+class FatalSent extends Error {}
+
 function fatal(code: string, message: string): never {
-  send({ type: 'fatal', code, message });
-  // Give the IPC message time to leave before exiting.
-  setTimeout(() => process.exit(78), 200);
-  throw new Error(message);
+  process.stderr.write(`${message}\n`);
+  if (process.send) process.send({ type: 'fatal', code, message }, () => process.exit(78));
+  else process.exit(78);
+  throw new FatalSent(message);
 }
 
-async function main(device: string): Promise<void> {
+async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const home = layout(resolveHome());
   const log = logger('bot', { device });
   const cfg = loadConfig(home.config);
@@ -119,6 +122,8 @@ async function main(device: string): Promise<void> {
   });
   process.on('SIGTERM', () => void shutdown());
   process.on('SIGINT', () => void shutdown());
+  // The launcher died (even by SIGKILL): never linger as an orphan in our own process group.
+  process.on('disconnect', () => void shutdown());
 
   await session.start();
   await bot.start();
@@ -126,7 +131,7 @@ async function main(device: string): Promise<void> {
   log.info({ userId: creds.userId }, 'device bot running');
   const beat = (): void => send({ type: 'heartbeat', busy: bot.busy, auditHead: audit.head(device) ?? undefined });
   beat();
-  setInterval(beat, 10_000).unref();
+  setInterval(beat, heartbeatMs).unref();
 }
 
 /** Set by the voice module when it is loaded (issue: voice messages to commands). */
@@ -137,8 +142,13 @@ export function setVoiceHandler(h: typeof voiceHandler): void {
 
 // Entry: wait for the launcher's init message (device name), or take MESHPILOT_DEVICE when run by hand.
 const direct = process.env['MESHPILOT_DEVICE'];
+const onError = (err: unknown): void => {
+  if (err instanceof FatalSent) return;
+  process.stderr.write(`${toMpError(err).message}\n`);
+  process.exit(1);
+};
 if (direct) {
-  main(direct).catch((err) => { process.stderr.write(`${toMpError(err).message}\n`); process.exit(1); });
+  main(direct).catch(onError);
 } else {
   process.once('message', (raw) => {
     const p = ParentMessage.safeParse(raw);
@@ -146,9 +156,6 @@ if (direct) {
       process.stderr.write('device bot: expected an init message from the launcher\n');
       process.exit(2);
     }
-    main(p.data.device).catch((err) => {
-      process.stderr.write(`${toMpError(err).message}\n`);
-      process.exit(1);
-    });
+    main(p.data.device, p.data.heartbeatMs).catch(onError);
   });
 }

@@ -4,4 +4,8 @@ const argv = process.argv.slice(2);
 const longRunning = new Set(['up', 'agent']);
 process.env['MESHPILOT_LOG_LEVEL'] ??= longRunning.has(argv[0] ?? '') ? 'info' : 'warn';
 const { runCli } = await import('./cli.js');
-process.exitCode = await runCli(argv);
+const code = await runCli(argv);
+process.exitCode = code;
+// Done: a lingering handle (a Matrix long poll, a keep-alive socket) must not hold the process.
+// The timer is unref'd, so it only fires when something else still keeps the process alive.
+setTimeout(() => process.exit(code), 200).unref();

@@ -1,46 +1,131 @@
 /**
- * `meshpilot up` (`npm start`): checks the data directory, devices and audit log, then runs
- * what is configured. Without a config it says exactly what to configure next.
+ * `meshpilot up` (`npm start`): checks the data directory, devices and audit log, then runs what
+ * is configured: one bot process per device under the supervisor, the health monitor and the
+ * operator room bot. Without a config it says exactly what to configure next.
  */
 import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { toMpError } from '../capabilities/errors.js';
+import { PACKAGE_ROOT } from '../capabilities/home.js';
+import { logger } from '../capabilities/log.js';
 import { formatIssue } from '../capabilities/manifest.js';
 import type { CliIo } from './cli.js';
+import { loadConfig } from './config.js';
 import type { Runtime } from './runtime.js';
+import { removePidFile, Supervisor, writePidFile } from './supervisor.js';
 
-export async function runUp(rt: Runtime, io: CliIo): Promise<number> {
+/** Environment a bot child needs from the launcher's own (children get a scrubbed environment). */
+const PASSED_TO_BOTS = ['ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL', 'MESHPILOT_HOMESERVER'];
+
+export interface UpOptions {
+  /** Resolves when the launcher should stop (default: SIGINT / SIGTERM). */
+  until?: Promise<void>;
+}
+
+export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promise<number> {
   io.out(`meshpilot 0.1.0 · home ${rt.home.root}\n`);
   if (rt.created) io.out(`created ${rt.home.root} (database, manifests/, keys/)\n`);
   if (rt.enrolledLocal) io.out(`enrolled this machine as device "local" with the read-only template: ${rt.home.manifests}/local.yaml\n`);
   const list = rt.devices.list();
   for (const l of list) {
     if (l.manifest) io.out(`device ${l.device}: ${l.manifest.transport.kind}, ${l.manifest.os}, ${Object.keys(l.manifest.capabilities).length} capabilities\n`);
-    else io.out(`device ${l.device}: INVALID manifest\n${l.issues?.map((i) => `  ${formatIssue(i)}\n`).join('')}`);
+    else io.out(`device ${l.device}: INVALID manifest (no bot until fixed)\n${l.issues?.map((i) => `  ${formatIssue(i)}\n`).join('')}`);
   }
-  const local = rt.devices.get('local');
-  if (local) {
+  if (rt.devices.get('local')) {
     const r = await rt.invoker.invoke({ device: 'local', capability: 'sys.health', args: {}, actor: 'launcher' });
     io.out(`local health: ${r.ok ? (r.result?.stdout.trim() ?? 'ok') : r.error?.message}\n`);
   }
   let broken = false;
-  for (const d of rt.audit.devices()) {
-    const v = rt.audit.verify(d);
+  for (const [d, v] of rt.audit.verifyAll()) {
     if (!v.ok) {
       broken = true;
       io.out(`AUDIT BROKEN for ${d} at seq ${v.badSeq}: ${v.reason}\n`);
     } else io.out(`audit ${d}: ok ${v.count} entries\n`);
   }
-  if (!existsSync(rt.home.config)) {
+
+  const cfg = loadConfig(rt.home.config);
+  if (!cfg.ok) {
+    if (!cfg.missing) {
+      io.err(`config ${rt.home.config} is invalid:\n${cfg.errors.map((e) => `  ${e}\n`).join('')}fix it and run \`npm start\` again (\`npx meshpilot doctor\` checks everything).\n`);
+      return 2;
+    }
     io.out([
       '',
       'Matrix is not configured yet, so no device bots are running. Next:',
-      `  1. npx meshpilot init        # homeserver URL, operator Matrix ID, bot tokens, Anthropic key -> ${rt.home.config}`,
-      '  2. npm start                 # starts one bot per device',
+      `  1. npx meshpilot init            # homeserver URL, your Matrix ID, registration secret, Anthropic key -> ${rt.home.config}`,
+      '  2. npm start                     # one bot per device; DM @meshpilot-local from Element',
+      '  3. npx meshpilot doctor          # checks each dependency',
       'Meanwhile, from this terminal:',
       '  npx meshpilot cap local sys.info',
       '  npx meshpilot cap local fs.list path=/var/log',
       '  npx meshpilot audit verify',
       '',
     ].join('\n'));
+    return broken ? 1 : 0;
   }
+  const config = cfg.config;
+  const log = logger('launcher');
+  try {
+    writePidFile(rt.home.root);
+  } catch (err) {
+    io.err(`${toMpError(err).message}\n`);
+    return 2;
+  }
+  const env: Record<string, string> = {};
+  for (const k of PASSED_TO_BOTS) if (process.env[k]) env[k] = process.env[k]!;
+  const supervisor = new Supervisor({
+    entry: path.join(PACKAGE_ROOT, 'bots', 'device-main.ts'),
+    home: rt.home.root,
+    manifestsDir: rt.home.manifests,
+    desiredDevices: () => rt.devices.list().filter((l) => l.manifest).map((l) => l.device),
+    manifestHash: (d) => rt.devices.get(d)?.hash,
+    settings: { maxCrashes: config.supervisor.max_crashes, crashWindowS: config.supervisor.crash_window_s, backoffMaxS: config.supervisor.backoff_max_s },
+    env,
+    handleSighup: true,
+    logger: log.child({ component: 'supervisor' }),
+  });
+  supervisor.on('ready', (e: { device: string; pid: number }) => io.out(`bot ${e.device}: running (pid ${e.pid})\n`));
+  supervisor.on('failed', (e: { device: string; message: string }) => io.out(`bot ${e.device}: FAILED: ${e.message}\n`));
+  supervisor.on('crash-loop', (e: { device: string; crashesInWindow: number; stderrTail: string[] }) =>
+    io.out(`bot ${e.device}: crash-looping (${e.crashesInWindow} crashes), not restarting; last output:\n${e.stderrTail.map((l) => `  ${l}\n`).join('')}`));
+
+  let ops: { stop(): Promise<void> } | undefined;
+  try {
+    await supervisor.start();
+    try {
+      const { startOperatorServices } = await import('../bots/operator-bot.js');
+      const enroll = await loadEnrollment();
+      ops = await startOperatorServices({ runtime: rt, config, supervisor, logger: log.child({ component: 'operator' }), ...enroll });
+      io.out('operator room: health alerts and !devices, !health, !audit, !revoke, !add-pc\n');
+    } catch (err) {
+      io.out(`operator room not started: ${toMpError(err).message} (device bots run anyway)\n`);
+    }
+    io.out(`launcher running (pid ${process.pid}); \`meshpilot reload\` picks up manifest changes; Ctrl-C stops\n`);
+    await (opts.until ?? new Promise<void>((resolve) => {
+      process.once('SIGINT', () => resolve());
+      process.once('SIGTERM', () => resolve());
+    }));
+    io.out('stopping: bots finish their current call…\n');
+  } finally {
+    const t0 = Date.now();
+    await ops?.stop().catch(() => undefined);
+    const t1 = Date.now();
+    await supervisor.stop();
+    log.debug({ operatorMs: t1 - t0, botsMs: Date.now() - t1 }, 'stopped');
+    removePidFile(rt.home.root, process.pid);
+  }
+  io.out('stopped\n');
   return broken ? 1 : 0;
+}
+
+/** add-pc / revoke for the operator room, when that module is present. */
+async function loadEnrollment(): Promise<Record<string, unknown>> {
+  const file = path.join(PACKAGE_ROOT, 'launcher', 'enroll.ts');
+  if (!existsSync(file)) return {};
+  try {
+    const mod = (await import('./enroll.js')) as { operatorRoomHooks?: () => Record<string, unknown> };
+    return mod.operatorRoomHooks?.() ?? {};
+  } catch {
+    return {};
+  }
 }

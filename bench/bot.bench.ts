@@ -1,0 +1,60 @@
+/**
+ * Device bot figures, against the homeserver and Anthropic fixtures on loopback with the real bot
+ * process: message → reply overhead (LLM answering instantly), `!status` round trip, RSS per bot
+ * process, and the time to bring up 20 bots.
+ */
+import { readFileSync } from 'node:fs';
+import { textReply } from '../test/fixtures/anthropic.js';
+import type { ClientEvent } from '../test/fixtures/homeserver.js';
+import { createBotEnv, waitReady } from '../test/helpers/bot-env.js';
+import type { BenchFigure } from './run.js';
+
+export const figures = ['bot.overhead_p50', 'bot.overhead_p99', 'bot.status_roundtrip_p50', 'bot.rss', 'bot.up20'];
+
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? 0;
+};
+
+export async function run(): Promise<BenchFigure[]> {
+  const env = await createBotEnv();
+  const out: BenchFigure[] = [];
+  try {
+    const botUser = env.registerBot('bench').userId;
+    env.writeManifest('bench', '  sys.info: {}\n  sys.health: {}\n');
+    const child = env.startBot('bench');
+    await waitReady(child);
+    const live = await env.phone.waitFor((e) => e.sender === botUser && /live/.test(String((e.content as { body?: string }).body)));
+    const room = live.room_id;
+    await env.phone.waitFor((e) => e.room_id === room && e.type === 'm.room.member' && e.state_key === env.operator.userId && (e.content as { membership?: string }).membership === 'join');
+    env.llm.respond(() => textReply('ok'));
+
+    // One message at a time; overhead = reply's server timestamp - message's server timestamp.
+    const roundTrip = async (text: string, match: RegExp): Promise<number> => {
+      const { event_id } = await env.phone.client.sendTextMessage(room, text);
+      const mine = await env.hs.waitFor((e: ClientEvent) => e.event_id === event_id);
+      const reply = await env.hs.waitFor((e: ClientEvent) => e.sender === botUser && e.type === 'm.room.message' && e.origin_server_ts >= mine.origin_server_ts && match.test(String((e.content as { body?: string }).body)) && env.hs.events(room).indexOf(e) > env.hs.events(room).indexOf(mine));
+      return reply.origin_server_ts - mine.origin_server_ts;
+    };
+    for (let i = 0; i < 5; i++) await roundTrip(`warm ${i}`, /^ok$/);
+    const llm: number[] = [];
+    for (let i = 0; i < 40; i++) llm.push(await roundTrip(`hello ${i}`, /^ok$/));
+    out.push({ name: 'bot.overhead_p50', value: pct(llm, 50), unit: 'ms', target: '<= 50' });
+    out.push({ name: 'bot.overhead_p99', value: pct(llm, 99), unit: 'ms', target: '<= 200' });
+    const status: number[] = [];
+    for (let i = 0; i < 15; i++) status.push(await roundTrip('!status', /🖥 bench/));
+    out.push({ name: 'bot.status_roundtrip_p50', value: pct(status, 50), unit: 'ms', target: '<= 300' });
+    const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0);
+    out.push({ name: 'bot.rss', value: Math.round(rssKb / 1024), unit: 'MB', target: '<= 80' });
+
+    // 20 bots from cold: fork all, wait until every one has synced and reported ready.
+    const names = Array.from({ length: 20 }, (_, i) => `up${i}`);
+    for (const n of names) { env.registerBot(n); env.writeManifest(n, '  sys.info: {}\n'); }
+    const t0 = performance.now();
+    await Promise.all(names.map((n) => waitReady(env.startBot(n), 120_000)));
+    out.push({ name: 'bot.up20', value: (performance.now() - t0) / 1000, unit: 's', target: '<= 10' });
+  } finally {
+    await env.cleanup();
+  }
+  return out;
+}
