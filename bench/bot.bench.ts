@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { textReply } from '../test/fixtures/anthropic.js';
 import type { ClientEvent } from '../test/fixtures/homeserver.js';
 import { createBotEnv, waitReady } from '../test/helpers/bot-env.js';
+import { buildBotBundle } from '../launcher/bundle.js';
 import type { BenchFigure } from './run.js';
 
 export const figures = ['bot.overhead_p50', 'bot.overhead_p99', 'bot.status_roundtrip_p50', 'bot.rss', 'bot.up20'];
@@ -17,7 +18,9 @@ const pct = (xs: number[], p: number): number => {
 };
 
 export async function run(): Promise<BenchFigure[]> {
-  const env = await createBotEnv();
+  // Measured as `meshpilot up` runs bots: the pre-built bundle with the same node flags.
+  const { file } = await buildBotBundle();
+  const env = await createBotEnv({ entry: file, nodeArgs: ['--max-semi-space-size=1'] });
   const out: BenchFigure[] = [];
   try {
     const botUser = env.registerBot('bench').userId;
@@ -31,9 +34,10 @@ export async function run(): Promise<BenchFigure[]> {
 
     // One message at a time; overhead = reply's server timestamp - message's server timestamp.
     const roundTrip = async (text: string, match: RegExp): Promise<number> => {
+      const seen = new Set(env.hs.events(room).map((e) => e.event_id));
       const { event_id } = await env.phone.client.sendTextMessage(room, text);
       const mine = await env.hs.waitFor((e: ClientEvent) => e.event_id === event_id);
-      const reply = await env.hs.waitFor((e: ClientEvent) => e.sender === botUser && e.type === 'm.room.message' && e.origin_server_ts >= mine.origin_server_ts && match.test(String((e.content as { body?: string }).body)) && env.hs.events(room).indexOf(e) > env.hs.events(room).indexOf(mine));
+      const reply = await env.hs.waitFor((e: ClientEvent) => !seen.has(e.event_id) && e.sender === botUser && e.type === 'm.room.message' && match.test(String((e.content as { body?: string }).body)));
       return reply.origin_server_ts - mine.origin_server_ts;
     };
     for (let i = 0; i < 5; i++) await roundTrip(`warm ${i}`, /^ok$/);

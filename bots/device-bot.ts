@@ -13,7 +13,10 @@ import type { Manifest } from '../capabilities/manifest.js';
 import { ApprovalManager } from './approvals.js';
 import { ConversationStore } from './conversation.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
-import { auditFooter, buildSystemPrompt, buildTools, COMMAND_MODE_HINT, runTurn, type LlmClient, type TurnAction } from './llm.js';
+import type { LlmClient, TurnAction } from './llm.js';
+
+/** Said when the LLM cannot help (kept here so a bot without an LLM never loads the SDK). */
+const COMMAND_MODE_HINT = 'Command mode still works: send `!help` for the commands.';
 
 /** What the bot needs from a chat network (implemented over Matrix in bots/matrix.ts). */
 export interface ChatPort {
@@ -39,6 +42,12 @@ export interface ChatMessage {
   /** Extra audit context (e.g. a voice transcript and its engine). */
   context?: Record<string, unknown>;
 }
+
+/**
+ * Sees an operator's message or reaction before the bot does (e.g. the answer to a voice "Did you mean …?");
+ * returns true when it consumed it.
+ */
+export type AnswerInterceptor = (a: { roomId: string; sender: string; text?: string; reaction?: { key: string; relatesTo: string } }) => boolean;
 
 export const AUDIT_HEAD_EVENT = 'dev.meshpilot.audit_head';
 const TYPING_MS = 30_000;
@@ -83,6 +92,7 @@ export class DeviceBot {
   private readonly warnedEncrypted = new Set<string>();
   private busyCount = 0;
   private stopping = false;
+  private interceptor: AnswerInterceptor | undefined;
 
   constructor(private readonly o: DeviceBotOptions) {
     this.conversations = new ConversationStore(o.db, { device: o.device });
@@ -141,7 +151,12 @@ export class DeviceBot {
   }
 
   onReaction(roomId: string, sender: string, relatesTo: string, key: string): void {
+    if (this.interceptor && this.isOperator(sender) && this.interceptor({ roomId, sender, reaction: { key, relatesTo } })) return;
     this.approvals.onReaction(roomId, sender, relatesTo, key);
+  }
+
+  setAnswerInterceptor(fn: AnswerInterceptor | undefined): void {
+    this.interceptor = fn;
   }
 
   /** Entry point for a text message (or a transcribed voice message). */
@@ -151,6 +166,7 @@ export class DeviceBot {
       this.auditStranger(msg.sender, 'chat.message', msg.roomId);
       return;
     }
+    if (this.interceptor && this.interceptor({ roomId: msg.roomId, sender: msg.sender, text: msg.body })) return;
     // Approvals must get through while a turn in the same room waits for them.
     const decision = /^!(approve|reject)\b\s*(\S*)/.exec(msg.body.trim());
     if (decision) {
@@ -217,6 +233,7 @@ export class DeviceBot {
       await this.reply(msg.roomId, 'My manifest is missing or invalid, so I cannot act. Check `meshpilot devices` on the launcher.');
       return;
     }
+    const { auditFooter, buildSystemPrompt, buildTools, runTurn } = await import('./llm.js');
     const tools = buildTools(this.o.invoker.allowedCapabilities(this.o.device));
     const system = buildSystemPrompt({ ...manifest, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
     const result = await runTurn({

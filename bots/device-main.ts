@@ -5,8 +5,6 @@
  */
 import * as path from 'node:path';
 import { z } from 'zod';
-import '../capabilities/transports/ssh.js';
-import '../capabilities/transports/mesh.js';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase } from '../capabilities/db.js';
 import { toMpError } from '../capabilities/errors.js';
@@ -18,8 +16,8 @@ import { loadConfig } from '../launcher/config.js';
 import { DeviceRegistry } from '../launcher/registry.js';
 import { readCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
-import { createLlmClient } from './llm.js';
 import { createMatrixSession } from './matrix.js';
+import { createVoiceHandler } from './voice.js';
 
 const ParentMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('init'), device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/), heartbeatMs: z.number().int().min(100).max(600_000).optional() }),
@@ -53,7 +51,12 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const audit = new SqliteAuditLog(db);
   const devices = new DeviceRegistry(home.manifests, builtinRegistry());
   if (!devices.get(device)) fatal('manifest_invalid', devices.problems(device) ?? `no manifest for ${device}`);
+  // Load only the transport this device uses (each registers itself): less memory per bot.
+  const kind = devices.get(device)?.transport.kind;
+  if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
+  if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
   const invoker = new Invoker({ manifests: devices, audit });
+  const createLlmClient = config.llm.api_key ? (await import('./llm.js')).createLlmClient : undefined;
   const session = createMatrixSession({
     homeserverUrl: creds.homeserverUrl ?? config.matrix.homeserver_url,
     accessToken: creds.accessToken,
@@ -80,7 +83,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       leaveRoom: (r) => session.leaveRoom(r),
       isEncryptedRoom: (r) => session.isEncryptedRoom(r),
     },
-    ...(apiKey ? {
+    ...(apiKey && createLlmClient ? {
       llm: {
         client: createLlmClient({ apiKey, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), model: config.llm.model, maxTokens: config.llm.max_tokens, timeoutMs: config.llm.timeout_s * 1000, logger: log }),
         maxSteps: config.llm.max_steps,
@@ -91,6 +94,17 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     approvalTimeoutMs: config.approvals.timeout_s * 1000,
     logger: log,
   });
+
+  const voice = createVoiceHandler({
+    config: config.voice, device, llm: Boolean(apiKey),
+    manifest: () => devices.get(device),
+    allowed: () => invoker.allowedCapabilities(device).map((d) => d.name),
+    download: (mxc, o) => session.downloadMedia(mxc, o),
+    sendText: (r, t) => session.sendText(r, t),
+    dir: path.join(home.bots, device, 'voice'),
+    logger: log,
+  });
+  setVoiceHandler((m, b) => voice.handle(m, b));
 
   session.onInvite((i) => bot.onInvite(i.roomId, i.sender));
   session.onReaction((r) => bot.onReaction(r.roomId, r.sender, r.relatesToEventId, r.key));

@@ -70,6 +70,24 @@ export const ConfigSchema = z.object({
     crash_window_s: z.number().int().min(10).max(86400).default(300),
     backoff_max_s: z.number().int().min(1).max(3600).default(60),
   }).strict().default({ max_crashes: 5, crash_window_s: 300, backoff_max_s: 60 }),
+  /** Voice messages → commands (bots/voice.ts). */
+  voice: z.object({
+    engine: z.enum(['pocketsphinx', 'whisper-http']).default('pocketsphinx'),
+    whisper: z.object({
+      /** Base URL (`http://127.0.0.1:8080`) or the full OpenAI-compatible `/v1/audio/transcriptions` URL. */
+      url: z.url().max(512),
+      api_key: z.string().min(1).max(512).optional(),
+      model: z.string().min(1).max(128).default('whisper-1'),
+      language: z.string().regex(/^[a-z]{2,3}$/).optional(),
+      timeout_s: z.number().int().min(1).max(600).default(60),
+    }).strict().optional(),
+    max_bytes: z.number().int().min(1024).max(100 * 1024 * 1024).default(10 * 1024 * 1024),
+    max_duration_s: z.number().int().min(1).max(1800).default(120),
+    /** Below this, the bot asks "Did you mean …?" before acting (0 … 1). */
+    min_confidence: z.number().min(0).max(1).default(0.7),
+  }).strict()
+    .refine((v) => v.engine !== 'whisper-http' || v.whisper !== undefined, { message: 'engine whisper-http needs voice.whisper.url', path: ['whisper'] })
+    .default({ engine: 'pocketsphinx', max_bytes: 10 * 1024 * 1024, max_duration_s: 120, min_confidence: 0.7 }),
   health: z.object({
     schedule: z.string().max(64).default('* * * * *'),
     stale_after_s: z.number().int().min(30).max(86400).default(600),
@@ -84,6 +102,7 @@ export const ConfigSchema = z.object({
   mesh: MeshConfigSchema.optional(),
 }).strict();
 export type Config = z.infer<typeof ConfigSchema>;
+export type VoiceConfig = Config['voice'];
 
 export type ConfigLoad =
   | { ok: true; config: Config }

@@ -235,6 +235,9 @@ const hubStep: Step = {
     ].join('\n');
     const hub = hubRemote(ctx.config);
     try {
+      await hub.shOk('true', { what: 'reaching the hub', timeoutMs: 20_000 });
+      ctx.data.hubTouched = true;
+      ctx.save();
       const out = await hub.shOk(script, { stdin: `${psk}\n`, privileged: true, what: 'adding the WireGuard peer', timeoutMs: 30_000 });
       const hubPub = out.trim().split('\n').pop()?.trim();
       if (!hubPub || !/^[A-Za-z0-9+/]{43}=$/.test(hubPub)) throw new MeshpilotError('exec_failed', `the hub did not report its WireGuard public key (is ${m.hub.interface} up?)`);
@@ -246,6 +249,7 @@ const hubStep: Step = {
   },
   async undo(ctx) {
     const m = mesh(ctx);
+    if (!ctx.data.hubTouched && !ctx.revoking) return 'the hub was never changed';
     const { strip } = peerBlockScript(m, ctx.device);
     const conf = hubConfFile(m);
     const script = [
@@ -257,6 +261,7 @@ const hubStep: Step = {
     const hub = hubRemote(ctx.config);
     try {
       await hub.shOk(script, { privileged: true, what: 'removing the WireGuard peer', timeoutMs: 30_000 });
+      ctx.data.hubTouched = false;
     } finally {
       await hub.close();
     }

@@ -136,6 +136,7 @@ export const EnrollDataSchema = z.object({
   hostKeyAdded: z.object({ pattern: z.string(), keyType: z.string(), fingerprint: z.string() }).optional(),
   publicKey: z.string().max(64).optional(),
   hubPublicKey: z.string().max(64).optional(),
+  hubTouched: z.boolean().optional(),
   ip: z.string().max(64).optional(),
   iface: z.string().max(15).optional(),
   installDir: z.string().max(1024).optional(),

@@ -273,6 +273,8 @@ export interface SupervisorOptions {
   logger?: Logger;
   /** Extra environment for children (the only way secrets such as ANTHROPIC_API_KEY reach them). */
   env?: Record<string, string>;
+  /** Extra node flags for children (e.g. V8 memory settings). */
+  nodeArgs?: string[];
   /** Watch the manifests directory (default true; the periodic reconcile runs either way). */
   watch?: boolean;
   /** start() installs a SIGHUP handler running reconcile({retryFailed:true}); stop() removes it. */
@@ -573,7 +575,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     let child: ChildProcess;
     try {
       child = fork(this.opts.entry, [], {
-        execArgv: execArgvFor(this.opts.entry),
+        execArgv: [...(this.opts.nodeArgs ?? []), ...execArgvFor(this.opts.entry)],
         env: childEnv(this.opts.home, this.opts.env),
         cwd: this.opts.home,
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

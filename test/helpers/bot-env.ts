@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { writeCredentials } from '../../bots/credentials.js';
 import { ensureHome, PACKAGE_ROOT } from '../../capabilities/home.js';
 import { writeConfig } from '../../launcher/config.js';
+import { execArgvFor } from '../../launcher/supervisor.js';
 import { startAnthropicFixture, type AnthropicFixture } from '../fixtures/anthropic.js';
 import { startHomeserver, type Homeserver, type RegisteredUser } from '../fixtures/homeserver.js';
 import { startPhone, type PhoneHandle } from './phone.js';
@@ -29,7 +30,7 @@ export interface BotEnv {
   cleanup(): Promise<void>;
 }
 
-export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: boolean } = {}): Promise<BotEnv> {
+export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: boolean; entry?: string; nodeArgs?: string[] } = {}): Promise<BotEnv> {
   const hs = await startHomeserver();
   const llm = await startAnthropicFixture({ apiKey: 'sk-test' });
   const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bot-'));
@@ -57,8 +58,9 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
       writeFileSync(path.join(layoutDirs.manifests, `${device}.yaml`), `device: ${device}\nos: linux\ntransport: { kind: local }\ncapabilities:\n${capabilitiesYaml}`);
     },
     startBot(device) {
-      const child = fork(DEVICE_MAIN, [], {
-        execArgv: ['--import', 'tsx'],
+      const entry = opts.entry ?? DEVICE_MAIN;
+      const child = fork(entry, [], {
+        execArgv: [...(opts.nodeArgs ?? []), ...execArgvFor(entry)],
         env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: home, MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
