@@ -125,6 +125,11 @@ export function loadCmuDict(file = CMU_DICT): Map<string, string[]> {
   return map;
 }
 
+/** Drops the cached dictionary (tens of MB in a bot process that only needs it to build a grammar). */
+export function releaseCmuDict(): void {
+  cmuCache = undefined;
+}
+
 export type PronunciationSource = 'cmu' | 'extra' | 'compound' | 'spelled';
 
 export class Lexicon {

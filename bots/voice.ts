@@ -15,16 +15,14 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { fetch, FormData } from 'undici';
 import { z } from 'zod';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
 import type { Manifest } from '../capabilities/manifest.js';
 import type { ChatMessage, DeviceBot } from './device-bot.js';
 import type { MatrixMessage } from './matrix.js';
-import { buildCommandGrammar, normalizeTranscript, type CommandGrammar } from './voice-grammar.js';
+import { buildCommandGrammar, normalizeTranscript, releaseCmuDict, type CommandGrammar } from './voice-grammar.js';
 import type { VoiceConfig } from '../launcher/config.js';
 
 // ------------------------------------------------------------------------------------------- format detection
@@ -223,6 +221,8 @@ export class WhisperHttpEngine implements SttEngine {
   constructor(private readonly o: { url: string; apiKey?: string; model: string; language?: string; timeoutMs: number }) {}
 
   async transcribe(wavPath: string): Promise<Transcript> {
+    // Loaded on first use: most bots never talk to a transcription service.
+    const { fetch, FormData } = await import('undici');
     const form = new FormData();
     form.append('file', new Blob([readFileSync(wavPath)], { type: 'audio/wav' }), 'voice.wav');
     form.append('model', this.o.model);
@@ -327,6 +327,7 @@ export function createVoiceHandler(o: VoiceHandlerOptions): VoiceHandler {
     const caps = o.allowed().join(',');
     if (built?.hash === m.hash && built.caps === caps) return built.grammar;
     const g = buildCommandGrammar(m, { allowed: o.allowed() });
+    releaseCmuDict();
     if (engine instanceof PocketsphinxEngine) engine.setGrammar(g);
     built = { hash: m.hash, caps, grammar: g };
     log.info({ words: g.words.length, added: Object.keys(g.added).length }, 'voice grammar built');
@@ -479,9 +480,4 @@ export function createVoiceHandler(o: VoiceHandlerOptions): VoiceHandler {
 
 function capitalize(s: string): string {
   return s.charAt(0).toUpperCase() + s.slice(1);
-}
-
-/** A temp dir for voice work when no data dir is given. */
-export function tempVoiceDir(): string {
-  return mkdtempSync(path.join(os.tmpdir(), 'mp-voice-'));
 }

@@ -549,7 +549,7 @@ const agentStep: Step = {
     }
     await t.shOk([
       `cd ${q(dir)}`,
-      'if [ -f agent.pid ] && kill -0 "$(cat agent.pid)" 2>/dev/null; then p=$(cat agent.pid); kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p"; i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi',
+      'if [ -f agent.pid ] && kill -0 "$(cat agent.pid)" 2>/dev/null; then p=$(cat agent.pid); kill -TERM "-$p" 2>/dev/null || kill -TERM "$p"; i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi',
       'rm -f agent.pid',
       `setsid sh ${q(`${dir}/run.sh`)} </dev/null >>agent.log 2>&1 &`,
       'i=0; while [ ! -s agent.pid ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done',
@@ -562,7 +562,7 @@ const agentStep: Step = {
     const dir = installDir(ctx);
     const unit = q(unitName(ctx.device));
     await ctx.target().shOk([
-      `if [ -f ${q(`${dir}/agent.pid`)} ]; then p=$(cat ${q(`${dir}/agent.pid`)}); kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi`,
+      `if [ -f ${q(`${dir}/agent.pid`)} ]; then p=$(cat ${q(`${dir}/agent.pid`)}); kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi`,
       `if command -v systemctl >/dev/null 2>&1 && [ -f /etc/systemd/system/${unitName(ctx.device)} ]; then systemctl disable --now ${unit} >/dev/null 2>&1 || true; rm -f /etc/systemd/system/${unitName(ctx.device)}; systemctl daemon-reload || true; fi`,
       `rm -rf ${q(dir)}`,
     ].join('\n'), { privileged: true, timeoutMs: 30_000, what: 'removing the agent' });

@@ -562,7 +562,13 @@ export const matrixStep: Step = {
   async undo(ctx) {
     const userId = ctx.data.botUserId ?? botUserId(ctx.config, ctx.device);
     const hasCreds = existsSync(credentialsFile(ctx.home.keys, ctx.device));
-    if (!ctx.data.matrixTouched && !hasCreds) return undefined;
+    if (!ctx.data.matrixTouched && !hasCreds) {
+      if (!ctx.revoking) {
+        rmSync(path.join(keysDir(ctx), 'matrix.password'), { force: true });
+        try { if (readdirSync(keysDir(ctx)).length === 0) rmSync(keysDir(ctx), { recursive: true, force: true }); } catch { /* gone */ }
+      }
+      return undefined;
+    }
     const admin = await adminToken(ctx.home, ctx.config);
     const u = await adminUser(ctx.config, admin, userId);
     if (u && !u.deactivated) await deactivateUser({ homeserverUrl: hsUrl(ctx.config), adminToken: admin, userId });

@@ -8,4 +8,6 @@ const code = await runCli(argv);
 process.exitCode = code;
 // Done: a lingering handle (a Matrix long poll, a keep-alive socket) must not hold the process.
 // The timer is unref'd, so it only fires when something else still keeps the process alive.
-setTimeout(() => process.exit(code), 200).unref();
+// `meshpilot agent --config` returns once its server listens: that one must keep running.
+const servesForever = argv[0] === 'agent' && !['init', 'service', '--help', '-h'].includes(argv[1] ?? '');
+if (!servesForever) setTimeout(() => process.exit(code), 200).unref();

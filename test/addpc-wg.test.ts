@@ -118,7 +118,7 @@ describe.skipIf(!avail.ok)('add-pc --via wg', () => {
     expect(skipped).toEqual(['keys', 'ip', 'hub', 'target', 'agent', 'health', 'matrix', 'register']);
     // Kill the agent and its supervisor.
     const pid = readFileSync(path.join(lab.dir, 'agents', 'wgpc', 'agent.pid'), 'utf8').trim();
-    lab.nsExec(lab.targets[0]!.ns, 'sh', ['-c', `kill -9 -- -${pid}`], true);
+    lab.nsExec(lab.targets[0]!.ns, '/bin/kill', ['-9', '--', `-${pid}`]);
     await new Promise((r) => setTimeout(r, 300));
     const repaired = await addPc('wgpc');
     expect(repaired.code).toBe(0);
@@ -164,7 +164,7 @@ describe.skipIf(!avail.ok)('add-pc --via wg', () => {
 
   it('kill -9 in the middle, then the next add-pc resumes and finishes', async () => {
     const t = lab.targets[1]!;
-    const child = lab.spawnCli(['add-pc', 'k9pc', '--via', 'wg', '--ssh', t.spec, '--ssh-key', t.key, '--json']);
+    const child = lab.spawnCli(['add-pc', 'k9pc', '--via', 'wg', '--ssh', t.spec, '--ssh-key', t.key, '--accept-host-key', t.sshd.hostKeyFingerprint, '--json']);
     await new Promise<void>((resolve, reject) => {
       let buf = '';
       const timer = setTimeout(() => reject(new Error('never reached the agent step')), 40_000);
@@ -194,7 +194,9 @@ describe.skipIf(!avail.ok)('add-pc --via wg', () => {
       expect(r.events.find((e) => e.type === 'result')).toMatchObject({ ok: true, status: 'revoked', exit: 0 });
       expect(r.code).toBe(0);
       await expectClean(name, target);
-      const archived = (r.events.find((e) => e.type === 'result')?.['message'] as string).match(/archived in (\S+)$/)?.[1];
+      const message = String(r.events.find((e) => e.type === 'result')?.['message']);
+      const archived = /archived in (\S+)$/.exec(message)?.[1];
+      expect(archived, message).toBeDefined();
       expect(archived && existsSync(path.join(archived, 'manifest.yaml'))).toBe(true);
       expect(archived && existsSync(path.join(archived, 'keys', 'wg.key'))).toBe(true);
     }

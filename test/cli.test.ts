@@ -17,7 +17,7 @@ function cli(home: string, args: string[], input?: string) {
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-describe('meshpilot CLI (real child processes)', () => {
+describe('meshpilot CLI (real child processes)', { timeout: 120_000 }, () => {
   it('first run creates the data dir and enrolls this machine as `local`', () => {
     const home = path.join(tempDir('mp-cli-'), 'home');
     const r = cli(home, ['devices']);
