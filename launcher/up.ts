@@ -3,7 +3,8 @@
  * is configured: one bot process per device under the supervisor, the health monitor and the
  * operator room bot. Without a config it says exactly what to configure next.
  */
-import { existsSync } from 'node:fs';
+import type { AddPcFn, RevokeFn } from '../bots/operator-bot.js';
+import type { AddPcOptions, EnrollEvent } from './enroll.js';
 import * as path from 'node:path';
 import { toMpError } from '../capabilities/errors.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
@@ -106,7 +107,7 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
     await supervisor.start();
     try {
       const { startOperatorServices } = await import('../bots/operator-bot.js');
-      const enroll = await loadEnrollment();
+      const enroll = await loadEnrollment(rt);
       ops = await startOperatorServices({ runtime: rt, config, supervisor, logger: log.child({ component: 'operator' }), ...enroll });
       io.out('operator room: health alerts and !devices, !health, !audit, !revoke, !add-pc\n');
     } catch (err) {
@@ -130,14 +131,52 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
   return broken ? 1 : 0;
 }
 
-/** add-pc / revoke for the operator room, when that module is present. */
-async function loadEnrollment(): Promise<Record<string, unknown>> {
-  const file = path.join(PACKAGE_ROOT, 'launcher', 'enroll.ts');
-  if (!existsSync(file)) return {};
-  try {
-    const mod = (await import('./enroll.js')) as { operatorRoomHooks?: () => Record<string, unknown> };
-    return mod.operatorRoomHooks?.() ?? {};
-  } catch {
-    return {};
+/** add-pc / revoke for the operator room (`!add-pc <name> --via wg|ssh --ssh <target> …`, `!revoke <name>`). */
+async function loadEnrollment(rt: Runtime): Promise<{ addPc: AddPcFn; revoke: RevokeFn }> {
+  const { runAddPc } = await import('./enroll.js');
+  const { runRevoke } = await import('./revoke.js');
+  const progressLine = (e: EnrollEvent): string | undefined => {
+    if (e.type === 'step' && e.status !== 'running') return `[${e.index}/${e.total}] ${e.title} ${e.status === 'failed' ? `FAILED: ${e.error?.message ?? ''}` : e.status === 'skipped' ? '(already done)' : `${((e.ms ?? 0) / 1000).toFixed(1)} s`}`;
+    if (e.type === 'undo') return `undo ${e.title}: ${e.status}${e.message ? ` (${e.message})` : ''}`;
+    if (e.type === 'info' || e.type === 'warn' || e.type === 'start') return e.message;
+    return undefined;
+  };
+  const addPc: AddPcFn = async (args, ctx) => {
+    const parsed = parseAddPcArgs(args);
+    if (typeof parsed === 'string') return parsed;
+    const lines: Promise<void>[] = [];
+    const result = await runAddPc({ ...parsed, home: rt.home.root, actor: ctx.by }, (e) => {
+      const line = progressLine(e);
+      if (line) lines.push(ctx.progress(line).catch(() => undefined));
+    });
+    await Promise.all(lines);
+    return result.ok ? `✓ ${parsed.name}: ${result.message}` : `✗ ${parsed.name}: ${result.message}`;
+  };
+  const revoke: RevokeFn = async (device, ctx) => {
+    const result = await runRevoke({ name: device, yes: true, home: rt.home.root, actor: ctx.by });
+    return result.ok ? `✓ ${device}: ${result.message}` : `✗ ${device}: ${result.message}`;
+  };
+  return { addPc, revoke };
+}
+
+/** `<name> --via wg|ssh --ssh <alias|user@host[:port]> [--accept-host-key SHA256:…] [--profile readonly|operator] [--dry-run]` */
+export function parseAddPcArgs(args: readonly string[]): AddPcOptions | string {
+  const usage = 'usage: !add-pc <name> --via wg|ssh --ssh <alias|user@host[:port]> [--accept-host-key SHA256:…] [--profile readonly|operator] [--dry-run]';
+  const [name, ...rest] = args;
+  if (!name || name.startsWith('-')) return usage;
+  const o: Partial<AddPcOptions> & { name: string } = { name };
+  for (let i = 0; i < rest.length; i++) {
+    const flag = rest[i];
+    const value = rest[i + 1];
+    if (flag === '--dry-run') { o.dryRun = true; continue; }
+    if (value === undefined) return usage;
+    if (flag === '--via' && (value === 'wg' || value === 'ssh')) o.via = value;
+    else if (flag === '--ssh') o.ssh = value;
+    else if (flag === '--accept-host-key') o.acceptHostKey = value;
+    else if (flag === '--profile' && (value === 'readonly' || value === 'operator')) o.profile = value;
+    else return usage;
+    i++;
   }
+  if (!o.via || !o.ssh) return usage;
+  return o as AddPcOptions;
 }
