@@ -32,7 +32,7 @@ import { Agent, request } from 'undici';
 import type { Logger } from 'pino';
 import { loadSecretFile, signRequest } from '../capabilities/agent/auth.js';
 import { AuditPageSchema, HealthResponseSchema, type AuditPage, type HealthResponse } from '../capabilities/agent/protocol.js';
-import { canonicalBody, verifyEntries, type AuditEntry, type AuditHead } from '../capabilities/audit.js';
+import { verifyEntries, type AuditEntry, type AuditHead } from '../capabilities/audit.js';
 import type { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { registerMigration, type Db } from '../capabilities/db.js';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
@@ -640,9 +640,8 @@ export class HealthMonitor {
     const anchored = checkAnchors(cursor, fresh);
     if (anchored) return anchored;
     if (fresh.length) {
-      // insertVerified files an entry under its own `device`; the mirror needs the `<device>@agent` key with the body unchanged.
-      const ins = this.o.db.prepare('INSERT INTO audit (device, seq, body, hash) VALUES (?, ?, ?, ?)');
-      this.o.db.transaction(() => { for (const { hash, ...body } of fresh) ins.run(key, body.seq, canonicalBody(body), hash); }).immediate();
+      // Mirrored under the `<device>@agent` key, bodies unchanged.
+      this.o.db.transaction(() => { for (const e of fresh) this.o.audit.insertVerified(e, key); }).immediate();
       if (cursor && this.o.anchors?.anchor) {
         const at = cursor;
         void this.o.anchors.anchor(m.device, at).then(() => {

@@ -151,3 +151,31 @@ describe('JSONL audit log (device agent)', () => {
     expect(v).toMatchObject({ ok: false, badSeq: 3 });
   });
 });
+
+describe('audit table migration', () => {
+  it('moves a v1 table (unique index layout) to the rowid layout with every chain intact', async () => {
+    const dir = tempDir('mp-mig-');
+    const file = path.join(dir, 'old.db');
+    const { default: Database } = await import('better-sqlite3');
+    const old = new Database(file);
+    old.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE audit (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (device, seq));
+      INSERT INTO meta VALUES ('migration:audit-v1', 'x');`);
+    old.pragma('user_version = 1');
+    const ins = old.prepare('INSERT INTO audit (device, seq, body, hash) VALUES (?, ?, ?, ?)');
+    for (const device of ['b', 'a']) {
+      let prev: ReturnType<typeof buildEntry> | undefined;
+      for (let i = 0; i < 4; i++) {
+        const e = buildEntry(input(i, device), prev);
+        const { hash, ...rest } = e;
+        ins.run(device, e.seq, canonicalBody(rest), hash);
+        prev = e;
+      }
+    }
+    old.close();
+    const log = new SqliteAuditLog(openDatabase(file));
+    expect([...log.verifyAll()].map(([d, v]) => [d, v.ok, v.count])).toEqual([['a', true, 4], ['b', true, 4]]);
+    expect(log.append(input(9, 'a')).seq).toBe(5);
+    expect(log.verify('a')).toMatchObject({ ok: true, count: 5 });
+  });
+});

@@ -462,3 +462,17 @@ describe('proc', () => {
     expect(r.error?.code).toBe('not_found');
   });
 });
+
+describe('sys.info disks without df', () => {
+  it('LocalHost.diskUsage (statfs) reports the same real disks as `df -kP`', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { parseDf, realDisks } = await import('../capabilities/catalog/sys.js');
+    const direct = realDisks((await new LocalHost('local').diskUsage())!);
+    const viaDf = parseDf(execFileSync('df', ['-kP'], { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' } }));
+    expect(direct.map((d) => [d.mount, d.filesystem, d.sizeBytes])).toEqual(viaDf.map((d) => [d.mount, d.filesystem, d.sizeBytes]));
+    for (const d of direct) {
+      const twin = viaDf.find((x) => x.mount === d.mount)!;
+      expect(Math.abs(d.usePercent - twin.usePercent)).toBeLessThanOrEqual(1);
+    }
+  });
+});

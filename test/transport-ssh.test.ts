@@ -24,6 +24,7 @@ import {
   resetSshPoolStats,
   resolveTarget,
   SshHost,
+  sshPing,
   sshPoolStats,
 } from '../capabilities/transports/ssh.js';
 import { SshPool } from '../capabilities/transports/ssh-pool.js';
@@ -406,4 +407,22 @@ describe('targets', () => {
     expect(t.keyPath).toBe(path.join(keyDir, 'id_ed25519'));
     expect(t.port).toBe(22);
   });
+});
+
+describe('health probes over ssh', () => {
+  it('sshPing runs `true` on the pooled connection, and fails clearly once sshd is gone', async () => {
+    const ms = await sshPing(manifest, 5_000);
+    expect(ms).toBeGreaterThan(0);
+    const text = [
+      'device: gone',
+      `transport: { kind: ssh, host: 127.0.0.1, port: 9, user: ${fx.user}, key: "${fx.keyPath}" }`,
+      'capabilities:',
+      '  sys.info: {}',
+      '',
+    ].join('\n');
+    const parsed = parseManifest(text, 'gone.yaml');
+    if (!parsed.ok) throw new Error('bad manifest');
+    const err = await sshPing(parsed.manifest, 3_000).catch((e: unknown) => e);
+    expect((err as MeshpilotError).code).toBe('unreachable');
+  }, 30_000);
 });

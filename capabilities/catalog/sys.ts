@@ -52,8 +52,21 @@ export function parseDf(text: string): DiskUsage[] {
   return disks;
 }
 
+/** Keeps real disks only (no pseudo file systems, each mount once). */
+export function realDisks(all: readonly DiskUsage[]): DiskUsage[] {
+  const seen = new Set<string>();
+  return all.filter((d) => {
+    if (isPseudo(d.filesystem, d.mount, d.sizeBytes) || seen.has(d.mount)) return false;
+    seen.add(d.mount);
+    return true;
+  });
+}
+
 /** Disk usage, or [] when df is missing or unusable: a device without df is still worth describing. */
 async function readDisks(ctx: CapabilityContext): Promise<DiskUsage[]> {
+  // statfs in-process where the host offers it (local, the agent): no df process per call.
+  const direct = await ctx.host.diskUsage?.().catch(() => null);
+  if (direct) return realDisks(direct);
   try {
     const out = await ctx.host.exec({
       argv: ['df', '-kP'],

@@ -8,7 +8,11 @@ import { promises as fsp, constants as fsConstants } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MeshpilotError } from '../errors.js';
-import type { DirEntry, ExecOutcome, ExecRequest, FileStat, FileType, Host, SystemInfo } from './types.js';
+import type { DirEntry, ExecOutcome, ExecRequest, FileStat, FileType, Host, MountUsage, SystemInfo } from './types.js';
+
+/** Network and FUSE mounts can hang statfs (a dead NFS server): they are left to df's own timeout. */
+const NETWORK_FS = /^(nfs4?|cifs|smb3?|smbfs|sshfs|fuse\..*|ceph|glusterfs|9p|afs)$/;
+const STATFS_TIMEOUT_MS = 2000;
 
 /** Variables a child may inherit; everything else (tokens, keys, LD_PRELOAD…) is scrubbed. */
 export const ENV_ALLOWLIST = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TERM', 'TMPDIR', 'SHELL'];
@@ -218,6 +222,46 @@ export class LocalHost implements Host {
 
   async unlink(p: string): Promise<void> {
     await fsp.unlink(p);
+  }
+
+  /** statfs on every mount in /proc/self/mounts: what `df -kP` prints, without a process per call. */
+  async diskUsage(): Promise<MountUsage[] | null> {
+    if (process.platform !== 'linux') return null;
+    let mounts: string;
+    try {
+      mounts = await fsp.readFile('/proc/self/mounts', 'utf8');
+    } catch {
+      return null;
+    }
+    // /proc/mounts escapes spaces and the like as \040 (octal).
+    const unescape = (f: string): string => f.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const rows = mounts.split('\n').map((l) => l.split(' ')).filter((f) => f.length >= 3 && !NETWORK_FS.test(f[2] ?? ''));
+    const out: MountUsage[] = [];
+    await Promise.all(rows.map(async ([dev = '', mnt = '']) => {
+      const mount = unescape(mnt);
+      try {
+        const st = await Promise.race([
+          fsp.statfs(mount),
+          new Promise<null>((r) => setTimeout(() => r(null), STATFS_TIMEOUT_MS).unref()),
+        ]);
+        if (!st || st.blocks === 0) return;
+        const size = st.blocks * st.bsize;
+        const used = (st.blocks - st.bfree) * st.bsize;
+        const avail = st.bavail * st.bsize;
+        // df's Use%: used / (used + available to unprivileged users), rounded up.
+        const usePercent = used + avail > 0 ? Math.ceil((used / (used + avail)) * 100) : 0;
+        out.push({ mount, filesystem: unescape(dev), sizeBytes: size, usedBytes: used, availBytes: avail, usePercent });
+      } catch { /* unreadable mount: skip, like df's partial output */ }
+    }));
+    // Like df: a block device mounted twice (bind mounts) is listed once, at its shortest mount point.
+    const byDevice = new Map<string, MountUsage>();
+    const rest: MountUsage[] = [];
+    for (const m of out) {
+      if (!m.filesystem.startsWith('/')) { rest.push(m); continue; }
+      const seen = byDevice.get(m.filesystem);
+      if (!seen || m.mount.length < seen.mount.length) byDevice.set(m.filesystem, m);
+    }
+    return [...byDevice.values(), ...rest].sort((a, b) => a.mount.localeCompare(b.mount));
   }
 
   async systemInfo(): Promise<SystemInfo> {

@@ -57,6 +57,16 @@ export interface SystemInfo {
   cpus: number;
 }
 
+/** One mounted file system, as `df -kP` reports it (filesystem = the device column). */
+export interface MountUsage {
+  mount: string;
+  filesystem: string;
+  sizeBytes: number;
+  usedBytes: number;
+  availBytes: number;
+  usePercent: number;
+}
+
 export interface Host {
   readonly kind: 'local' | 'ssh';
   /** Device name, used in messages ("docker not installed on local"). */
@@ -73,6 +83,8 @@ export interface Host {
   writeFileAtomic(path: string, data: Buffer, mode?: number): Promise<void>;
   unlink(path: string): Promise<void>;
   systemInfo(): Promise<SystemInfo>;
+  /** Disk usage without spawning df, where the host can (null: not here, use df). */
+  diskUsage?(): Promise<MountUsage[] | null>;
   /** PID of the process that serves this host (the agent itself on a device), never to be killed. */
   readonly selfPid?: number;
   close?(): Promise<void>;
