@@ -50,6 +50,10 @@ export async function run(): Promise<BenchFigure[]> {
     out.push({ name: 'bot.status_roundtrip_p50', value: pct(status, 50), unit: 'ms', target: '<= 300' });
     const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0);
     out.push({ name: 'bot.rss', value: Math.round(rssKb / 1024), unit: 'MB', target: '<= 80' });
+    // RSS counts the node binary's shared pages in every bot; what each extra bot really costs is its private memory.
+    const rollup = readFileSync(`/proc/${child.pid}/smaps_rollup`, 'utf8');
+    const priv = ['Private_Clean', 'Private_Dirty'].reduce((sum, k) => sum + Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(rollup)?.[1] ?? 0), 0);
+    process.stderr.write(`# bot private memory (USS) ${Math.round(priv / 1024)} MB of ${Math.round(rssKb / 1024)} MB RSS\n`);
 
     // 20 bots from cold: fork all, wait until every one has synced and reported ready.
     const names = Array.from({ length: 20 }, (_, i) => `up${i}`);
