@@ -3,17 +3,11 @@
  */
 import { z } from 'zod';
 import { defineCapability, okResult, type AnyCapability, type CapabilityContext } from '../capability.js';
-import type { SystemInfo } from '../transports/types.js';
+import type { MountUsage, SystemInfo } from '../transports/types.js';
 import { capText, formatBytes } from './fs.js';
 
-export interface DiskUsage {
-  mount: string;
-  filesystem: string;
-  sizeBytes: number;
-  usedBytes: number;
-  availBytes: number;
-  usePercent: number;
-}
+/** One disk as sys.info reports it (the same shape a Host's diskUsage() returns). */
+export type DiskUsage = MountUsage;
 
 // Pseudo file systems that only add noise to a phone-sized disk report.
 const PSEUDO_FS = new Set(['tmpfs', 'devtmpfs', 'devfs', 'shm', 'udev', 'none', 'proc', 'sysfs', 'cgroup', 'cgroup2']);
