@@ -15,13 +15,21 @@ export const BOT_BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'device-bot.mjs');
 // The crypto shim stays outside so it can still find a real crypto module at run time.
 const EXTERNAL = ['better-sqlite3', 'ssh2', 'cpu-features', '@matrix-org/matrix-sdk-crypto-nodejs'];
 
-/** pino's worker-thread transports (thread-stream) are never used by bots: a stub keeps them out. */
-const stubThreadStream = {
-  name: 'stub-thread-stream',
-  setup(b: { onResolve: (o: { filter: RegExp }, f: () => { path: string; namespace: string }) => void; onLoad: (o: { filter: RegExp; namespace: string }, f: () => { contents: string; loader: 'js' }) => void }): void {
-    b.onResolve({ filter: /^thread-stream$/ }, () => ({ path: 'thread-stream', namespace: 'mp-stub' }));
-    b.onLoad({ filter: /.*/, namespace: 'mp-stub' }, () => ({
-      contents: "module.exports = class ThreadStream { constructor() { throw new Error('pino transports are not available in the device bot bundle'); } };",
+/**
+ * Packages a bot never calls but which load with their parents: pino's worker-thread transports, and
+ * matrix-bot-sdk's appservice server (express, morgan), Postgres storage, and HTML helpers (we send
+ * our own plain + HTML bodies). Each becomes a stub that throws if anything ever uses it, which keeps
+ * several MB of code out of every bot process.
+ */
+const STUBBED = ['thread-stream', 'express', 'morgan', 'postgres', 'sanitize-html', 'html-to-text'];
+const stubUnused = {
+  name: 'stub-unused',
+  setup(b: { onResolve: (o: { filter: RegExp }, f: (a: { path: string }) => { path: string; namespace: string }) => void; onLoad: (o: { filter: RegExp; namespace: string }, f: (a: { path: string }) => { contents: string; loader: 'js' }) => void }): void {
+    b.onResolve({ filter: new RegExp(`^(${STUBBED.join('|')})$`) }, (a) => ({ path: a.path, namespace: 'mp-stub' }));
+    b.onLoad({ filter: /.*/, namespace: 'mp-stub' }, (a) => ({
+      contents: `const fail = () => { throw new Error(${JSON.stringify(`${a.path} is not included in the meshpilot device bot bundle`)}); };
+const stub = new Proxy(function () {}, { get: (_t, p) => (p === '__esModule' ? false : p === 'default' ? stub : fail), apply: fail, construct: fail });
+module.exports = stub;`,
       loader: 'js',
     }));
   },
@@ -40,7 +48,7 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
     format: 'esm',
     target: 'node20',
     external: EXTERNAL,
-    plugins: [stubThreadStream],
+    plugins: [stubUnused],
     minify: true,
     keepNames: true,
     logLevel: 'silent',
