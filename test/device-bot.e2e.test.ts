@@ -132,6 +132,17 @@ describe('device bot end to end', () => {
     expect(tail[2]?.reason).toContain('timeout');
   }, 40_000);
 
+  it('an encrypted message it cannot read gets one plain explanation, not silence', async () => {
+    const encrypted = { algorithm: 'm.megolm.v1.aes-sha2', ciphertext: 'AwgAEpAB…', device_id: 'PHONE', sender_key: 'k', session_id: 's' };
+    const idx = env.phone.events.length;
+    await env.phone.client.sendEvent(room, 'm.room.encrypted' as never, encrypted as never);
+    const note = await botSays(/end-to-end encrypted/, idx);
+    expect(bodyOf(note)).toContain('cannot read your messages here');
+    await env.phone.client.sendEvent(room, 'm.room.encrypted' as never, encrypted as never);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(env.phone.events.filter((e) => fromBot(e) && /end-to-end encrypted/.test(bodyOf(e)))).toHaveLength(1);
+  });
+
   it("a stranger's invite is ignored and audited as denied", async () => {
     const stranger = env.hs.registerUser('mallory', 'pw-m');
     const res = await fetch(`${env.hs.url}/_matrix/client/v3/createRoom`, {
