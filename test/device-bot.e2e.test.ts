@@ -44,12 +44,8 @@ beforeAll(async () => {
     '  shell.exec: { binaries: ["echo"], approval: always }',
     '',
   ].join('\n'));
-  bot = env.startBot('box');
-  await waitReady(bot);
-  const live = await env.phone.waitFor((e) => fromBot(e) && /✓ box live/.test(bodyOf(e)));
-  room = live.room_id;
-  // The phone joins the DM the bot created (the helper auto-accepts invites).
-  await env.phone.waitFor((e) => e.type === 'm.room.member' && e.state_key === env.operator.userId && (e.content as { membership?: string }).membership === 'join' && e.room_id === room);
+  // The phone accepts the DM the bot creates (the helper auto-accepts invites).
+  ({ child: bot, room } = await env.startBotInDm('box'));
 }, 60_000);
 
 afterAll(async () => {

@@ -81,11 +81,8 @@ beforeAll(async () => {
   botUserId = env.registerBot('box').userId;
   env.writeManifest('box', ['  sys.info: {}', '  sys.health: {}', `  fs.list: { paths_allowed: ["${env.work}/**"] }`, ''].join('\n'));
   setVoiceConfig({ engine: 'pocketsphinx', max_bytes: MAX_BYTES, max_duration_s: 20, min_confidence: 0.7 });
-  bot = env.startBot('box');
-  await waitReady(bot);
-  const live = await env.phone.waitFor((e) => fromBot(e) && /✓ box live/.test(bodyOf(e)));
-  room = live.room_id;
-  await env.phone.waitFor((e) => e.type === 'm.room.member' && e.state_key === env.operator.userId && (e.content as { membership?: string }).membership === 'join' && e.room_id === room);
+  // The phone accepts the DM the bot creates (the helper auto-accepts invites).
+  ({ child: bot, room } = await env.startBotInDm('box'));
 }, 60_000);
 
 afterAll(async () => {

@@ -27,6 +27,8 @@ export interface BotEnv {
   registerBot(device: string): RegisteredUser;
   writeManifest(device: string, capabilitiesYaml: string): void;
   startBot(device: string): ChildProcess;
+  /** Starts the bot, waits for ready and its "live" DM, and for the phone to have joined that DM. */
+  startBotInDm(device: string): Promise<{ child: ChildProcess; room: string; botUserId: string }>;
   cleanup(): Promise<void>;
 }
 
@@ -47,7 +49,7 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
   });
   const phone = await startPhone(hs, operator);
   const children: ChildProcess[] = [];
-  return {
+  const env: BotEnv = {
     home, work, hs, llm, operator, phone,
     registerBot(device) {
       const user = hs.registerUser(`meshpilot-${device}`, `pw-${device}`);
@@ -67,6 +69,14 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
       children.push(child);
       return child;
     },
+    async startBotInDm(device) {
+      const child = env.startBot(device);
+      await waitReady(child);
+      const botUserId = `@meshpilot-${device}:${hs.serverName}`;
+      const live = await phone.waitFor((e) => e.sender === botUserId && e.type === 'm.room.message' && new RegExp(`✓ ${device} live`).test(String((e.content as { body?: unknown }).body)));
+      await phone.waitFor((e) => e.room_id === live.room_id && e.type === 'm.room.member' && e.state_key === operator.userId && (e.content as { membership?: string }).membership === 'join');
+      return { child, room: live.room_id, botUserId };
+    },
     async cleanup() {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
       phone.stop();
@@ -75,6 +85,7 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
       rmSync(root, { recursive: true, force: true });
     },
   };
+  return env;
 }
 
 /** Resolves when the child sends {type:'ready'} (or rejects when it exits first). */
