@@ -12,13 +12,33 @@ import type { BenchFigure } from './run.js';
 
 export const figures = ['bot.overhead_p50', 'bot.overhead_p99', 'bot.status_roundtrip_p50', 'bot.rss', 'bot.up20'];
 
+const mb = (kb: number): string => (kb / 1024).toFixed(1);
+
+/** RSS by kind of mapping (kB): the node binary's file pages (shared by all bots), anonymous (V8 heap, thread arenas), glibc's [heap], other files. */
+function rssParts(pid: number): { node: number; anon: number; heap: number; files: number } {
+  const out = { node: 0, anon: 0, heap: 0, files: 0 };
+  let kind: keyof typeof out = 'anon';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const map = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (map) {
+      const name = map[1] ?? '';
+      kind = name === '' ? 'anon' : name === '[heap]' ? 'heap' : name === process.execPath || name.endsWith('/bin/node') ? 'node' : name.startsWith('[') ? 'anon' : 'files';
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) out[kind] += Number(rss[1]);
+  }
+  return out;
+}
+
 const pct = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? 0;
 };
 
 export async function run(): Promise<BenchFigure[]> {
-  // Measured as `meshpilot up` runs bots: the pre-built bundle with the same node flags.
+  // Measured as `meshpilot up` runs bots: the pre-built bundle, up.ts's nodeArgs, and (through
+  // createBotEnv → the supervisor's botExecArgv/botEnv) the same V8 flags and malloc environment.
   const { file } = await buildBotBundle();
   const env = await createBotEnv({ entry: file, nodeArgs: ['--max-semi-space-size=1'] });
   const out: BenchFigure[] = [];
@@ -53,7 +73,9 @@ export async function run(): Promise<BenchFigure[]> {
     // RSS counts the node binary's shared pages in every bot; what each extra bot really costs is its private memory.
     const rollup = readFileSync(`/proc/${child.pid}/smaps_rollup`, 'utf8');
     const priv = ['Private_Clean', 'Private_Dirty'].reduce((sum, k) => sum + Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(rollup)?.[1] ?? 0), 0);
-    process.stderr.write(`# bot private memory (USS) ${Math.round(priv / 1024)} MB of ${Math.round(rssKb / 1024)} MB RSS\n`);
+    const parts = rssParts(child.pid ?? 0);
+    process.stderr.write(`# bot private memory (USS) ${Math.round(priv / 1024)} MB of ${Math.round(rssKb / 1024)} MB RSS ` +
+      `(node binary ${mb(parts.node)}, anonymous ${mb(parts.anon)}, malloc [heap] ${mb(parts.heap)}, other files ${mb(parts.files)} MB)\n`);
 
     // 20 bots from cold: fork all, wait until every one has synced and reported ready.
     const names = Array.from({ length: 20 }, (_, i) => `up${i}`);

@@ -10,6 +10,8 @@ export const MatrixCredentialsSchema = z.object({
   accessToken: z.string().min(1).max(4096),
   deviceId: z.string().max(256).optional(),
   homeserverUrl: z.string().max(512).optional(),
+  /** The account password when meshpilot knows it: lets the bot replace a device whose keys were lost. */
+  password: z.string().min(1).max(512).optional(),
 }).strict();
 export type MatrixCredentials = z.infer<typeof MatrixCredentialsSchema>;
 
@@ -22,6 +24,14 @@ export function readCredentials(keysDir: string, name: string): MatrixCredential
   if (!existsSync(file)) return undefined;
   const parsed = MatrixCredentialsSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
   return parsed.success ? parsed.data : undefined;
+}
+
+/** The bot account's password: from matrix.json, or the matrix.password file add-pc keeps. */
+export function readBotPassword(keysDir: string, name: string): string | undefined {
+  const fromCreds = readCredentials(keysDir, name)?.password;
+  if (fromCreds) return fromCreds;
+  const file = path.join(keysDir, name, 'matrix.password');
+  return existsSync(file) ? readFileSync(file, 'utf8').trim() || undefined : undefined;
 }
 
 export function writeCredentials(keysDir: string, name: string, creds: MatrixCredentials): void {

@@ -49,6 +49,8 @@ export interface ChatMessage {
  */
 export type AnswerInterceptor = (a: { roomId: string; sender: string; text?: string; reaction?: { key: string; relatesTo: string } }) => boolean;
 
+/** State event the bot sets next to its "live" message in a new DM: `{ device, ts, event_id }`. */
+export const LIVE_STATE_EVENT = 'dev.meshpilot.live';
 export const AUDIT_HEAD_EVENT = 'dev.meshpilot.audit_head';
 const TYPING_MS = 30_000;
 
@@ -89,7 +91,7 @@ export class DeviceBot {
   readonly approvals: ApprovalManager;
   private readonly conversations: ConversationStore;
   private readonly queues = new Map<string, Promise<void>>();
-  private readonly warnedEncrypted = new Set<string>();
+  private readonly warnedEncrypted = new Map<string, number>();
   private busyCount = 0;
   private stopping = false;
   private interceptor: AnswerInterceptor | undefined;
@@ -131,7 +133,9 @@ export class DeviceBot {
             topic: `meshpilot device ${this.o.device} · ${m?.os ?? 'unknown os'} · via ${m?.transport.kind ?? '?'}`,
           });
           created.push(room);
-          await this.o.chat.sendHtml(room, `✓ ${this.o.device} live. Ask me anything, or send !help.`, `✓ <b>${escapeHtml(this.o.device)}</b> live. Ask me anything, or send <code>!help</code>.`);
+          const eventId = await this.o.chat.sendHtml(room, `✓ ${this.o.device} live. Ask me anything, or send !help.`, `✓ <b>${escapeHtml(this.o.device)}</b> live. Ask me anything, or send <code>!help</code>.`);
+          // State events are never encrypted: add-pc reads this to know the bot is live without syncing as the bot.
+          await this.o.chat.setState(room, LIVE_STATE_EVENT, '', { device: this.o.device, ts: Date.now(), event_id: eventId });
         }
       } catch (err) {
         this.o.logger.warn({ operator: op, err: toMpError(err).message }, 'could not open a DM with an operator');
@@ -187,12 +191,21 @@ export class DeviceBot {
     await next;
   }
 
-  /** Tells, once per room, why an encrypted message cannot be answered. */
-  async onUndecryptable(roomId: string, sender: string): Promise<void> {
-    if (!this.isOperator(sender) || this.warnedEncrypted.has(roomId)) return;
-    this.warnedEncrypted.add(roomId);
+  /**
+   * Tells why an encrypted message cannot be answered: once per room when this bot has no encryption;
+   * when it has, at most once per room every 10 minutes (keys can arrive late, and the sender should resend).
+   */
+  async onUndecryptable(roomId: string, sender: string, reason: 'no_crypto' | 'undecryptable' = 'no_crypto'): Promise<void> {
+    if (!this.isOperator(sender)) return;
+    const last = this.warnedEncrypted.get(roomId);
+    if (last !== undefined && (reason === 'no_crypto' || Date.now() - last < 10 * 60_000)) return;
+    this.warnedEncrypted.set(roomId, Date.now());
+    if (reason === 'undecryptable') {
+      await this.reply(roomId, '🔒 I could not decrypt your last message: its keys never reached this bot\'s device. Send it again; if it keeps failing, check that your client shares keys with unverified devices, or talk to me with `!status` from another session.').catch(() => undefined);
+      return;
+    }
     const dm = await this.o.chat.findDm(sender).catch(() => undefined);
-    await this.reply(roomId, `🔒 This room is end-to-end encrypted and this bot has no encryption support installed, so it cannot read your messages here.${dm && dm !== roomId ? ' Talk to me in our unencrypted DM instead.' : ' Start a new DM with encryption turned off, or install the Matrix crypto module on the launcher.'}`).catch(() => undefined);
+    await this.reply(roomId, `🔒 This room is end-to-end encrypted and this bot runs without encryption (\`matrix.encryption: off\`, or its keys were lost), so it cannot read your messages here.${dm && dm !== roomId ? ' Talk to me in our unencrypted DM instead.' : ' Start a new DM with encryption turned off, or turn encryption on in the launcher\'s config.'}`).catch(() => undefined);
   }
 
   private async handle(msg: ChatMessage): Promise<void> {

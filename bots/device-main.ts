@@ -14,9 +14,9 @@ import { logger } from '../capabilities/log.js';
 import { builtinRegistry } from '../capabilities/registry.js';
 import { loadConfig } from '../launcher/config.js';
 import { DeviceRegistry } from '../launcher/registry.js';
-import { readCredentials } from './credentials.js';
+import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
-import { createMatrixSession } from './matrix.js';
+import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
 import { createVoiceHandler } from './voice.js';
 
 const ParentMessage = z.discriminatedUnion('type', [
@@ -44,8 +44,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const cfg = loadConfig(home.config);
   if (!cfg.ok) fatal('config', cfg.missing ? `no config at ${home.config}: run \`meshpilot init\`` : cfg.errors.join('\n'));
   const config = cfg.config;
-  const creds = readCredentials(home.keys, device);
-  if (!creds) fatal('config', `no Matrix account for ${device}: run \`meshpilot bot register ${device}\``);
+  let creds: MatrixCredentials = readCredentials(home.keys, device) ?? fatal('config', `no Matrix account for ${device}: run \`meshpilot bot register ${device}\``);
 
   const db = openDatabase(home.db);
   const audit = new SqliteAuditLog(db);
@@ -57,13 +56,48 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
   const invoker = new Invoker({ manifests: devices, audit });
   const createLlmClient = config.llm.api_key ? (await import('./llm.js')).createLlmClient : undefined;
+  const homeserverUrl = creds.homeserverUrl ?? config.matrix.homeserver_url;
+  const encryption = config.matrix.encryption === 'auto' && cryptoAvailable() ? await prepareEncryption() : undefined;
   const session = createMatrixSession({
-    homeserverUrl: creds.homeserverUrl ?? config.matrix.homeserver_url,
+    homeserverUrl,
     accessToken: creds.accessToken,
     userId: creds.userId,
     storageDir: path.join(home.bots, device),
     logger: log.child({ component: 'matrix' }),
+    ...(encryption ? { encryption } : {}),
   });
+
+  /** The crypto store for this device's token (a new device if the old store was lost); undefined = run unencrypted. */
+  async function prepareEncryption(): Promise<MatrixSessionOptions['encryption']> {
+    const dir = path.join(home.keys, device);
+    const password = readBotPassword(home.keys, device);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const r = await checkCryptoDevice({
+          homeserverUrl, accessToken: creds.accessToken, storeDir: path.join(dir, 'crypto'), deviceName: `meshpilot ${device}`,
+          fixHint: `meshpilot bot register ${device} --password <the account's password>`, logger: log,
+          ...(password ? { password } : {}),
+          save: (c) => {
+            creds = { ...creds, accessToken: c.accessToken, deviceId: c.deviceId };
+            writeCredentials(home.keys, device, creds);
+          },
+        });
+        creds = { ...creds, accessToken: r.accessToken, deviceId: r.deviceId };
+        return { storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(password ? { password } : {}) };
+      } catch (err) {
+        const e = toMpError(err);
+        // The homeserver is down: wait for it like the session would, rather than start without encryption.
+        if (e.code === 'unreachable' && attempt < 1_000) {
+          const delay = Math.min(60_000, 1_000 * 2 ** Math.min(6, attempt - 1));
+          log.warn({ error: e.message, retryInMs: delay }, 'cannot check the encryption device yet; retrying');
+          await new Promise((r) => setTimeout(r, delay));
+          continue;
+        }
+        log.error({ error: e.message }, 'end-to-end encryption is off for this run');
+        return undefined;
+      }
+    }
+  }
   const apiKey = config.llm.api_key;
   const bot = new DeviceBot({
     device,
@@ -77,7 +111,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       sendFile: async (r, n, b, m) => (await session.sendFile(r, n, b, m)).eventId,
       setTyping: (r, t, ms) => session.setTyping(r, t, ms),
       setState: async (r, t, k, c) => { await session.setState(r, t, k, c); },
-      createDm: (u, o) => session.createDm(u, { ...o, encrypted: false }),
+      createDm: (u, o) => session.createDm(u, { ...o, encrypted: session.encryptionEnabled() }),
       findDm: async (u) => (await session.findDm(u)) ?? undefined,
       joinRoom: async (r) => { await session.joinRoom(r); },
       leaveRoom: (r) => session.leaveRoom(r),
@@ -108,7 +142,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
 
   session.onInvite((i) => bot.onInvite(i.roomId, i.sender));
   session.onReaction((r) => bot.onReaction(r.roomId, r.sender, r.relatesToEventId, r.key));
-  session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender));
+  session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender, e.reason));
   session.onMessage(async (m) => {
     if (m.msgtype === 'm.text' || m.msgtype === 'm.notice') {
       await bot.onMessage({ roomId: m.roomId, eventId: m.eventId, sender: m.sender, body: m.body, msgtype: m.msgtype });

@@ -10,17 +10,22 @@
  * - Storage: SimpleFsStorageProvider under storageDir (sync token); a restart resumes from it without
  *   replaying old events. A session with no stored token does not replay room history: the timeline of
  *   its first (initial) sync is skipped; invites and account data are processed.
- * - No end-to-end encryption: the SDK is never given a crypto store. cryptoAvailable() only probes the shim.
+ * - End-to-end encryption when `encryption` is given and a crypto module loads (cryptoAvailable()): the
+ *   SDK's RustSdkCryptoStorageProvider with a per-device store dir, encrypted DMs, cross-signing
+ *   bootstrapped so clients show the bot's device as verified by its owner, encrypted attachments.
+ *   `checkCryptoDevice` (run before the session) makes sure a lost store never reuses its device id.
  * - Events sent by the session's own user are not delivered to onMessage/onReaction.
  */
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { createHmac } from 'node:crypto';
-import { LogLevel, LogService, MatrixClient, SimpleFsStorageProvider, type ILogger } from 'matrix-bot-sdk';
+import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, SimpleFsStorageProvider, type ILogger } from 'matrix-bot-sdk';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { MeshpilotError, toMpError, type ErrorCode } from '../capabilities/errors.js';
+import { installMatrixHttp } from './matrix-http.js';
+installMatrixHttp(); // the SDK's HTTP on node:http instead of `request` (stubbed out of the bot bundle)
 
 // ------------------------------------------------------------------------------------------- types
 
@@ -39,6 +44,18 @@ export interface MatrixSessionOptions {
   backoffMaxMs?: number;
   /** Default size limit of downloadMedia in bytes (default 25 MiB). */
   maxDownloadBytes?: number;
+  /**
+   * End-to-end encryption, used when a crypto module loads (cryptoAvailable()). Run checkCryptoDevice
+   * first: it guarantees the store belongs to this access token's device.
+   */
+  encryption?: {
+    /** The device's crypto store directory (created 0700; holds keys: never share or copy it). */
+    storeDir: string;
+    /** The account password: user-interactive auth for the first cross-signing key upload when the server asks. */
+    password?: string;
+    /** Where the cross-signing private keys are kept (0600) so a replacement device keeps the same identity. */
+    crossSigningFile?: string;
+  };
 }
 
 export interface MediaInfo {
@@ -77,6 +94,8 @@ export interface MatrixEncrypted {
   roomId: string;
   eventId: string;
   sender: string;
+  /** no_crypto: this session has no encryption; undecryptable: encryption is on but the keys for it never arrived. */
+  reason: 'no_crypto' | 'undecryptable';
 }
 
 export interface MatrixReaction {
@@ -113,7 +132,7 @@ export interface MatrixSession {
   /** Stops syncing now (even while the homeserver is down) and saves the sync token. */
   stop(): Promise<void>;
   onMessage(cb: (m: MatrixMessage) => void | Promise<void>): () => void;
-  /** Events this session cannot decrypt (no crypto module): the bot tells the sender once. */
+  /** Events this session cannot decrypt (no crypto, or missing keys): the bot tells the sender. */
   onEncrypted(cb: (e: MatrixEncrypted) => void | Promise<void>): () => void;
   onReaction(cb: (r: MatrixReaction) => void | Promise<void>): () => void;
   onInvite(cb: (i: MatrixInvite) => void | Promise<void>): () => void;
@@ -127,7 +146,8 @@ export interface MatrixSession {
   /** The state event's content, or null when there is none. */
   getState(roomId: string, type: string, stateKey?: string): Promise<Record<string, unknown> | null>;
   setState(roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<string>;
-  createDm(userId: string, opts?: { name?: string; topic?: string; encrypted?: false }): Promise<string>;
+  /** Creates a DM; encrypted (m.megolm.v1.aes-sha2) when `encrypted` and this session has encryption on. */
+  createDm(userId: string, opts?: { name?: string; topic?: string; encrypted?: boolean }): Promise<string>;
   /** A DM room with userId from the bot's m.direct account data that the bot is still in, or null. */
   findDm(userId: string): Promise<string | null>;
   setDisplayName(name: string): Promise<void>;
@@ -135,6 +155,19 @@ export interface MatrixSession {
   whoami(): Promise<{ userId: string; deviceId?: string }>;
   isEncryptedRoom(roomId: string): Promise<boolean>;
   cryptoAvailable(): boolean;
+  /** True once end-to-end encryption is set up for this session (after start()). */
+  encryptionEnabled(): boolean;
+  /** This session's device, its cross-signing state: for doctor output and tests. */
+  encryptionStatus(): Promise<EncryptionStatus>;
+}
+
+export interface EncryptionStatus {
+  enabled: boolean;
+  backend?: 'native' | 'wasm';
+  deviceId?: string;
+  crossSigned?: boolean;
+  /** Why encryption is off or incomplete, for a person. */
+  problem?: string;
 }
 
 // ------------------------------------------------------------------------------------------- limits & schemas
@@ -157,6 +190,16 @@ const relatesSchema = z
   })
   .optional();
 
+/** An encrypted attachment (spec: EncryptedFile), as sent in `content.file` in encrypted rooms. */
+const encryptedFileSchema = z.looseObject({
+  url: z.string().regex(mxcRe).max(1024),
+  key: z.looseObject({ kty: z.literal('oct'), alg: z.literal('A256CTR'), k: z.string().max(256), key_ops: z.array(z.string().max(32)).max(8), ext: z.boolean() }),
+  iv: z.string().max(64),
+  hashes: z.looseObject({ sha256: z.string().max(128) }),
+  v: z.string().max(16),
+});
+export type EncryptedFile = z.infer<typeof encryptedFileSchema>;
+
 const messageEventSchema = z.looseObject({
   event_id: z.string().min(1).max(255),
   sender: z.string().regex(userIdRe).max(255),
@@ -167,6 +210,7 @@ const messageEventSchema = z.looseObject({
     format: z.string().max(255).optional(),
     formatted_body: z.string().max(MAX_BODY_CHARS * 2).optional(),
     url: z.string().max(1024).optional(),
+    file: encryptedFileSchema.optional(),
     filename: z.string().max(1024).optional(),
     info: z
       .looseObject({
@@ -281,6 +325,56 @@ export function cryptoAvailable(): boolean {
   }
 }
 
+/** Which crypto module loaded, in words (doctor). */
+export function cryptoBackendName(): string {
+  const b = cryptoBackend();
+  return b === 'wasm' ? 'WebAssembly matrix-sdk-crypto' : b === 'native' ? 'native matrix-sdk-crypto' : 'none';
+}
+
+/** Which crypto module loaded: the native binding or meshpilot's WebAssembly adapter. */
+function cryptoBackend(): 'native' | 'wasm' | undefined {
+  try {
+    const mod = createRequire(import.meta.url)('@matrix-org/matrix-sdk-crypto-nodejs') as { __meshpilotBackend?: unknown };
+    return mod.__meshpilotBackend === 'wasm' ? 'wasm' : mod.__meshpilotBackend === 'native' ? 'native' : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The shim's additions to the OlmMachine (wasm backend); the native binding has none of the optional ones. */
+interface CryptoMachine {
+  markRequestAsSent(id: string, type: number, response: string): Promise<unknown>;
+  crossSigningStatus?(): Promise<{ hasMaster: boolean; hasSelfSigning: boolean; hasUserSigning: boolean }>;
+  bootstrapCrossSigning?(reset: boolean): Promise<{ uploadSigningKeys: Record<string, unknown>; uploadSignatures: Record<string, unknown> }>;
+  exportCrossSigningKeys?(): Promise<{ masterKey?: string; selfSigningKey?: string; userSigningKey?: string } | undefined>;
+  importCrossSigningKeys?(master?: string | null, selfSigning?: string | null, userSigning?: string | null): Promise<unknown>;
+  isOwnDeviceCrossSigned?(): Promise<boolean>;
+  signOwnDevice?(): Promise<Record<string, unknown> | undefined>;
+  takeExtraRequests?(): Array<{ id: string; type: number; body: string }>;
+}
+
+interface CryptoClientLike {
+  isReady: boolean;
+  clientDeviceId: string;
+  encryptMedia(file: Buffer): Promise<{ buffer: Buffer; file: Record<string, unknown> }>;
+  decryptMedia(file: Record<string, unknown>): Promise<Buffer>;
+}
+
+/** Decrypts (and checks the hash of) an encrypted attachment with the crypto module's Attachment API. */
+function decryptAttachment(bytes: Buffer, file: EncryptedFile): Buffer {
+  const mod = createRequire(import.meta.url)('@matrix-org/matrix-sdk-crypto-nodejs') as {
+    Attachment: { decrypt(a: unknown): Uint8Array };
+    EncryptedAttachment: new (data: Uint8Array, info: string) => unknown;
+  };
+  try {
+    return Buffer.from(mod.Attachment.decrypt(new mod.EncryptedAttachment(new Uint8Array(bytes), JSON.stringify(file))));
+  } catch (err) {
+    throw new MeshpilotError('exec_failed', `the encrypted attachment could not be decrypted: ${errInfo(err).message}`);
+  }
+}
+
+const savedCrossSigningSchema = z.object({ masterKey: z.string().max(256).optional(), selfSigningKey: z.string().max(256).optional(), userSigningKey: z.string().max(256).optional() }).strict();
+
 // ------------------------------------------------------------------------------------------- SDK subclass
 
 /** Exposes the SDK's single-sync primitives and replaces its sync loop with ours. */
@@ -295,6 +389,20 @@ class SessionClient extends MatrixClient {
   }
   processRaw(raw: unknown): Promise<unknown> {
     return this.processSync(raw);
+  }
+  /**
+   * Only the SDK's crypto engine calls this, to pick who gets a room's keys. It shares with joined
+   * members only, so an operator who has not accepted the DM invite yet could never read the bot's
+   * first message; invited members get the keys too (as Element does).
+   */
+  override async getJoinedRoomMembers(roomId: string): Promise<string[]> {
+    const joined = await super.getJoinedRoomMembers(roomId);
+    try {
+      const invited = (await this.getRoomMembers(roomId, undefined, ['invite'])).map((m) => m.membershipFor);
+      return [...new Set([...joined, ...invited])];
+    } catch {
+      return joined;
+    }
   }
 }
 
@@ -328,7 +436,27 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   installSdkLogger(opts.logger);
   mkdirSync(opts.storageDir, { recursive: true, mode: 0o700 });
   const storage = new SimpleFsStorageProvider(path.join(opts.storageDir, 'bot-sdk.json'));
-  const client = new SessionClient(homeserverUrl, opts.accessToken, storage);
+  const e2ee = opts.encryption && cryptoAvailable() ? opts.encryption : undefined;
+  if (e2ee) {
+    // The store lives in the device's keys dir; if that is gone the device is being removed: don't re-create it.
+    if (!existsSync(path.dirname(e2ee.storeDir))) throw new MeshpilotError('config', `${path.dirname(e2ee.storeDir)} does not exist (was the device removed?)`);
+    mkdirSync(e2ee.storeDir, { recursive: true, mode: 0o700 });
+  }
+  const client = new SessionClient(homeserverUrl, opts.accessToken, storage, e2ee ? new RustSdkCryptoStorageProvider(e2ee.storeDir) : undefined);
+  const cryptoClient = (): CryptoClientLike | undefined => {
+    const c = (client as unknown as { crypto?: CryptoClientLike }).crypto;
+    return c?.isReady ? c : undefined;
+  };
+  // matrix-bot-sdk keeps its OlmMachine private (CryptoClient.engine.machine); cross-signing needs it.
+  const machine = (): CryptoMachine | undefined => (client as unknown as { crypto?: { engine?: { machine?: CryptoMachine } } }).crypto?.engine?.machine;
+  let crossSignProblem: string | undefined;
+  // mxc → key material of encrypted attachments seen in messages, so downloadMedia can decrypt them (bounded).
+  const encryptedFiles = new Map<string, EncryptedFile>();
+  function rememberEncryptedFile(f: EncryptedFile): void {
+    encryptedFiles.delete(f.url);
+    encryptedFiles.set(f.url, f);
+    if (encryptedFiles.size > 256) encryptedFiles.delete(encryptedFiles.keys().next().value as string);
+  }
   const syncTimeout = opts.syncTimeoutMs ?? 30_000;
   client.syncingTimeout = syncTimeout;
   const backoffMin = opts.backoffMinMs ?? 1_000;
@@ -368,6 +496,10 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     const m: MatrixMessage = { roomId, eventId: e.event_id, sender: e.sender, ts: e.origin_server_ts ?? Date.now(), msgtype: c.msgtype, body: c.body, isVoice: c['org.matrix.msc3245.voice'] !== undefined };
     if (c.format === 'org.matrix.custom.html' && c.formatted_body !== undefined) m.formattedBody = c.formatted_body;
     if (c.url !== undefined && mxcRe.test(c.url)) m.mxc = c.url;
+    else if (c.file) {
+      m.mxc = c.file.url;
+      rememberEncryptedFile(c.file);
+    }
     if (c.filename !== undefined) m.filename = c.filename;
     if (c.info) {
       const info: MediaInfo = {};
@@ -389,9 +521,10 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   });
 
   client.on('room.event', (roomId: string, ev: { type?: unknown; sender?: unknown; event_id?: unknown }) => {
-    // Without a crypto store an encrypted event stays m.room.encrypted: the bot must say it can't read it.
+    // An event still m.room.encrypted here could not be decrypted (no crypto, or its keys never came):
+    // the bot must say it can't read it, never ignore it silently.
     if (state !== 'stopped' && ev?.type === 'm.room.encrypted' && typeof ev.sender === 'string' && typeof ev.event_id === 'string' && ev.sender !== userId) {
-      dispatch(encryptedCbs, { roomId, eventId: ev.event_id, sender: ev.sender }, 'onEncrypted');
+      dispatch(encryptedCbs, { roomId, eventId: ev.event_id, sender: ev.sender, reason: cryptoClient() ? 'undecryptable' : 'no_crypto' }, 'onEncrypted');
       return;
     }
     if (state === 'stopped' || ev?.type !== 'm.reaction') return;
@@ -517,6 +650,57 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     return authenticated;
   }
 
+  /** POST with user-interactive auth by password when the server asks for it (401 with a UIA session). */
+  async function postWithUia(p: string, body: Record<string, unknown>): Promise<void> {
+    try {
+      await client.doRequest('POST', p, null, body);
+    } catch (err) {
+      const i = errInfo(err);
+      if (i.status !== 401 || i.errcode === 'M_UNKNOWN_TOKEN') throw err;
+      if (!e2ee?.password) throw new MeshpilotError('auth', 'the homeserver asks for the bot account\'s password to publish cross-signing keys, and meshpilot has none stored for it');
+      const uia = (err as { body?: { session?: unknown } }).body?.session;
+      await client.doRequest('POST', p, null, {
+        ...body,
+        auth: { type: 'm.login.password', identifier: { type: 'm.id.user', user: userId }, password: e2ee.password, ...(typeof uia === 'string' ? { session: uia } : {}) },
+      });
+    }
+  }
+
+  /**
+   * Makes this device cross-signed by its owner: reuses the saved identity (a replacement device keeps
+   * it), else creates one. Clients then show the bot's messages without a "not verified by its owner" warning.
+   */
+  async function ensureCrossSigning(): Promise<void> {
+    const m = machine();
+    if (!m?.crossSigningStatus || !m.bootstrapCrossSigning || !m.isOwnDeviceCrossSigned) {
+      crossSignProblem = 'the native crypto module does not support cross-signing';
+      return;
+    }
+    if ((await m.crossSigningStatus()).hasSelfSigning && (await m.isOwnDeviceCrossSigned())) return;
+    const file = e2ee?.crossSigningFile;
+    let status = await m.crossSigningStatus();
+    if (!status.hasSelfSigning && file && existsSync(file) && m.importCrossSigningKeys) {
+      const saved = savedCrossSigningSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
+      if (saved.success) status = (await m.importCrossSigningKeys(saved.data.masterKey ?? null, saved.data.selfSigningKey ?? null, saved.data.userSigningKey ?? null), await m.crossSigningStatus());
+    }
+    if (status.hasSelfSigning && m.signOwnDevice) {
+      // The identity exists (ours, imported): sign this device with it.
+      const body = await m.signOwnDevice();
+      if (body) await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, body);
+    } else {
+      const reqs = await m.bootstrapCrossSigning(true);
+      await postWithUia('/_matrix/client/v3/keys/device_signing/upload', reqs.uploadSigningKeys);
+      await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, reqs.uploadSignatures);
+      const exported = await m.exportCrossSigningKeys?.();
+      if (exported && file) {
+        writeFileSync(`${file}.tmp`, JSON.stringify(exported), { mode: 0o600 });
+        renameSync(`${file}.tmp`, file);
+      }
+    }
+    crossSignProblem = (await m.isOwnDeviceCrossSigned()) ? undefined : 'the device signature was not accepted';
+    if (!crossSignProblem) log.info('this device is cross-signed by its owner');
+  }
+
   const session: MatrixSession = {
     get userId() {
       return userId;
@@ -540,7 +724,13 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
           // resolve once the first batch is in: a message sent after start() returns is always delivered
           await firstBatch.promise;
           if (!signal.aborted && state === 'starting') state = 'syncing';
-          log.info({ userId }, 'Matrix session started');
+          if (cryptoClient()) {
+            await ensureCrossSigning().catch((err: unknown) => {
+              crossSignProblem = errInfo(err).message;
+              log.warn({ error: crossSignProblem }, 'cross-signing could not be set up: clients will show this bot\'s device as not verified by its owner');
+            });
+          } else if (e2ee) log.warn('end-to-end encryption did not start; running without it');
+          log.info({ userId, encryption: cryptoClient() ? `on (${cryptoClient()?.clientDeviceId})` : 'off' }, 'Matrix session started');
           return;
         } catch (err) {
           const i = errInfo(err);
@@ -610,6 +800,14 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       if (!/^[\w.+-]+\/[\w.+-]+$/.test(mimetype)) throw new MeshpilotError('usage', `Not a MIME type: ${mimetype.slice(0, 80)}`);
       return call('file upload', async () => {
         const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        const crypto = cryptoClient();
+        if (crypto && (await session.isEncryptedRoom(roomId))) {
+          // Encrypted room: upload the ciphertext, the key travels inside the (encrypted) event.
+          const enc = await crypto.encryptMedia(buf);
+          const mxc = await client.uploadContent(enc.buffer, 'application/octet-stream', name);
+          const eventId = await client.sendMessage(roomId, { msgtype: 'm.file', body: name, filename: name, file: { ...enc.file, url: mxc }, info: { mimetype, size: buf.length } });
+          return { eventId, mxc };
+        }
         const mxc = await client.uploadContent(buf, mimetype, name);
         const eventId = await client.sendMessage(roomId, { msgtype: 'm.file', body: name, filename: name, url: mxc, info: { mimetype, size: buf.length } });
         return { eventId, mxc };
@@ -653,6 +851,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
           preset: 'trusted_private_chat',
           ...(o.name !== undefined ? { name: o.name } : {}),
           ...(o.topic !== undefined ? { topic: o.topic } : {}),
+          ...(o.encrypted && cryptoClient() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } }] } : {}),
         });
         const direct = await readDirect();
         direct[target] = [roomId, ...(direct[target] ?? []).filter((r) => r !== roomId)];
@@ -705,6 +904,13 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
         throw new MeshpilotError('output_limit', `Matrix media is ${declared} bytes, over the ${maxBytes}-byte limit`);
       }
       const bytes = await readBounded(res, maxBytes);
+      const file = encryptedFiles.get(mxc);
+      if (file) {
+        const crypto = cryptoClient();
+        if (!crypto) throw new MeshpilotError('unreachable', 'this attachment is end-to-end encrypted and encryption is off in this session');
+        const clear = decryptAttachment(bytes, file);
+        return { bytes: clear, contentType: 'application/octet-stream', endpoint: authenticated ? 'authenticated' : 'legacy' };
+      }
       return { bytes, contentType: res.headers.get('content-type') ?? 'application/octet-stream', endpoint: authenticated ? 'authenticated' : 'legacy' };
     },
     whoami: () =>
@@ -715,6 +921,15 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       }),
     isEncryptedRoom: async (roomId) => (await session.getState(roomId, 'm.room.encryption', '')) !== null,
     cryptoAvailable,
+    encryptionEnabled: () => cryptoClient() !== undefined,
+    async encryptionStatus() {
+      const c = cryptoClient();
+      const backend = cryptoBackend();
+      if (!c) return { enabled: false, ...(backend ? { backend } : {}), problem: !opts.encryption ? 'encryption is turned off' : !cryptoAvailable() ? 'no Matrix crypto module loads' : 'encryption did not start' };
+      const m = machine();
+      const crossSigned = m?.isOwnDeviceCrossSigned ? await m.isOwnDeviceCrossSigned() : false;
+      return { enabled: true, ...(backend ? { backend } : {}), deviceId: c.clientDeviceId, crossSigned, ...(crossSignProblem ? { problem: crossSignProblem } : {}) };
+    },
   };
   return session;
 }
@@ -881,6 +1096,92 @@ export async function loginWithPassword(o: { homeserverUrl: string; user: string
   });
   if (typeof j['access_token'] !== 'string' || typeof j['user_id'] !== 'string') throw new MeshpilotError('auth', 'login returned no access token');
   return { userId: j['user_id'], accessToken: j['access_token'], deviceId: typeof j['device_id'] === 'string' ? j['device_id'] : '' };
+}
+
+// ------------------------------------------------------------------------------------------- encryption device
+
+/** Name of the crypto shim's store snapshot inside a store dir (bots/crypto-optional). */
+const CRYPTO_STORE_FILE = 'crypto-store.v1';
+
+async function uiaFetch(base: string, method: string, p: string, token: string, body: Record<string, unknown>, auth?: Record<string, unknown>): Promise<{ status: number; json: Record<string, unknown> }> {
+  let res: Response;
+  try {
+    res = await fetch(`${base}${p}`, {
+      method,
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+      body: JSON.stringify(auth ? { ...body, auth } : body),
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch (err) {
+    throw new MeshpilotError('unreachable', `Matrix homeserver ${base} cannot be reached: ${errInfo(err).message}`);
+  }
+  const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  return { status: res.status, json };
+}
+
+/**
+ * Run before an encrypted session starts. Makes sure the crypto store in `storeDir` belongs to the
+ * access token's Matrix device. A device whose keys the server already has but whose store is gone must
+ * never be used again (its private keys are lost: it could never decrypt anything sent to it), so this
+ * logs in as a new device with the password, hands the new credentials to `save`, then deletes the old
+ * device. Without a password it fails with what to run instead.
+ */
+export async function checkCryptoDevice(o: {
+  homeserverUrl: string;
+  accessToken: string;
+  storeDir: string;
+  password?: string;
+  deviceName: string;
+  /** Command that fixes a lost store without a password, for the error message. */
+  fixHint: string;
+  save: (c: { accessToken: string; deviceId: string }) => void;
+  logger: Logger;
+}): Promise<{ accessToken: string; deviceId: string; replacedDeviceId?: string }> {
+  const base = o.homeserverUrl.replace(/\/+$/, '');
+  const who = await whoamiWithToken({ homeserverUrl: base, accessToken: o.accessToken });
+  const deviceId = who.deviceId;
+  if (!deviceId) throw new MeshpilotError('config', 'the homeserver does not say which device the bot\'s access token belongs to, so encryption cannot be used');
+  const storeOwner = (() => {
+    try {
+      const j = JSON.parse(readFileSync(path.join(o.storeDir, 'bot-sdk.json'), 'utf8')) as { deviceId?: unknown };
+      return typeof j.deviceId === 'string' ? j.deviceId : undefined;
+    } catch {
+      return undefined;
+    }
+  })();
+  const storeComplete = existsSync(path.join(o.storeDir, CRYPTO_STORE_FILE));
+  if (storeOwner === deviceId && storeComplete) return { accessToken: o.accessToken, deviceId };
+
+  const archive = (): void => {
+    if (existsSync(o.storeDir)) renameSync(o.storeDir, `${o.storeDir}.replaced-${Date.now()}`);
+  };
+  const q = await uiaFetch(base, 'POST', '/_matrix/client/v3/keys/query', o.accessToken, { device_keys: { [who.userId]: [deviceId] } });
+  const known = (q.json['device_keys'] as Record<string, Record<string, unknown>> | undefined)?.[who.userId]?.[deviceId] !== undefined;
+  if (q.status !== 200) throw new MeshpilotError(q.status === 401 ? 'auth' : 'unreachable', `Matrix key query failed (HTTP ${q.status})`);
+  if (!known) {
+    // A device that never published keys: a fresh store is right (set aside whatever store was there).
+    if (existsSync(o.storeDir)) {
+      o.logger.warn({ deviceId, storeOwner }, 'the crypto store belongs to another Matrix device: setting it aside and starting a fresh one');
+      archive();
+    }
+    return { accessToken: o.accessToken, deviceId };
+  }
+  // The server knows this device's keys but the store is gone (or belongs to another device): lost.
+  if (!o.password) {
+    throw new MeshpilotError('config', `the encryption keys of Matrix device ${deviceId} (${who.userId}) are lost, and a device is never reused after that; meshpilot has no password to log in as a new device: run \`${o.fixHint}\``);
+  }
+  const login = await loginWithPassword({ homeserverUrl: base, user: who.userId, password: o.password, deviceName: o.deviceName });
+  archive();
+  o.save({ accessToken: login.accessToken, deviceId: login.deviceId });
+  o.logger.warn({ oldDeviceId: deviceId, newDeviceId: login.deviceId }, 'the crypto store was lost: logged in as a new Matrix device; deleting the old one');
+  // Delete the old device (user-interactive auth by password); a failure leaves a dead device behind, not a broken bot.
+  const first = await uiaFetch(base, 'POST', '/_matrix/client/v3/delete_devices', login.accessToken, { devices: [deviceId] });
+  if (first.status === 401) {
+    const session = typeof first.json['session'] === 'string' ? { session: first.json['session'] } : {};
+    const second = await uiaFetch(base, 'POST', '/_matrix/client/v3/delete_devices', login.accessToken, { devices: [deviceId] }, { type: 'm.login.password', identifier: { type: 'm.id.user', user: who.userId }, password: o.password, ...session });
+    if (second.status !== 200) o.logger.warn({ status: second.status, deviceId }, 'the old Matrix device could not be deleted; remove it from the account by hand');
+  } else if (first.status !== 200) o.logger.warn({ status: first.status, deviceId }, 'the old Matrix device could not be deleted; remove it from the account by hand');
+  return { accessToken: login.accessToken, deviceId: login.deviceId, replacedDeviceId: deviceId };
 }
 
 /** `/versions`, for doctor checks. */

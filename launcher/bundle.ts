@@ -1,9 +1,16 @@
 /**
- * Bundles the device bot into one ESM file (dist/device-bot.mjs) before the launcher forks its
- * bots: loading one pre-built file is faster and lighter than transpiling the sources in each
- * bot process. Native and dynamically-loading packages stay external (resolved from node_modules).
+ * Bundles the device bot (dist/device-bot.mjs plus its chunks) before the launcher forks its bots:
+ * loading pre-built files is faster and lighter than transpiling the sources in each bot process.
+ * Native and dynamically-loading packages stay external (resolved from node_modules).
+ *
+ * Code splitting: modules the bot imports lazily (the LLM client and @anthropic-ai/sdk, the ssh and mesh
+ * transports, undici for voice/mesh) become chunks that a bot parses only when it uses them. Chunks sit
+ * beside the entry (dist/device-bot-<name>-<hash>.mjs), not in a subfolder, so paths that bundled modules
+ * derive from import.meta.url (capabilities/home.ts PACKAGE_ROOT) stay right whichever chunk they land in.
+ * Files are written atomically, chunks before the entry, so a bot starting during a rebuild never loads
+ * a half-written file or an entry whose chunks are missing.
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { readdirSync, renameSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 
@@ -18,10 +25,12 @@ const EXTERNAL = ['better-sqlite3', 'ssh2', 'cpu-features', '@matrix-org/matrix-
 /**
  * Packages a bot never calls but which load with their parents: pino's worker-thread transports, and
  * matrix-bot-sdk's appservice server (express, morgan), Postgres storage, and HTML helpers (we send
- * our own plain + HTML bodies). Each becomes a stub that throws if anything ever uses it, which keeps
- * several MB of code out of every bot process.
+ * our own plain + HTML bodies), and `request` (matrix-bot-sdk's HTTP goes through bots/matrix-http.ts;
+ * request's tree — psl, mime-db, ajv, sshpk, tough-cookie, har-validator… — was 1.9 of the 3 MB).
+ * Each becomes a stub that throws if anything ever uses it, which keeps several MB of code out of
+ * every bot process.
  */
-const STUBBED = ['thread-stream', 'express', 'morgan', 'postgres', 'sanitize-html', 'html-to-text'];
+const STUBBED = ['thread-stream', 'express', 'morgan', 'postgres', 'sanitize-html', 'html-to-text', 'request'];
 const stubUnused = {
   name: 'stub-unused',
   setup(b: { onResolve: (o: { filter: RegExp }, f: (a: { path: string }) => { path: string; namespace: string }) => void; onLoad: (o: { filter: RegExp; namespace: string }, f: (a: { path: string }) => { contents: string; loader: 'js' }) => void }): void {
@@ -35,14 +44,29 @@ module.exports = stub;`,
   },
 };
 
-/** Builds the bundle; returns its path and how long it took. Throws with esbuild's message on failure. */
+/** Chunks of an older build that this one no longer uses are removed once they are this old (a bot still running from that build may yet import them). */
+const STALE_CHUNK_MS = 24 * 3600_000;
+
+/**
+ * Builds the bundle; returns the entry's path, how long it took and the bytes written (entry and chunks).
+ * `outfile` must end in .mjs; its chunks are written beside it as <name>-<chunk>-<hash>.mjs. Throws with
+ * esbuild's message on failure.
+ */
 export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ file: string; ms: number; bytes: number }> {
   const started = Date.now();
+  if (!outfile.endsWith('.mjs')) throw new Error(`the bot bundle must be an .mjs file (got ${outfile})`);
   const { build } = await import('esbuild');
-  mkdirSync(path.dirname(outfile), { recursive: true });
-  await build({
-    entryPoints: [BOT_SOURCE],
-    outfile,
+  const dir = path.dirname(outfile);
+  const name = path.basename(outfile, '.mjs');
+  mkdirSync(dir, { recursive: true });
+  const result = await build({
+    entryPoints: { [name]: BOT_SOURCE },
+    outdir: dir,
+    entryNames: '[name]',
+    chunkNames: `${name}-[name]-[hash]`,
+    outExtension: { '.js': '.mjs' },
+    splitting: true,
+    write: false,
     bundle: true,
     platform: 'node',
     format: 'esm',
@@ -54,5 +78,28 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
     logLevel: 'silent',
     banner: { js: "import { createRequire as __mpCreateRequire } from 'node:module'; const require = __mpCreateRequire(import.meta.url);" },
   });
-  return { file: outfile, ms: Date.now() - started, bytes: statSync(outfile).size };
+  const entry = path.resolve(outfile);
+  const outputs = [...result.outputFiles].sort((a, b) => Number(path.resolve(a.path) === entry) - Number(path.resolve(b.path) === entry));
+  let bytes = 0;
+  for (const f of outputs) {
+    const tmp = `${f.path}.${process.pid}.tmp`;
+    writeFileSync(tmp, f.contents);
+    renameSync(tmp, f.path);
+    bytes += f.contents.length;
+  }
+  pruneStaleChunks(dir, name, new Set(outputs.map((f) => path.basename(f.path))));
+  return { file: outfile, ms: Date.now() - started, bytes };
+}
+
+function pruneStaleChunks(dir: string, name: string, current: Set<string>): void {
+  const prefix = `${name}-`;
+  const chunkRe = /-[A-Z0-9]{8}\.mjs$/; // esbuild's [hash]
+  for (const f of readdirSync(dir)) {
+    if (current.has(f) || !f.startsWith(prefix) || !chunkRe.test(f)) continue;
+    try {
+      if (Date.now() - statSync(path.join(dir, f)).mtimeMs > STALE_CHUNK_MS) rmSync(path.join(dir, f), { force: true });
+    } catch {
+      // removed meanwhile by another build
+    }
+  }
 }

@@ -51,6 +51,11 @@ export const ConfigSchema = z.object({
     operator_bot: z.string().regex(/^[a-z0-9._=-]+$/).max(64).default('meshpilot'),
     /** Room for health alerts; created on first run when absent. */
     operator_room: z.string().max(255).optional(),
+    /**
+     * End-to-end encryption of device bots' DMs: `auto` uses it whenever a Matrix crypto module loads
+     * (the WebAssembly one always does), `off` never (about 25 MB less memory per bot).
+     */
+    encryption: z.enum(['auto', 'off']).default('auto'),
   }).strict(),
   /** Operators for every device (a manifest's own `operators` add to these). */
   operators: z.array(Mxid).min(1).max(32),

@@ -575,6 +575,9 @@ export const matrixStep: Step = {
     if (!ctx.revoking) {
       rmSync(credentialsFile(ctx.home.keys, ctx.device), { force: true });
       rmSync(path.join(keysDir(ctx), 'matrix.password'), { force: true });
+      // the bot's end-to-end encryption keys belong to the deactivated account: useless, and secret
+      rmSync(path.join(keysDir(ctx), 'crypto'), { recursive: true, force: true });
+      rmSync(path.join(keysDir(ctx), 'cross-signing.json'), { force: true });
       try { if (readdirSync(keysDir(ctx)).length === 0) rmSync(keysDir(ctx), { recursive: true, force: true }); } catch { /* gone */ }
     }
     ctx.data.matrixTouched = false;
@@ -584,35 +587,35 @@ export const matrixStep: Step = {
 
 /** Polls the bot's own view of its rooms until it has posted "✓ <device> live" (after sinceTs). */
 export async function waitForLiveMessage(w: LiveWait): Promise<void> {
+  // Never /sync as the bot: its to-device messages (encryption keys) would be acknowledged here and
+  // lost to the bot. Instead poll the bot's DMs (m.direct) for the `dev.meshpilot.live` state event it
+  // sets next to its "live" message (state is never encrypted), then check that message exists.
   const deadline = Date.now() + w.timeoutMs;
-  let since: string | undefined;
   const want = `✓ ${w.device} live`;
-  const Sync = z.object({
-    next_batch: z.string().max(255),
-    rooms: z.object({ join: z.record(z.string(), z.object({ timeline: z.object({ events: z.array(z.object({ type: z.string(), sender: z.string(), origin_server_ts: z.number().optional(), content: z.object({ body: z.unknown().optional() }).loose() }).loose()).max(1000) }).loose().optional() }).loose()).optional() }).loose().optional(),
-  }).loose();
+  const base = w.homeserverUrl.replace(/\/+$/, '');
+  const Direct = z.record(z.string().max(255), z.array(z.string().max(255)).max(100));
+  const Live = z.object({ device: z.string().max(64), ts: z.number(), event_id: z.string().max(255) }).loose();
+  const Event = z.object({ sender: z.string().max(255), type: z.string().max(255), content: z.object({ body: z.unknown().optional() }).loose() }).loose();
+  const enc = encodeURIComponent;
   while (Date.now() < deadline) {
     if (w.signal?.aborted) throw new MeshpilotError('internal', 'interrupted');
-    const timeout = since ? Math.max(0, Math.min(5_000, deadline - Date.now())) : 0;
-    const url = `${w.homeserverUrl.replace(/\/+$/, '')}/_matrix/client/v3/sync?timeout=${timeout}${since ? `&since=${encodeURIComponent(since)}` : ''}`;
-    let r: { status: number; json: unknown };
     try {
-      r = await matrixFetch(url, { token: w.botToken, timeoutMs: timeout + 10_000 });
-    } catch {
-      await new Promise((res) => setTimeout(res, 500));
-      continue;
-    }
-    const p = Sync.safeParse(r.json);
-    if (r.status !== 200 || !p.success) {
-      await new Promise((res) => setTimeout(res, 500));
-      continue;
-    }
-    since = p.data.next_batch;
-    for (const room of Object.values(p.data.rooms?.join ?? {})) {
-      for (const ev of room.timeline?.events ?? []) {
-        if (ev.type === 'm.room.message' && ev.sender === w.botUserId && typeof ev.content.body === 'string' && ev.content.body.startsWith(want) && (ev.origin_server_ts ?? Date.now()) >= w.sinceTs - 1000) return;
+      const d = await matrixFetch(`${base}/_matrix/client/v3/user/${enc(w.botUserId)}/account_data/m.direct`, { token: w.botToken });
+      const direct = d.status === 200 ? Direct.safeParse(d.json) : undefined;
+      for (const room of new Set(Object.values(direct?.success ? direct.data : {}).flat())) {
+        const st = await matrixFetch(`${base}/_matrix/client/v3/rooms/${enc(room)}/state/dev.meshpilot.live/`, { token: w.botToken });
+        const live = st.status === 200 ? Live.safeParse(st.json) : undefined;
+        if (!live?.success || live.data.device !== w.device || live.data.ts < w.sinceTs - 1000) continue;
+        const ev = await matrixFetch(`${base}/_matrix/client/v3/rooms/${enc(room)}/event/${enc(live.data.event_id)}`, { token: w.botToken });
+        const e = ev.status === 200 ? Event.safeParse(ev.json) : undefined;
+        if (!e?.success || e.data.sender !== w.botUserId) continue;
+        // An encrypted DM: the body is ciphertext; that the bot sent it is what can be checked here.
+        if (e.data.type === 'm.room.encrypted' || (e.data.type === 'm.room.message' && typeof e.data.content.body === 'string' && e.data.content.body.startsWith(want))) return;
       }
+    } catch {
+      // homeserver briefly unreachable: keep polling until the deadline
     }
+    await new Promise((res) => setTimeout(res, 500));
   }
   throw new MeshpilotError('timeout', `the bot of ${w.device} did not post "${want}" within ${Math.round(w.timeoutMs / 1000)} s: check the launcher's log (is the homeserver reachable from it?)`);
 }

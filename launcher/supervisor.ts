@@ -19,7 +19,8 @@
  * USER, LOGNAME, LANG, LC_ALL, TZ, TMPDIR, MESHPILOT_HOME, MESHPILOT_LOG_LEVEL and nothing else
  * from the launcher — not NODE_OPTIONS, not ANTHROPIC_API_KEY. Whatever a bot needs beyond that
  * (ANTHROPIC_API_KEY, tokens) the caller passes explicitly in `options.env`; the child reads the
- * rest from MESHPILOT_HOME itself.
+ * rest from MESHPILOT_HOME itself. On top of that every child gets fixed memory settings
+ * (BOT_RUNTIME_ENV, BOT_NODE_ARGS; botEnv / botExecArgv, which test/helpers/bot-env.ts uses too).
  *
  * Per device: starting → running (after 'ready') → restarting (unexpected exit; exponential backoff
  * with jitter, capped at backoffMaxS) → crash-looping (more than maxCrashes exits within
@@ -122,6 +123,35 @@ export function execArgvFor(entry: string): string[] {
   if (!/\.(c|m)?ts$/.test(entry)) return [];
   tsxLoaderUrl ??= pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
   return ['--import', tsxLoaderUrl];
+}
+
+/*
+ * Memory settings of every bot child (RSS per bot, `npx tsx bench/run.ts bot`). Bots are I/O bound and
+ * many run side by side, so they trade peak JS speed for memory; WebAssembly stays on (ssh2's poly1305,
+ * Matrix crypto), so no --jitless / --lite-mode.
+ *
+ * - glibc malloc: blocks of 32 KiB and up are mmapped and go back to the system when freed. Parsing and
+ *   compiling the bundle churns through ~20-35 MB of V8 zone memory in 32 KiB segments; with glibc's
+ *   default (dynamic) threshold they came from the main arena, which kept ~20 MB of freed memory per bot.
+ *   GLIBC_TUNABLES is read by the dynamic loader: other C libraries ignore it.
+ * - --no-opt: no TurboFan for JavaScript (Ignition + Sparkplug only): its code, zone memory and optimized
+ *   code stay out of each process; WebAssembly still tiers up.
+ * - --max-old-space-size=512: a bound that also sizes V8's heap for a small process (measured: ~2 MB less
+ *   than V8's default sizing for a machine's RAM); a bot's live heap is ~20 MB.
+ */
+/** Environment every bot child gets in addition to childEnv (an explicit `extra` variable wins). */
+export const BOT_RUNTIME_ENV: Readonly<Record<string, string>> = { GLIBC_TUNABLES: 'glibc.malloc.mmap_threshold=32768' };
+/** Node/V8 flags every bot child gets, before the caller's nodeArgs (a later flag wins). */
+export const BOT_NODE_ARGS: readonly string[] = ['--no-opt', '--max-old-space-size=512'];
+
+/** The environment a bot child starts with: BOT_RUNTIME_ENV, then childEnv(home, extra, parent). */
+export function botEnv(home: string, extra: Record<string, string> = {}, parent: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  return { ...BOT_RUNTIME_ENV, ...childEnv(home, extra, parent) };
+}
+
+/** execArgv for a bot child: BOT_NODE_ARGS, the caller's nodeArgs, then execArgvFor(entry). */
+export function botExecArgv(entry: string, nodeArgs: readonly string[] = []): string[] {
+  return [...BOT_NODE_ARGS, ...nodeArgs, ...execArgvFor(entry)];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -576,8 +606,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     let child: ChildProcess;
     try {
       child = fork(this.opts.entry, [], {
-        execArgv: [...(this.opts.nodeArgs ?? []), ...execArgvFor(this.opts.entry)],
-        env: childEnv(this.opts.home, this.opts.env),
+        execArgv: botExecArgv(this.opts.entry, this.opts.nodeArgs),
+        env: botEnv(this.opts.home, this.opts.env),
         cwd: this.opts.home,
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
         serialization: 'json',

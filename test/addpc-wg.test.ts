@@ -74,7 +74,7 @@ beforeAll(async () => {
   if (!avail.ok) return;
   lab = await createLab({ targets: 2 });
   await lab.startLauncher();
-  phone = await startPhone(lab.hs, lab.operator);
+  phone = await startPhone(lab.hs, lab.operator, { crypto: true });
 }, 90_000);
 
 afterAll(async () => {

@@ -258,9 +258,14 @@ describe('bots/matrix.ts session', () => {
     expect((await op(operator, 'GET', `/_matrix/client/v3/profile/${enc(botUser.userId)}`))['displayname']).toBe('Laptop bot');
     expect(await bot.whoami()).toEqual({ userId: botUser.userId, deviceId: botUser.deviceId });
 
-    const shim = createRequire(import.meta.url)('@matrix-org/matrix-sdk-crypto-nodejs') as { __meshpilotCryptoAvailable: boolean };
+    const shim = createRequire(import.meta.url)('@matrix-org/matrix-sdk-crypto-nodejs') as { __meshpilotCryptoAvailable: boolean; __meshpilotBackend?: string };
     expect(bot.cryptoAvailable()).toBe(shim.__meshpilotCryptoAvailable);
-    expect(cryptoAvailable()).toBe(false); // this checkout has the stub, not the native module
+    // this checkout has no native module: the shim serves the WebAssembly crypto
+    expect(cryptoAvailable()).toBe(true);
+    expect(shim.__meshpilotBackend).toBe('wasm');
+    // a session without `encryption` never turns it on
+    expect(bot.encryptionEnabled()).toBe(false);
+    expect((await bot.encryptionStatus()).problem).toMatch(/turned off/);
 
     // errors are values with person-readable messages
     const stranger = hs.registerUser('stranger-send', 'pw');

@@ -6,8 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { readCredentials, writeCredentials } from '../../bots/credentials.js';
-import { homeserverVersions, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
+import { readBotPassword, readCredentials, writeCredentials } from '../../bots/credentials.js';
+import { cryptoAvailable, cryptoBackendName, homeserverVersions, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
 import { toMpError } from '../../capabilities/errors.js';
 import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../config.js';
 import { UsageError, type CommandContext } from '../cli.js';
@@ -29,12 +29,14 @@ export async function registerBot(rt: Runtime, config: Config, device: string, o
   const userId = botUserId(config, device);
   if (opts.token) {
     const who = await whoamiWithToken({ homeserverUrl: url, accessToken: opts.token });
-    writeCredentials(rt.home.keys, device, { userId: who.userId, accessToken: opts.token, ...(who.deviceId ? { deviceId: who.deviceId } : {}) });
+    const keepPassword = existing?.userId === who.userId && existing.password ? { password: existing.password } : {};
+    writeCredentials(rt.home.keys, device, { userId: who.userId, accessToken: opts.token, ...(who.deviceId ? { deviceId: who.deviceId } : {}), ...keepPassword });
     return `stored the token of ${who.userId} for ${device}`;
   }
   if (opts.password) {
     const login = await loginWithPassword({ homeserverUrl: url, user: userId, password: opts.password, deviceName: `meshpilot ${device}` });
-    writeCredentials(rt.home.keys, device, { userId: login.userId, accessToken: login.accessToken, deviceId: login.deviceId });
+    // The password is kept (0600) so a bot whose encryption store is lost can log in as a new device.
+    writeCredentials(rt.home.keys, device, { userId: login.userId, accessToken: login.accessToken, deviceId: login.deviceId, password: opts.password });
     return `logged in as ${login.userId} for ${device}`;
   }
   if (existing) {
@@ -46,8 +48,9 @@ export async function registerBot(rt: Runtime, config: Config, device: string, o
     throw new UsageError(`no registration_shared_secret in the config: create ${userId} on your homeserver yourself, then run \`meshpilot bot register ${device} --password <pw>\` (or --token <access token>)`);
   }
   const localpart = userId.slice(1, userId.indexOf(':'));
-  const reg = await registerWithSharedSecret({ homeserverUrl: url, sharedSecret: secret, localpart, password: randomBytes(24).toString('base64url'), displayname: `🖥 ${device}` });
-  writeCredentials(rt.home.keys, device, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId });
+  const password = randomBytes(24).toString('base64url');
+  const reg = await registerWithSharedSecret({ homeserverUrl: url, sharedSecret: secret, localpart, password, displayname: `🖥 ${device}` });
+  writeCredentials(rt.home.keys, device, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId, password });
   await setDisplayNameWithToken({ homeserverUrl: url, accessToken: reg.accessToken, userId: reg.userId, displayname: `🖥 ${device}` }).catch(() => undefined);
   return `registered ${reg.userId} for ${device}`;
 }
@@ -162,6 +165,12 @@ export function register(program: Command, ctx: CommandContext): void {
           } catch (err) {
             line('FAIL', `bot ${l.device}`, `${creds.userId}: ${toMpError(err).message}`);
           }
+        }
+        if (config.matrix.encryption === 'off') line('warn', 'encryption', 'matrix.encryption is off: device bots create unencrypted DMs');
+        else if (!cryptoAvailable()) line('warn', 'encryption', 'no Matrix crypto module loads: device bots run without end-to-end encryption');
+        else {
+          const password = rt.devices.list().filter((x) => x.manifest && !readBotPassword(rt.home.keys, x.device)).map((x) => x.device);
+          line(password.length ? 'warn' : 'ok', 'encryption', `end-to-end encryption on (${cryptoBackendName()})${password.length ? `; no stored password for ${password.join(', ')}: a lost crypto store there needs \`meshpilot bot register <device> --password …\`` : ''}`);
         }
         if (!config.llm.api_key) line('warn', 'llm', 'no Anthropic key: bots answer !commands only (set llm.api_key or ANTHROPIC_API_KEY)');
         else {

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { writeCredentials } from '../../bots/credentials.js';
 import { ensureHome, PACKAGE_ROOT } from '../../capabilities/home.js';
 import { writeConfig } from '../../launcher/config.js';
-import { execArgvFor } from '../../launcher/supervisor.js';
+import { botEnv, botExecArgv } from '../../launcher/supervisor.js';
 import { startAnthropicFixture, type AnthropicFixture } from '../fixtures/anthropic.js';
 import { startHomeserver, type Homeserver, type RegisteredUser } from '../fixtures/homeserver.js';
 import { startPhone, type PhoneHandle } from './phone.js';
@@ -32,7 +32,11 @@ export interface BotEnv {
   cleanup(): Promise<void>;
 }
 
-export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: boolean; entry?: string; nodeArgs?: string[] } = {}): Promise<BotEnv> {
+/**
+ * `encryption` is the config's matrix.encryption; 'off' by default here, because most bot tests are about
+ * the bot's logic and their phone has no crypto (test/e2ee.e2e.test.ts runs with it on).
+ */
+export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: boolean; entry?: string; nodeArgs?: string[]; encryption?: 'auto' | 'off'; phoneCrypto?: boolean } = {}): Promise<BotEnv> {
   const hs = await startHomeserver();
   const llm = await startAnthropicFixture({ apiKey: 'sk-test' });
   const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bot-'));
@@ -42,18 +46,18 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
   const { home: layoutDirs } = ensureHome(home);
   const operator = hs.registerUser('lucas', 'pw-lucas');
   writeConfig(layoutDirs.config, {
-    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret },
+    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret, encryption: opts.encryption ?? 'off' },
     operators: [operator.userId],
     ...(opts.withLlm === false ? {} : { llm: { api_key: 'sk-test', base_url: llm.url, model: 'claude-test', max_tokens: 1024 } }),
     approvals: { timeout_s: opts.approvalTimeoutS ?? 300 },
   });
-  const phone = await startPhone(hs, operator);
+  const phone = await startPhone(hs, operator, opts.phoneCrypto ? { crypto: true } : {});
   const children: ChildProcess[] = [];
   const env: BotEnv = {
     home, work, hs, llm, operator, phone,
     registerBot(device) {
       const user = hs.registerUser(`meshpilot-${device}`, `pw-${device}`);
-      writeCredentials(layoutDirs.keys, device, { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId });
+      writeCredentials(layoutDirs.keys, device, { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId, password: `pw-${device}` });
       return user;
     },
     writeManifest(device, capabilitiesYaml) {
@@ -62,8 +66,9 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
     startBot(device) {
       const entry = opts.entry ?? DEVICE_MAIN;
       const child = fork(entry, [], {
-        execArgv: [...(opts.nodeArgs ?? []), ...execArgvFor(entry)],
-        env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: home, MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
+        // The supervisor's node flags and environment (memory settings included), plus the device name.
+        execArgv: botExecArgv(entry, opts.nodeArgs),
+        env: botEnv(home, { MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' }),
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
       children.push(child);
