@@ -10,7 +10,7 @@ import { createBotEnv, waitReady } from '../test/helpers/bot-env.js';
 import { buildBotBundle } from '../launcher/bundle.js';
 import type { BenchFigure } from './run.js';
 
-export const figures = ['bot.overhead_p50', 'bot.overhead_p99', 'bot.status_roundtrip_p50', 'bot.rss', 'bot.up20'];
+export const figures = ['bot.overhead_p50', 'bot.overhead_p99', 'bot.status_roundtrip_p50', 'bot.rss', 'bot.up20', 'bot.rss_e2ee_off'];
 
 const mb = (kb: number): string => (kb / 1024).toFixed(1);
 
@@ -39,8 +39,9 @@ const pct = (xs: number[], p: number): number => {
 export async function run(): Promise<BenchFigure[]> {
   // Measured as `meshpilot up` runs bots: the pre-built bundle, up.ts's nodeArgs, and (through
   // createBotEnv → the supervisor's botExecArgv/botEnv) the same V8 flags and malloc environment.
+  // The default config has end-to-end encryption on, so the operator's phone runs crypto too.
   const { file } = await buildBotBundle();
-  const env = await createBotEnv({ entry: file, nodeArgs: ['--max-semi-space-size=1'] });
+  const env = await createBotEnv({ entry: file, encryption: 'auto', phoneCrypto: true });
   const out: BenchFigure[] = [];
   try {
     const botUser = env.registerBot('bench').userId;
@@ -53,12 +54,14 @@ export async function run(): Promise<BenchFigure[]> {
     env.llm.respond(() => textReply('ok'));
 
     // One message at a time; overhead = reply's server timestamp - message's server timestamp.
+    // Replies are encrypted: matched on the phone's decrypted view, timed by the server's timestamps.
     const roundTrip = async (text: string, match: RegExp): Promise<number> => {
-      const seen = new Set(env.hs.events(room).map((e) => e.event_id));
+      const from = env.phone.events.length;
       const { event_id } = await env.phone.client.sendTextMessage(room, text);
       const mine = await env.hs.waitFor((e: ClientEvent) => e.event_id === event_id);
-      const reply = await env.hs.waitFor((e: ClientEvent) => !seen.has(e.event_id) && e.sender === botUser && e.type === 'm.room.message' && match.test(String((e.content as { body?: string }).body)));
-      return reply.origin_server_ts - mine.origin_server_ts;
+      const reply = await env.phone.waitFor((e) => env.phone.events.indexOf(e) >= from && e.sender === botUser && e.type === 'm.room.message' && match.test(String((e.content as { body?: string }).body)));
+      const onServer = env.hs.events(room).find((e) => e.event_id === reply.event_id);
+      return (onServer?.origin_server_ts ?? reply.origin_server_ts) - mine.origin_server_ts;
     };
     for (let i = 0; i < 5; i++) await roundTrip(`warm ${i}`, /^ok$/);
     const llm: number[] = [];
@@ -80,11 +83,36 @@ export async function run(): Promise<BenchFigure[]> {
     // 20 bots from cold: fork all, wait until every one has synced and reported ready.
     const names = Array.from({ length: 20 }, (_, i) => `up${i}`);
     for (const n of names) { env.registerBot(n); env.writeManifest(n, '  sys.info: {}\n'); }
+    // The operator's phone runs in this process too; stop its sync so its own crypto work (20 new
+    // encrypted DMs to join and decrypt) does not take the 2 cores from the bots being measured. Its
+    // device keys stay on the server, so each bot still does the full key query/claim/share work.
+    env.phone.stop();
     const t0 = performance.now();
     await Promise.all(names.map((n) => waitReady(env.startBot(n), 120_000)));
     out.push({ name: 'bot.up20', value: (performance.now() - t0) / 1000, unit: 's', target: '<= 10' });
   } finally {
     await env.cleanup();
   }
+  out.push({ name: 'bot.rss_e2ee_off', value: await rssWithoutEncryption(file), unit: 'MB', target: '<= 80 (matrix.encryption: off)' });
   return out;
+}
+
+/** RSS of a bot with `matrix.encryption: off`, after the same kind of traffic (fewer rounds). */
+async function rssWithoutEncryption(file: string): Promise<number> {
+  const env = await createBotEnv({ entry: file, encryption: 'off' });
+  try {
+    env.registerBot('plain');
+    env.writeManifest('plain', '  sys.info: {}\n  sys.health: {}\n');
+    const { child, room, botUserId } = await env.startBotInDm('plain');
+    env.llm.respond(() => textReply('ok'));
+    for (let i = 0; i < 20; i++) {
+      const from = env.phone.events.length;
+      await env.phone.client.sendTextMessage(room, i % 2 ? '!status' : `hello ${i}`);
+      await env.phone.waitFor((e) => env.phone.events.indexOf(e) >= from && e.sender === botUserId && e.type === 'm.room.message');
+    }
+    const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0);
+    return Math.round(rssKb / 1024);
+  } finally {
+    await env.cleanup();
+  }
 }

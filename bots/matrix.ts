@@ -670,23 +670,46 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
    * Makes this device cross-signed by its owner: reuses the saved identity (a replacement device keeps
    * it), else creates one. Clients then show the bot's messages without a "not verified by its owner" warning.
    */
+  /**
+   * Sends the crypto engine's pending requests (our own keys query above all) now, under the SDK's sync
+   * lock: otherwise they wait for the next sync and identity checks stall on the long poll.
+   */
+  async function flushCryptoRequests(): Promise<void> {
+    const engine = (client as unknown as { crypto?: { engine?: { run(): Promise<void>; lock?: { acquire<T>(key: string, fn: () => Promise<T>): Promise<T> } } } }).crypto?.engine;
+    if (engine?.lock) await engine.lock.acquire('sync', () => engine.run());
+  }
+
   async function ensureCrossSigning(): Promise<void> {
     const m = machine();
-    if (!m?.crossSigningStatus || !m.bootstrapCrossSigning || !m.isOwnDeviceCrossSigned) {
+    const deviceId = cryptoClient()?.clientDeviceId;
+    if (!m?.crossSigningStatus || !m.bootstrapCrossSigning || !e2ee || !deviceId) {
       crossSignProblem = 'the native crypto module does not support cross-signing';
       return;
     }
-    if ((await m.crossSigningStatus()).hasSelfSigning && (await m.isOwnDeviceCrossSigned())) return;
-    const file = e2ee?.crossSigningFile;
+    // Done once per device, remembered in the store dir. (Asking the machine instead would wait on a
+    // keys query of our own user, stalling every crypto call behind it for seconds.)
+    const marker = path.join(e2ee.storeDir, 'cross-signed.json');
+    const done = (() => {
+      try {
+        return (JSON.parse(readFileSync(marker, 'utf8')) as { deviceId?: unknown }).deviceId === deviceId;
+      } catch {
+        return false;
+      }
+    })();
     let status = await m.crossSigningStatus();
+    if (done && status.hasSelfSigning) return;
+    const file = e2ee.crossSigningFile;
     if (!status.hasSelfSigning && file && existsSync(file) && m.importCrossSigningKeys) {
+      // A replacement device: the machine must have seen the identity's public keys before importing.
+      await flushCryptoRequests();
       const saved = savedCrossSigningSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
       if (saved.success) status = (await m.importCrossSigningKeys(saved.data.masterKey ?? null, saved.data.selfSigningKey ?? null, saved.data.userSigningKey ?? null), await m.crossSigningStatus());
     }
     if (status.hasSelfSigning && m.signOwnDevice) {
       // The identity exists (ours, imported): sign this device with it.
       const body = await m.signOwnDevice();
-      if (body) await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, body);
+      if (!body) throw new MeshpilotError('exec_failed', 'the crypto module could not sign this device');
+      await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, body);
     } else {
       const reqs = await m.bootstrapCrossSigning(true);
       await postWithUia('/_matrix/client/v3/keys/device_signing/upload', reqs.uploadSigningKeys);
@@ -697,8 +720,9 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
         renameSync(`${file}.tmp`, file);
       }
     }
-    crossSignProblem = (await m.isOwnDeviceCrossSigned()) ? undefined : 'the device signature was not accepted';
-    if (!crossSignProblem) log.info('this device is cross-signed by its owner');
+    writeFileSync(marker, JSON.stringify({ deviceId, at: new Date().toISOString() }), { mode: 0o600 });
+    crossSignProblem = undefined;
+    log.info('this device is cross-signed by its owner');
   }
 
   const session: MatrixSession = {

@@ -75,6 +75,8 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
   }
   const env: Record<string, string> = {};
   for (const k of PASSED_TO_BOTS) if (process.env[k]) env[k] = process.env[k]!;
+  // With encryption off the crypto shim needn't even load its WebAssembly bindings (less memory per bot).
+  if (config.matrix.encryption === 'off') env['MESHPILOT_MATRIX_E2EE'] = 'off';
   // One pre-built file per bot process instead of transpiling the sources in each one.
   let entry = BOT_SOURCE;
   try {
@@ -86,8 +88,6 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
   }
   const supervisor = new Supervisor({
     entry,
-    // Bots are I/O bound: a small young generation keeps each process's memory down.
-    nodeArgs: ['--max-semi-space-size=1'],
     home: rt.home.root,
     manifestsDir: rt.home.manifests,
     desiredDevices: () => rt.devices.list().filter((l) => l.manifest).map((l) => l.device),

@@ -68,7 +68,8 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
       const child = fork(entry, [], {
         // The supervisor's node flags and environment (memory settings included), plus the device name.
         execArgv: botExecArgv(entry, opts.nodeArgs),
-        env: botEnv(home, { MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' }),
+        // as `meshpilot up` does: with encryption off the crypto shim doesn't load its WebAssembly
+        env: botEnv(home, { MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn', ...(opts.encryption === 'auto' ? {} : { MESHPILOT_MATRIX_E2EE: 'off' }) }),
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
       children.push(child);
