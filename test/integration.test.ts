@@ -47,9 +47,10 @@ describe.skipIf(!url || !secret)(`real homeserver integration (skipped unless ${
       llm: { api_key: 'sk-test', base_url: llm.url, model: 'claude-test' },
     });
     const device = `it${run}`.slice(0, 32);
-    writeCredentials(home.keys, device, { userId: botAccount.userId, accessToken: botAccount.accessToken, deviceId: botAccount.deviceId });
+    writeCredentials(home.keys, device, { userId: botAccount.userId, accessToken: botAccount.accessToken, deviceId: botAccount.deviceId, password: `pw-${run}-b` });
     writeFileSync(path.join(home.manifests, `${device}.yaml`), `device: ${device}\ncapabilities:\n  sys.info: {}\n  sys.health: {}\n  fs.list: { paths_allowed: ["${work}/**"] }\n`);
-    phone = await startPhone({ url: url! }, operator);
+    // The default config has end-to-end encryption on, so the phone runs crypto like Element does.
+    phone = await startPhone({ url: url! }, operator, { crypto: true });
     bot = fork(DEVICE_MAIN, [], { execArgv: ['--import', 'tsx'], env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: home.root, MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     await waitReady(bot, 60_000);
     const live = await phone.waitFor((e) => e.sender === botUser && /live/.test(bodyOf(e)), 60_000);
