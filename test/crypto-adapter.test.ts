@@ -381,7 +381,7 @@ describe('two machines, no server', () => {
     const enc = c.Attachment.encrypt(Buffer.from('a file'));
     expect(Buffer.from(enc.encryptedData).toString()).not.toBe('a file');
     const info = JSON.parse(enc.mediaEncryptionInfo) as { key: { k: string }; hashes: { sha256: string } };
-    expect(info.key.k).toBeTruthy();
+    expect(info.key.k).toMatch(/^[A-Za-z0-9_-]{43}$/); // a 256-bit key, unpadded base64url (JWK)
     expect(Buffer.from(c.Attachment.decrypt(new c.EncryptedAttachment(enc.encryptedData, enc.mediaEncryptionInfo))).toString()).toBe('a file');
     const tampered = Uint8Array.from(enc.encryptedData);
     tampered[0] = (tampered[0] ?? 0) ^ 1;
