@@ -40,14 +40,6 @@ function ipRow(name: string): unknown {
   }
 }
 
-async function matrixUser(name: string): Promise<{ exists: boolean; deactivated?: boolean }> {
-  const admin = JSON.parse(readFileSync(path.join(lab.home, 'keys', 'matrix-admin.json'), 'utf8')) as { accessToken: string };
-  const res = await fetch(`${lab.hs.url}/_synapse/admin/v2/users/${encodeURIComponent(`@meshpilot-${name}:${lab.hs.serverName}`)}`, { headers: { authorization: `Bearer ${admin.accessToken}` } });
-  if (res.status === 404) return { exists: false };
-  const j = (await res.json()) as { deactivated: boolean };
-  return { exists: true, deactivated: j.deactivated };
-}
-
 /** Every item of "clean": no hub peer, no active Matrix user, no registry entry, nothing on the target, IP freed, no keys. */
 async function expectClean(name: string, target = 0): Promise<void> {
   const t = lab.targets[target]!;
@@ -57,7 +49,7 @@ async function expectClean(name: string, target = 0): Promise<void> {
   if (data.publicKey) expect(hubPeers).not.toContain(data.publicKey);
   if (data.ip) expect(hubPeers).not.toContain(`${data.ip}/32`);
   expect(readFileSync(lab.hubConf, 'utf8')).not.toContain(`meshpilot:${name} `);
-  const u = await matrixUser(name);
+  const u = await lab.matrixUser(name);
   expect(!u.exists || u.deactivated === true).toBe(true);
   expect(existsSync(path.join(lab.home, 'manifests', `${name}.yaml`))).toBe(false);
   expect(existsSync(path.join(lab.dir, 'agents', name))).toBe(false);

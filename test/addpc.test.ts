@@ -25,15 +25,6 @@ function addPc(name: string, extra: string[] = [], env: Record<string, string> =
 const result = (r: { events: Array<Record<string, unknown>> }) => r.events.find((e) => e.type === 'result');
 const fromBot = (name: string) => (e: ClientEvent): boolean => e.sender === `@meshpilot-${name}:${lab.hs.serverName}` && e.type === 'm.room.message';
 
-async function matrixUser(name: string): Promise<{ exists: boolean; deactivated?: boolean }> {
-  const file = path.join(lab.home, 'keys', 'matrix-admin.json');
-  if (!existsSync(file)) return { exists: false };
-  const admin = JSON.parse(readFileSync(file, 'utf8')) as { accessToken: string };
-  const res = await fetch(`${lab.hs.url}/_synapse/admin/v2/users/${encodeURIComponent(`@meshpilot-${name}:${lab.hs.serverName}`)}`, { headers: { authorization: `Bearer ${admin.accessToken}` } });
-  if (res.status === 404) return { exists: false };
-  return { exists: true, deactivated: ((await res.json()) as { deactivated: boolean }).deactivated };
-}
-
 function status(name: string): string | undefined {
   const db = new Database(path.join(lab.home, 'meshpilot.db'), { readonly: true });
   try {
@@ -75,7 +66,7 @@ describe.skipIf(!avail.ok)('add-pc --via ssh and revoke', () => {
     expect(wrong.code).toBe(5);
     expect(existsSync(path.join(lab.home, 'manifests', 'sshpc.yaml'))).toBe(false);
     expect(readFileSync(path.join(lab.home, 'known_hosts'), 'utf8')).not.toContain(lab.targets[0]!.ip);
-    expect((await matrixUser('sshpc')).exists).toBe(false);
+    expect((await lab.matrixUser('sshpc')).exists).toBe(false);
   }, 30_000);
 
   it('--dry-run changes nothing', async () => {
@@ -133,7 +124,7 @@ describe.skipIf(!avail.ok)('add-pc --via ssh and revoke', () => {
     expect(status('mxdown')).toBe('rolled_back');
     expect(existsSync(path.join(lab.home, 'manifests', 'mxdown.yaml'))).toBe(false);
     expect(existsSync(path.join(lab.home, 'keys', 'mxdown'))).toBe(false);
-    const u = await matrixUser('mxdown');
+    const u = await lab.matrixUser('mxdown');
     expect(!u.exists || u.deactivated).toBe(true);
   }, 30_000);
 
@@ -146,7 +137,7 @@ describe.skipIf(!avail.ok)('add-pc --via ssh and revoke', () => {
     expect(result(r)).toMatchObject({ ok: true, status: 'revoked', exit: 0 });
     expect(existsSync(path.join(lab.home, 'manifests', 'sshpc.yaml'))).toBe(false);
     expect(existsSync(path.join(lab.home, 'keys', 'sshpc'))).toBe(false);
-    expect((await matrixUser('sshpc')).deactivated).toBe(true);
+    expect((await lab.matrixUser('sshpc')).deactivated).toBe(true);
     const who = await fetch(`${lab.hs.url}/_matrix/client/v3/account/whoami`, { headers: { authorization: `Bearer ${creds.accessToken}` } });
     expect(who.status).toBe(401);
     const archived = /archived in (\S+)$/.exec(String(result(r)?.['message']))?.[1];
@@ -167,7 +158,7 @@ describe.skipIf(!avail.ok)('add-pc --via ssh and revoke', () => {
     const r = await addPc('sshpc', ['--accept-host-key', lab.targets[0]!.sshd.hostKeyFingerprint]);
     expect(result(r)).toMatchObject({ ok: true, status: 'live' });
     expect(r.events.some((e) => e.type === 'info' && /reactivated/.test(String(e['message'])))).toBe(true);
-    expect((await matrixUser('sshpc')).deactivated).toBe(false);
+    expect((await lab.matrixUser('sshpc')).deactivated).toBe(false);
     const back = await lab.runCli(['revoke', 'sshpc', '--yes']);
     expect(back.code).toBe(0);
     expect(back.stdout).toMatch(/sshpc revoked; archived in/);
