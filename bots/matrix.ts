@@ -7,7 +7,7 @@
  *   exponentially with jitter, logs one warn line per failure, honours retry_after_ms, stops at once
  *   (an in-flight long poll is abandoned and its response discarded, so nothing is lost), and persists the
  *   sync token only after a batch has been handed to the callbacks.
- * - Storage: SimpleFsStorageProvider under storageDir (sync token); a restart resumes from it without
+ * - Storage: bots/matrix-storage.ts (SQLite) under storageDir (sync token); a restart resumes from it without
  *   replaying old events. A session with no stored token does not replay room history: the timeline of
  *   its first (initial) sync is skipped; invites and account data are processed.
  * - End-to-end encryption when `encryption` is given and a crypto module loads (cryptoAvailable()): the
@@ -20,11 +20,12 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { createHmac } from 'node:crypto';
-import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, SimpleFsStorageProvider, type ILogger } from 'matrix-bot-sdk';
+import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, type ILogger, type IStorageProvider } from 'matrix-bot-sdk';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { MeshpilotError, toMpError, type ErrorCode } from '../capabilities/errors.js';
 import { installMatrixHttp } from './matrix-http.js';
+import { openSyncStateStore } from './matrix-storage.js';
 installMatrixHttp(); // the SDK's HTTP on node:http instead of `request` (stubbed out of the bot bundle)
 
 // ------------------------------------------------------------------------------------------- types
@@ -435,14 +436,14 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   const log = opts.logger.child({ component: 'matrix' });
   installSdkLogger(opts.logger);
   mkdirSync(opts.storageDir, { recursive: true, mode: 0o700 });
-  const storage = new SimpleFsStorageProvider(path.join(opts.storageDir, 'bot-sdk.json'));
+  const storage = openSyncStateStore(opts.storageDir);
   const e2ee = opts.encryption && cryptoAvailable() ? opts.encryption : undefined;
   if (e2ee) {
     // The store lives in the device's keys dir; if that is gone the device is being removed: don't re-create it.
     if (!existsSync(path.dirname(e2ee.storeDir))) throw new MeshpilotError('config', `${path.dirname(e2ee.storeDir)} does not exist (was the device removed?)`);
     mkdirSync(e2ee.storeDir, { recursive: true, mode: 0o700 });
   }
-  const client = new SessionClient(homeserverUrl, opts.accessToken, storage, e2ee ? new RustSdkCryptoStorageProvider(e2ee.storeDir) : undefined);
+  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new RustSdkCryptoStorageProvider(e2ee.storeDir) : undefined);
   const cryptoClient = (): CryptoClientLike | undefined => {
     const c = (client as unknown as { crypto?: CryptoClientLike }).crypto;
     return c?.isReady ? c : undefined;

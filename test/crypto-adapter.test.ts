@@ -228,12 +228,12 @@ describe('persistence', () => {
   });
 
   it('idb-persist: restore → dump keeps schema and records; saves coalesce to one running + one queued', async () => {
-    interface Snapshot { format: string; version: 1; databases: Array<{ suffix: string; version: number; stores: unknown[] }> }
+    interface Snapshot { format: string; version: 1; journal?: string; databases: Array<{ suffix: string; version: number; stores: unknown[] }> }
     const persist = req(path.join(ROOT, 'bots/crypto-optional/idb-persist.cjs')) as {
       restoreDatabases(f: unknown, prefix: string, s: Snapshot): Promise<void>;
       dumpDatabases(f: unknown, prefix: string): Promise<Snapshot>;
       decodeSnapshot(b: Buffer): Snapshot;
-      createSaver(o: { factory: unknown; prefix: string; file: string }): { save(): Promise<void> };
+      createSaver(o: { factory: unknown; prefix: string; file: string }): { save(): Promise<void>; close(): Promise<void> };
     };
     const { IDBFactory } = req('fake-indexeddb') as { IDBFactory: new () => unknown };
     const snap: Snapshot = {
@@ -270,8 +270,150 @@ describe('persistence', () => {
     expect(new Set(saves.slice(1)).size).toBe(1); // the first runs, all later callers share one queued snapshot
     expect(saves[1]).not.toBe(saves[0]);
     await Promise.all(saves);
-    expect(order(persist.decodeSnapshot(readFileSync(file)))).toEqual(order(snap));
+    const saved = persist.decodeSnapshot(readFileSync(file));
+    expect(saved.journal).toMatch(/^[0-9a-f]{32}$/); // the journal that continues it
+    expect(order({ ...saved, journal: undefined })).toEqual(order({ ...snap, journal: undefined }));
     expect(statSync(file).mode & 0o777).toBe(0o600);
+    await saver.close();
+  });
+
+  it('idb-persist journal: each save appends only what changed; replay gives the same store; torn tail dropped, damage refused, stale journal ignored', async () => {
+    interface Snapshot { format: string; version: 1; journal?: string; databases: Array<{ suffix: string; version: number; stores: unknown[] }> }
+    const persist = req(path.join(ROOT, 'bots/crypto-optional/idb-persist.cjs')) as {
+      restoreDatabases(f: unknown, prefix: string, s: Snapshot): Promise<void>;
+      dumpDatabases(f: unknown, prefix: string): Promise<Snapshot>;
+      readSnapshot(file: string): Promise<Snapshot | null>;
+      readJournal(file: string): Promise<{ id: string; records: unknown[]; torn: boolean } | null>;
+      applyJournal(f: unknown, prefix: string, records: unknown[]): Promise<void>;
+      createSaver(o: { factory: unknown; prefix: string; file: string }): { save(): Promise<void>; close(): Promise<void> };
+    };
+    // the bits of IndexedDB used here (the test project has no DOM typings)
+    interface Store { put(v: unknown, k?: unknown): unknown; delete(k: unknown): unknown; clear(): unknown }
+    interface Tx { objectStore(n: string): Store; oncomplete: (() => void) | null; onerror: (() => void) | null; onabort: (() => void) | null; error: unknown; abort(): void }
+    interface Db { transaction(names: string[], mode: 'readwrite'): Tx; close(): void }
+    interface Factory { open(name: string): { result: Db; error: unknown; onsuccess: (() => void) | null; onerror: (() => void) | null } }
+    const { IDBFactory } = req('fake-indexeddb') as { IDBFactory: new () => Factory };
+    const base: Snapshot = {
+      format: 'meshpilot-crypto-store',
+      version: 1,
+      databases: [{
+        suffix: 'main',
+        version: 3,
+        stores: [
+          { name: 'inline', keyPath: 'id', autoIncrement: false, indexes: [{ name: 'by_tag', keyPath: 'tag', unique: false, multiEntry: false }], keys: null, values: [{ id: 'a', tag: 1 }, { id: 'b', tag: 2 }, { id: 'c', tag: 3 }] },
+          { name: 'outofline', keyPath: null, autoIncrement: false, indexes: [], keys: [['x', 1], new Uint8Array([7, 7]).buffer], values: ['one', { two: 2 }] },
+          { name: 'other', keyPath: null, autoIncrement: false, indexes: [], keys: ['k1', 'k2'], values: [1, 2] },
+        ],
+      }],
+    };
+    const factory = new IDBFactory();
+    await persist.restoreDatabases(factory, 'j::', base);
+    const file = path.join(tempDir(), SNAPSHOT);
+    const journal = `${file}.journal`;
+    const saver = persist.createSaver({ factory, prefix: 'j::', file });
+    await saver.save(); // the first save is a snapshot with an empty journal
+    const snapBytes = readFileSync(file);
+    const emptyJournal = statSync(journal).size;
+    expect((await persist.readJournal(journal))?.records).toEqual([]);
+
+    const db = await new Promise<Db>((resolve, reject) => {
+      const r = factory.open('j::main');
+      r.onsuccess = () => resolve(r.result);
+      r.onerror = () => reject(r.error);
+    });
+    const write = (fn: (tx: Tx) => void): Promise<void> => new Promise((resolve, reject) => {
+      const tx = db.transaction(['inline', 'outofline', 'other'], 'readwrite');
+      fn(tx);
+      tx.oncomplete = () => resolve();
+      tx.onerror = () => reject(tx.error);
+    });
+    // nothing written: nothing appended
+    await saver.save();
+    expect(statSync(journal).size).toBe(emptyJournal);
+
+    await write((tx) => {
+      tx.objectStore('inline').put({ id: 'a', tag: 10 });
+      tx.objectStore('inline').delete('b');
+      tx.objectStore('outofline').put('three', ['x', 2]);
+    });
+    await saver.save();
+    const afterOne = statSync(journal).size;
+    expect(afterOne).toBeGreaterThan(emptyJournal);
+    expect(afterOne - emptyJournal).toBeLessThan(600); // the changed keys, not the store
+    expect(readFileSync(file).equals(snapBytes)).toBe(true); // the snapshot is untouched
+
+    // an aborted transaction leaves nothing behind; a clear() saves the whole (now empty + new) store
+    await write((tx) => tx.objectStore('other').put(99, 'k1')).then(() => undefined);
+    await new Promise<void>((resolve) => {
+      const tx = db.transaction(['inline'], 'readwrite');
+      tx.objectStore('inline').put({ id: 'zzz', tag: 0 });
+      tx.onabort = () => resolve();
+      tx.abort();
+    });
+    await write((tx) => {
+      tx.objectStore('other').clear();
+      tx.objectStore('other').put('fresh', 'k3');
+    });
+    await saver.save();
+    const expected = await persist.dumpDatabases(factory, 'j::');
+    db.close();
+    await saver.close();
+
+    const replay = async (): Promise<Snapshot> => {
+      const f = new IDBFactory();
+      const snap = await persist.readSnapshot(file);
+      const j = await persist.readJournal(journal);
+      expect(j?.id).toBe(snap?.journal);
+      await persist.restoreDatabases(f, 'r::', snap!);
+      await persist.applyJournal(f, 'r::', j!.records);
+      return persist.dumpDatabases(f, 'r::');
+    };
+    expect(await replay()).toEqual(expected);
+    const inline = expected.databases[0]!.stores.find((x) => (x as { name: string }).name === 'inline') as { values: unknown[] };
+    expect(inline.values).toEqual([{ id: 'a', tag: 10 }, { id: 'c', tag: 3 }]);
+
+    // a crash mid-append: the torn last frame is dropped (it was never acknowledged)
+    const whole = readFileSync(journal);
+    writeFileSync(journal, whole.subarray(0, whole.length - 5));
+    const torn = await persist.readJournal(journal);
+    expect(torn?.torn).toBe(true);
+    expect(torn?.records.length).toBe(1);
+    // damage before the last frame is refused
+    const damaged = Buffer.from(whole);
+    damaged[afterOne - 3] = (damaged[afterOne - 3] ?? 0) ^ 0xff;
+    writeFileSync(journal, damaged);
+    await expect(persist.readJournal(journal)).rejects.toThrow(/journal frame at byte \d+ is corrupted/);
+    writeFileSync(journal, whole);
+
+    // a newer snapshot of the same file names another journal: a crash between writing it and replacing
+    // the journal leaves this one behind, and it must not be applied (the adapter compares the ids)
+    const f2 = new IDBFactory();
+    await persist.restoreDatabases(f2, 's::', expected);
+    const saver2 = persist.createSaver({ factory: f2, prefix: 's::', file });
+    await saver2.save();
+    await saver2.close();
+    writeFileSync(journal, whole);
+    expect((await persist.readJournal(journal))?.id).not.toBe((await persist.readSnapshot(file))?.journal);
+  });
+
+  it('a sync with nothing for crypto is answered without the machine, but a change of key counts still reaches it', async () => {
+    const dir = path.join(tempDir(), 'store');
+    const m = await machine('@bot:example.org', 'IDLE', dir);
+    const up = await uploadOf(m);
+    await m.markRequestAsSent(up.id, up.type, '{"one_time_key_counts":{"signed_curve25519":50}}');
+    const counts = { signed_curve25519: 50 };
+    expect(await m.receiveSyncChanges('[]', new c.DeviceLists(), counts, ['signed_curve25519'])).toBe('[]');
+    const fallback = (await m.outgoingRequests()).find((r) => r.type === c.RequestType['KeysUpload']); // the first sync brings a fallback key
+    if (fallback) await m.markRequestAsSent(fallback.id, fallback.type, '{"one_time_key_counts":{"signed_curve25519":50}}');
+    const journal = path.join(dir, `${SNAPSHOT}.journal`);
+    const size = statSync(journal).size;
+    for (let i = 0; i < 5; i++) expect(await m.receiveSyncChanges('[]', new c.DeviceLists(), counts, ['signed_curve25519'])).toBe('[]');
+    expect(statSync(journal).size).toBe(size); // nothing handed over, nothing written
+    expect((await m.outgoingRequests()).map((r) => r.type)).not.toContain(c.RequestType['KeysUpload']);
+    // the server used up one-time keys: the machine hears of it and asks to upload new ones
+    await m.receiveSyncChanges('[]', new c.DeviceLists(), { signed_curve25519: 3 }, ['signed_curve25519']);
+    const again = await uploadOf(m);
+    expect(Object.keys((JSON.parse(again.body) as { one_time_keys: Record<string, unknown> }).one_time_keys).length).toBeGreaterThan(0);
   });
 
   it('one machine per store per process; another device id does not open a store', async () => {
