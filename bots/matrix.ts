@@ -379,11 +379,42 @@ const savedCrossSigningSchema = z.object({ masterKey: z.string().max(256).option
 // ------------------------------------------------------------------------------------------- SDK subclass
 
 /** Exposes the SDK's single-sync primitives and replaces its sync loop with ours. */
+/** The parts of matrix-bot-sdk's (internal) RustEngine that SessionClient.fixCryptoEngine touches. */
+interface RustEngineInternals {
+  machine: { updateTrackedUsers(users: unknown[]): Promise<void>; getMissingSessions(users: unknown[]): Promise<unknown> };
+  lock: { acquire<T>(key: string, fn: () => Promise<T>): Promise<T> };
+  runOnly(...types: number[]): Promise<void>;
+  processKeysClaimRequest(request: unknown): Promise<void>;
+  addTrackedUsers(userIds: string[]): Promise<void>;
+  meshpilotFixed?: boolean;
+}
+
 class SessionClient extends MatrixClient {
   loopStarter: (() => void) | undefined;
   protected override startSyncInternal(): Promise<void> {
+    this.fixCryptoEngine(); // the SDK calls this after preparing crypto, before the first sync
     this.loopStarter?.();
     return Promise.resolve();
+  }
+  /**
+   * The SDK's RustEngine.addTrackedUsers (run for every join and invite it sees) marks the users for a
+   * keys query, then asks for missing Olm sessions without sending that query: the crypto machine waits
+   * 5 s for it, holding the engine's sync lock, so every crypto call (and the bot's first message in a
+   * new DM) stalls. This one sends the query first, as the SDK's own prepareEncrypt does.
+   */
+  private fixCryptoEngine(): void {
+    const engine = (this as unknown as { crypto?: { engine?: RustEngineInternals } }).crypto?.engine;
+    if (!engine || engine.meshpilotFixed) return;
+    const { UserId } = createRequire(import.meta.url)('@matrix-org/matrix-sdk-crypto-nodejs') as { UserId: new (id: string) => unknown };
+    engine.meshpilotFixed = true;
+    engine.addTrackedUsers = (userIds) =>
+      engine.lock.acquire('sync', async () => {
+        const users = userIds.map((u) => new UserId(u));
+        await engine.machine.updateTrackedUsers(users);
+        await engine.runOnly(1); // RequestType.KeysQuery
+        const claim = await engine.machine.getMissingSessions(users);
+        if (claim) await engine.processKeysClaimRequest(claim);
+      });
   }
   syncOnce(token: string | null): Promise<unknown> {
     return this.doSync(token ?? '');
