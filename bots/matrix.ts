@@ -379,6 +379,27 @@ const savedCrossSigningSchema = z.object({ masterKey: z.string().max(256).option
 // ------------------------------------------------------------------------------------------- SDK subclass
 
 /** Exposes the SDK's single-sync primitives and replaces its sync loop with ours. */
+/**
+ * The SDK's crypto storage keeps each room's encryption settings in a lowdb JSON file under a sha512 of
+ * the room id, computed in JavaScript (hash.js) on every lookup: several times per message, ~2-3 ms of
+ * interpreted hashing. Lookups are answered from memory here; writes still go to the file.
+ */
+class CachedCryptoStorage extends RustSdkCryptoStorageProvider {
+  private readonly rooms = new Map<string, Awaited<ReturnType<RustSdkCryptoStorageProvider['getRoom']>>>();
+  override async getRoom(roomId: string): ReturnType<RustSdkCryptoStorageProvider['getRoom']> {
+    const cached = this.rooms.get(roomId);
+    if (cached !== undefined) return cached;
+    const config = await super.getRoom(roomId);
+    if (this.rooms.size >= 1024) this.rooms.clear(); // bounded; a bot has a handful of rooms
+    this.rooms.set(roomId, config);
+    return config;
+  }
+  override async storeRoom(roomId: string, config: Parameters<RustSdkCryptoStorageProvider['storeRoom']>[1]): Promise<void> {
+    await super.storeRoom(roomId, config);
+    this.rooms.set(roomId, config);
+  }
+}
+
 /** The parts of matrix-bot-sdk's (internal) RustEngine that SessionClient.fixCryptoEngine touches. */
 interface RustEngineInternals {
   machine: { updateTrackedUsers(users: unknown[]): Promise<void>; getMissingSessions(users: unknown[]): Promise<unknown> };
@@ -474,7 +495,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     if (!existsSync(path.dirname(e2ee.storeDir))) throw new MeshpilotError('config', `${path.dirname(e2ee.storeDir)} does not exist (was the device removed?)`);
     mkdirSync(e2ee.storeDir, { recursive: true, mode: 0o700 });
   }
-  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new RustSdkCryptoStorageProvider(e2ee.storeDir) : undefined);
+  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new CachedCryptoStorage(e2ee.storeDir) : undefined);
   const cryptoClient = (): CryptoClientLike | undefined => {
     const c = (client as unknown as { crypto?: CryptoClientLike }).crypto;
     return c?.isReady ? c : undefined;
