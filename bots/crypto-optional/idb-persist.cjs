@@ -429,6 +429,20 @@ async function applyJournal(factory, prefix, records) {
   }
 }
 
+/**
+ * A file's bytes; null when it does not exist. Other errors: an Error saying it cannot be read.
+ * @param {string} file @param {string} what e.g. 'the journal' ('' for the file itself)
+ * @returns {Promise<Buffer | null>}
+ */
+async function readIfExists(file, what) {
+  try {
+    return await fsp.readFile(file);
+  } catch (e) {
+    if (/** @type {NodeJS.ErrnoException} */ (e).code === 'ENOENT') return null;
+    throw new Error(`cannot read${what ? ` ${what}` : ''}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
 /** @param {string} id hex @returns {Buffer} */
 function journalHeader(id) {
   return Buffer.concat([JOURNAL_MAGIC, Buffer.from(id, 'hex')]);
@@ -450,14 +464,8 @@ function encodeFrame(record) {
  * @returns {Promise<{ id: string, records: JournalRecord[], torn: boolean } | null>}
  */
 async function readJournal(file) {
-  /** @type {Buffer} */
-  let buf;
-  try {
-    buf = await fsp.readFile(file);
-  } catch (e) {
-    if (/** @type {NodeJS.ErrnoException} */ (e).code === 'ENOENT') return null;
-    throw new Error(`cannot read the journal: ${e instanceof Error ? e.message : String(e)}`);
-  }
+  const buf = await readIfExists(file, 'the journal');
+  if (!buf) return null;
   const headLen = JOURNAL_MAGIC.length + JOURNAL_ID_BYTES;
   if (buf.length < headLen || !buf.subarray(0, JOURNAL_MAGIC.length).equals(JOURNAL_MAGIC)) throw new Error('the journal is not a meshpilot crypto journal');
   const id = buf.subarray(JOURNAL_MAGIC.length, headLen).toString('hex');
@@ -528,14 +536,8 @@ function decodeSnapshot(buf) {
  * @returns {Promise<Snapshot | null>}
  */
 async function readSnapshot(file) {
-  /** @type {Buffer} */
-  let buf;
-  try {
-    buf = await fsp.readFile(file);
-  } catch (e) {
-    if (/** @type {NodeJS.ErrnoException} */ (e).code === 'ENOENT') return null;
-    throw new Error(`cannot read: ${e instanceof Error ? e.message : String(e)}`);
-  }
+  const buf = await readIfExists(file, '');
+  if (!buf) return null;
   return decodeSnapshot(buf);
 }
 
