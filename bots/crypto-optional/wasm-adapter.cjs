@@ -6,9 +6,9 @@
 // - Identifier, DeviceLists and EncryptionSettings objects are plain JS (no wasm needed to build them);
 //   they become wasm objects only inside OlmMachine calls.
 // - OlmMachine.initialize(userId, deviceId, storePath, passphrase) keeps the store in IndexedDB
-//   (fake-indexeddb) and persists it to `<storePath>/crypto-store.v1` (dir 0700, file 0600). Every call
-//   that can change crypto state writes a snapshot BEFORE it resolves, so nothing is sent or acted upon
-//   whose keys/ratchets are not on disk. An unreadable snapshot makes initialize reject (never a silent
+//   (fake-indexeddb) and persists it to `<storePath>/crypto-store.v1` and its `.journal` (dir 0700, files
+//   0600; see idb-persist.cjs). Every call that can change crypto state is on disk BEFORE it resolves, so
+//   nothing is sent or acted upon whose keys/ratchets are not. An unreadable snapshot makes initialize reject (never a silent
 //   fresh start: that would give the same device id new keys). One machine per storePath per process.
 // - outgoingRequests() returns only KeysUpload/KeysQuery/KeysClaim/ToDevice (matrix-bot-sdk throws on the
 //   others); SignatureUpload/RoomMessage/KeysBackup requests are kept for meshpilot: takeExtraRequests().
