@@ -112,6 +112,12 @@ async function transport(url: URL): Promise<{ request: typeof http.request; agen
   throw codedError(`unsupported URL scheme ${url.protocol}`, 'EINVAL');
 }
 
+/** Errors of a request whose kept-alive socket turned out closed before the server answered. */
+const STALE_SOCKET_CODES = new Set(['ECONNRESET', 'EPIPE']);
+/** Each stale pooled socket costs one retry; the pool holds at most a few per host. */
+const MAX_STALE_RETRIES = 4;
+type StaleSocketError = Error & { staleSocket?: boolean };
+
 interface Attempt {
   status: number;
   statusMessage: string;
@@ -132,9 +138,14 @@ function once(url: URL, method: string, headers: Record<string, string | number 
       return;
     }
     let settled = false;
+    let answered = false;
     const fail = (err: Error): void => {
       if (settled) return;
       settled = true;
+      // A kept-alive socket the server closed while this request was on its way (the server's idle
+      // timer fires as the request is written, likely on a busy machine) fails before any answer; the
+      // server never read the request, so it is safe to send again on a new socket (Node's docs advise it).
+      if (!answered && req.reusedSocket && STALE_SOCKET_CODES.has((err as NodeJS.ErrnoException).code ?? '')) (err as StaleSocketError).staleSocket = true;
       reject(err);
     };
     if (timeout !== undefined) {
@@ -143,6 +154,7 @@ function once(url: URL, method: string, headers: Record<string, string | number 
     }
     req.on('error', fail);
     req.on('response', (res: IncomingMessage) => {
+      answered = true;
       const declared = Number(res.headers['content-length']);
       if (Number.isFinite(declared) && declared > MAX_RESPONSE_BYTES) {
         res.destroy();
@@ -181,8 +193,17 @@ async function perform(params: MatrixRequestParams): Promise<MatrixHttpResponse>
   const body = requestBody(params, headers);
   const timeout = typeof params.timeout === 'number' && params.timeout > 0 ? params.timeout : undefined;
   let url = new URL(buildUrl(params));
-  for (let hop = 0; ; hop++) {
-    const a = await once(url, method, headers, body, timeout);
+  for (let hop = 0, stale = 0; ; hop++) {
+    let a: Attempt;
+    try {
+      a = await once(url, method, headers, body, timeout);
+    } catch (err) {
+      if ((err as StaleSocketError).staleSocket && stale++ < MAX_STALE_RETRIES) {
+        hop--;
+        continue;
+      }
+      throw err;
+    }
     const location = a.headers.location;
     if ((method === 'GET' || method === 'HEAD') && [301, 302, 303, 307, 308].includes(a.status) && location && hop < MAX_REDIRECTS) {
       const next = new URL(location, url);

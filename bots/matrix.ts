@@ -412,6 +412,25 @@ interface RustEngineInternals {
 
 class SessionClient extends MatrixClient {
   loopStarter: (() => void) | undefined;
+  /**
+   * The SDK's CryptoClient.prepare opens the crypto store, then uploads keys; when that upload fails
+   * (homeserver busy or restarting) the store stays open while the client is not ready, and every
+   * retry fails with "store already open". Close the half-prepared machine so the next start opens it
+   * afresh (nothing is lost: the store saves on close).
+   */
+  override async start(filter?: unknown): Promise<unknown> {
+    try {
+      return await super.start(filter);
+    } catch (err) {
+      const crypto = (this as unknown as { crypto?: { isReady: boolean; engine?: { machine?: { close?(): unknown } } } }).crypto;
+      if (crypto && !crypto.isReady && crypto.engine) {
+        const machine = crypto.engine.machine;
+        crypto.engine = undefined;
+        await Promise.resolve(machine?.close?.()).catch(() => undefined);
+      }
+      throw err;
+    }
+  }
   protected override startSyncInternal(): Promise<void> {
     this.fixCryptoEngine(); // the SDK calls this after preparing crypto, before the first sync
     this.loopStarter?.();

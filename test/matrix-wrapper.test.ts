@@ -4,6 +4,8 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -398,6 +400,57 @@ describe('bots/matrix.ts session', () => {
     await starting;
     expect(d.status()).toBe('stopped');
     hs.setDown(false);
+  });
+});
+
+describe('bots/matrix.ts session with end-to-end encryption', () => {
+  it('retries a start whose first key upload failed (the crypto store is reopened, not reported as already open)', async () => {
+    expect(cryptoAvailable()).toBe(true);
+    // a proxy in front of the fixture that answers the first keys upload with 502, as a busy or
+    // restarting homeserver does
+    let failedUploads = 0;
+    const proxy = http.createServer((req, res) => {
+      if (req.method === 'POST' && req.url?.startsWith('/_matrix/client/v3/keys/upload') && failedUploads === 0) {
+        failedUploads += 1;
+        req.resume();
+        res.writeHead(502, { 'content-type': 'application/json' }).end('{"errcode":"M_UNKNOWN","error":"bad gateway"}');
+        return;
+      }
+      const up = http.request(hs.url + req.url, { method: req.method, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    try {
+      const botUser = hs.registerUser('bot-e2ee-retry', 'pw');
+      const storageDir = tmp();
+      const s = createMatrixSession({
+        homeserverUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+        accessToken: botUser.accessToken,
+        storageDir,
+        userId: botUser.userId,
+        logger: log,
+        syncTimeoutMs: 1_000,
+        backoffMinMs: 100,
+        backoffMaxMs: 400,
+        encryption: { storeDir: path.join(storageDir, 'crypto'), password: 'pw' },
+      });
+      sessions.push(s);
+      logLines.length = 0;
+      await Promise.race([s.start(), new Promise((_, reject) => setTimeout(() => reject(new Error(`start did not finish: ${logLines.filter((l) => l.includes('retrying')).join('')}`)), 10_000))]);
+      expect(failedUploads).toBe(1);
+      expect(logLines.filter((l) => l.includes('could not start; retrying'))).toHaveLength(1);
+      expect(logLines.join('')).not.toContain('already open');
+      expect(s.encryptionEnabled()).toBe(true);
+      expect((await s.encryptionStatus()).deviceId).toBe(botUser.deviceId);
+      // the keys the retry uploaded are on the server
+      expect(hs.devices(botUser.userId).find((d) => d.deviceId === botUser.deviceId)?.keys).not.toBeNull();
+    } finally {
+      proxy.close();
+    }
   });
 });
 
