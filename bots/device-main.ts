@@ -19,6 +19,9 @@ import { DeviceBot } from './device-bot.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
 import { createVoiceHandler } from './voice.js';
 
+/** A stop that takes longer ends the process anyway (past the launcher's own 15-s grace, which normally acts first). */
+const SELF_EXIT_MS = 30_000;
+
 const ParentMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('init'), device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/), heartbeatMs: z.number().int().min(100).max(600_000).optional() }),
   z.object({ type: z.literal('shutdown') }),
@@ -157,6 +160,12 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const shutdown = async (): Promise<void> => {
     if (stopping) return;
     stopping = true;
+    // The launcher escalates to SIGKILL after its grace period, but an orphan (launcher killed) has no
+    // one to do that: a stop stuck behind an unreachable homeserver or a crypto call must not linger.
+    setTimeout(() => {
+      log.warn({ afterMs: SELF_EXIT_MS }, 'shutdown did not finish in time; exiting anyway');
+      process.exit(1);
+    }, SELF_EXIT_MS).unref();
     log.info('shutting down: finishing the current call');
     await bot.stop();
     await session.stop();
