@@ -21,8 +21,70 @@
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
-const wasm = require('@matrix-org/matrix-sdk-crypto-wasm');
 const idb = require('./idb-persist.cjs');
+
+const WASM_PKG = path.join(path.dirname(require.resolve('@matrix-org/matrix-sdk-crypto-wasm')), 'pkg');
+const BINDINGS = path.join(WASM_PKG, 'matrix_sdk_crypto_wasm_bg.cjs');
+/** The wasm-bindgen bindings (JS side); the module behind them is instantiated by loadWasm. */
+const wasm = require(BINDINGS);
+// Ours alone: the package's entry (node.cjs), if anything in this process loads it, requires the same
+// file and would point it at a module instance of its own, under our machines' feet.
+delete require.cache[BINDINGS];
+let wasmLoaded = false;
+
+/**
+ * Compiles and instantiates the WebAssembly module, once, synchronously. This replaces the package's own
+ * loader (its node.cjs), for memory (measured per bot process):
+ * - the package reads the 5 MB file and compiles it asynchronously; the Buffer survives the garbage
+ *   collections during the compile, lands in the old generation and stayed for the process's life.
+ *   Here it is dropped before any collection, so the next young-generation collection frees it.
+ * - the custom "name" section (function names for wasm stack frames, 1.2 MB) is left out: V8 keeps a
+ *   copy of the module's bytes as long as the module lives. Frames then read `wasm-function[N]`.
+ */
+function loadWasm() {
+  if (wasmLoaded) return;
+  const bytes = withoutCustomSection(fs.readFileSync(path.join(WASM_PKG, 'matrix_sdk_crypto_wasm_bg.wasm')), 'name');
+  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { './matrix_sdk_crypto_wasm_bg.js': wasm });
+  wasm.__wbg_set_wasm(instance.exports);
+  /** @type {{ __wbindgen_start(): void }} */ (/** @type {unknown} */ (instance.exports)).__wbindgen_start();
+  wasmLoaded = true;
+}
+
+/**
+ * The module's bytes without the custom section `name` (the bytes themselves when there is none).
+ * @param {Buffer} bytes @param {string} name @returns {Buffer}
+ */
+function withoutCustomSection(bytes, name) {
+  if (bytes.length < 8 || bytes.readUInt32LE(0) !== 0x6d736100) throw new Error('not a WebAssembly module');
+  /** @param {number} at @returns {[number, number]} value, position after it */
+  const leb = (at) => {
+    let value = 0;
+    for (let shift = 0; shift < 35; shift += 7) {
+      const b = bytes[at++];
+      if (b === undefined) throw new Error('truncated WebAssembly module');
+      value += (b & 0x7f) * 2 ** shift;
+      if (!(b & 0x80)) return [value, at];
+    }
+    throw new Error('malformed WebAssembly module');
+  };
+  /** @type {Buffer[]} */
+  const kept = [bytes.subarray(0, 8)];
+  let dropped = false;
+  for (let at = 8; at < bytes.length; ) {
+    const [size, body] = leb(at + 1);
+    const end = body + size;
+    if (end > bytes.length) throw new Error('truncated WebAssembly module');
+    let drop = false;
+    if (bytes[at] === 0) {
+      const [len, str] = leb(body);
+      drop = bytes.toString('utf8', str, str + len) === name;
+    }
+    if (drop) dropped = true;
+    else kept.push(bytes.subarray(at, end));
+    at = end;
+  }
+  return dropped ? Buffer.concat(kept) : bytes;
+}
 
 // The nodejs binding's enum numbering (matrix-bot-sdk inlines these values).
 const RequestType = Object.freeze({ KeysUpload: 0, KeysQuery: 1, KeysClaim: 2, ToDevice: 3, SignatureUpload: 4, RoomMessage: 5, KeysBackup: 6 });
@@ -134,6 +196,7 @@ class Attachment {
   }
   /** @param {Uint8Array} data @returns {EncryptedAttachment} */
   static encrypt(data) {
+    loadWasm();
     const e = wasm.Attachment.encrypt(data);
     try {
       return new EncryptedAttachment(e.encryptedData, /** @type {string} */ (e.mediaEncryptionInfo));
@@ -143,6 +206,7 @@ class Attachment {
   }
   /** Checks the hash and decrypts. @param {EncryptedAttachment} att @returns {Uint8Array} */
   static decrypt(att) {
+    loadWasm();
     const e = new wasm.EncryptedAttachment(att.encryptedData, att.mediaEncryptionInfo);
     try {
       const out = wasm.Attachment.decrypt(e);
@@ -282,7 +346,7 @@ class OlmMachine {
     const machine = new OlmMachine(BUILD);
     machine.#userId = String(userId);
     machine.#deviceId = String(deviceId);
-    await wasm.initAsync();
+    loadWasm();
     if (!storePath) {
       machine.#m = await wasm.OlmMachine.initialize(wUser(userId), new wasm.DeviceId(String(deviceId)));
     } else {
@@ -674,5 +738,5 @@ module.exports = {
   Attachment,
   EncryptedAttachment,
   /** For tests only; index.cjs does not export it. */
-  __internal: { splitRequests },
+  __internal: { splitRequests, withoutCustomSection, wasmFile: path.join(WASM_PKG, 'matrix_sdk_crypto_wasm_bg.wasm') },
 };
