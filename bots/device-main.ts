@@ -42,6 +42,15 @@ function fatal(code: string, message: string): never {
 }
 
 async function main(device: string, heartbeatMs = 10_000): Promise<void> {
+  // Until the session starts there is nothing to finish: a launcher gone (even killed) or a stop request
+  // ends the process at once, also while it waits for a homeserver that is down. Never an orphan.
+  const exitNow = (): void => process.exit(0);
+  const stopNow = (raw: unknown): void => {
+    if (ParentMessage.safeParse(raw).data?.type === 'shutdown') exitNow();
+  };
+  process.on('disconnect', exitNow);
+  process.on('message', stopNow);
+  if (process.send && !process.connected) exitNow();
   const home = layout(resolveHome());
   const log = logger('bot', { device });
   const cfg = loadConfig(home.config);
@@ -173,6 +182,8 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     db.close();
     process.exit(0);
   };
+  process.off('disconnect', exitNow);
+  process.off('message', stopNow);
   process.on('message', (raw) => {
     const p = ParentMessage.safeParse(raw);
     if (p.success && p.data.type === 'shutdown') void shutdown();

@@ -20,20 +20,23 @@ export function registerMigration(name: string, sql: string): void {
 
 export function openDatabase(file: string): Db {
   const db = new Database(file);
+  // First: switching a new file to WAL takes a lock that processes opening it at once contend for.
+  db.pragma('busy_timeout = 10000');
   db.pragma('journal_mode = WAL');
   // NORMAL in WAL mode: a process crash loses nothing; only an OS crash may lose the last commits.
   db.pragma('synchronous = NORMAL');
-  db.pragma('busy_timeout = 10000');
   db.pragma('foreign_keys = ON');
   migrate(db);
   return db;
 }
 
 function migrate(db: Db): void {
-  const current = db.pragma('user_version', { simple: true }) as number;
-  if (current < MIGRATIONS.length) {
+  const version = (): number => db.pragma('user_version', { simple: true }) as number;
+  if (version() < MIGRATIONS.length) {
     db.transaction(() => {
-      for (let i = current; i < MIGRATIONS.length; i++) db.exec(MIGRATIONS[i]!);
+      // read again under the write lock: processes opening a new database at once (bots started
+      // together) all saw 0 above, and only the first may apply the migrations
+      for (let i = version(); i < MIGRATIONS.length; i++) db.exec(MIGRATIONS[i]!);
       db.pragma(`user_version = ${MIGRATIONS.length}`);
     }).immediate();
   }

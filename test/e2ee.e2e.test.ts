@@ -8,7 +8,8 @@ import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readCredentials } from '../bots/credentials.js';
+import * as net from 'node:net';
+import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
 import { createBotEnv, waitReady, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
@@ -139,4 +140,26 @@ describe('device bot with end-to-end encryption', () => {
     expect(existsSync(path.join(keysDir(), 'crypto', 'crypto-store.v1'))).toBe(true);
     expect(readFileSync(path.join(keysDir(), 'matrix.json'), 'utf8')).toContain(now.deviceId!);
   }, 90_000);
+
+  it('a bot still waiting for an unreachable homeserver exits as soon as its launcher goes away (no orphan)', async () => {
+    const user = env.registerBot('lonely');
+    env.writeManifest('lonely', '  sys.info: {}\n');
+    // a port nothing listens on: the bot keeps retrying its encryption device check
+    const closed = await new Promise<number>((resolve) => {
+      const srv = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port } = srv.address() as net.AddressInfo;
+        srv.close(() => resolve(port));
+      });
+    });
+    writeCredentials(path.join(env.home, 'keys'), 'lonely', { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId, password: 'pw-lonely', homeserverUrl: `http://127.0.0.1:${closed}` });
+    const bot = env.startBot('lonely');
+    const exited = new Promise<number | null>((resolve) => bot.once('exit', (code) => resolve(code)));
+    await new Promise((r) => setTimeout(r, 3_000)); // loaded, and retrying
+    expect(bot.exitCode).toBeNull();
+    const t0 = Date.now();
+    bot.disconnect();
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5_000))]);
+    expect(code).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5_000);
+  }, 30_000);
 });
