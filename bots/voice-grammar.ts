@@ -484,7 +484,7 @@ export function buildCommandGrammar(manifest: Manifest, opts: { lexicon?: Lexico
 export function normalizeTranscript(t: string): string {
   return t
     .toLowerCase()
-    .replace(/[’`]/g, "'")
+    .replace(/[\u2019`]/g, "'") // ’
     .replace(/[^a-z0-9' ]+/g, ' ')
     .replace(/\s+/g, ' ')
     .trim()
