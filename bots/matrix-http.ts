@@ -186,6 +186,17 @@ function once(url: URL, method: string, headers: Record<string, string | number 
   }));
 }
 
+/** once(), sent again while the failure was a stale pooled socket (see fail() in once). */
+async function onceOnLiveSocket(...args: Parameters<typeof once>): Promise<Attempt> {
+  for (let stale = 0; ; stale++) {
+    try {
+      return await once(...args);
+    } catch (err) {
+      if (!(err as StaleSocketError).staleSocket || stale >= MAX_STALE_RETRIES) throw err;
+    }
+  }
+}
+
 async function perform(params: MatrixRequestParams): Promise<MatrixHttpResponse> {
   const method = (params.method ?? 'GET').toUpperCase();
   const headers: Record<string, string | number | string[]> = {};
@@ -193,17 +204,8 @@ async function perform(params: MatrixRequestParams): Promise<MatrixHttpResponse>
   const body = requestBody(params, headers);
   const timeout = typeof params.timeout === 'number' && params.timeout > 0 ? params.timeout : undefined;
   let url = new URL(buildUrl(params));
-  for (let hop = 0, stale = 0; ; hop++) {
-    let a: Attempt;
-    try {
-      a = await once(url, method, headers, body, timeout);
-    } catch (err) {
-      if ((err as StaleSocketError).staleSocket && stale++ < MAX_STALE_RETRIES) {
-        hop--;
-        continue;
-      }
-      throw err;
-    }
+  for (let hop = 0; ; hop++) {
+    const a = await onceOnLiveSocket(url, method, headers, body, timeout);
     const location = a.headers.location;
     if ((method === 'GET' || method === 'HEAD') && [301, 302, 303, 307, 308].includes(a.status) && location && hop < MAX_REDIRECTS) {
       const next = new URL(location, url);
