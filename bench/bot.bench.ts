@@ -52,7 +52,7 @@ function cpuMs(pid: number): number {
 }
 
 /** Resolves once the homeserver lists the user's device keys. */
-async function waitForKeysOnServer(hsUrl: string, user: RegisteredUser, ms = 15_000): Promise<void> {
+export async function waitForKeysOnServer(hsUrl: string, user: RegisteredUser, ms = 15_000): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
     const r = await fetch(`${hsUrl}/_matrix/client/v3/keys/query`, {
@@ -77,7 +77,7 @@ interface FixtureProcess {
 }
 
 /** Starts bench/bot-fixtures.ts (homeserver + Anthropic fixtures) in its own process. */
-async function startFixtureProcess(): Promise<FixtureProcess> {
+export async function startFixtureProcess(): Promise<FixtureProcess> {
   const entry = path.join(path.dirname(fileURLToPath(import.meta.url)), 'bot-fixtures.ts');
   const child = fork(entry, [], { execArgv: execArgvFor(entry), stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const ready = await new Promise<{ hsUrl: string; serverName: string; registrationSharedSecret: string; llmUrl: string }>((resolve, reject) => {
@@ -110,7 +110,7 @@ async function startFixtureProcess(): Promise<FixtureProcess> {
  * shortcut as the bot's crypto adapter: a sync with nothing for crypto (no to-device events, no device
  * list changes, no key counts or the same ones as last time) is not handed over.
  */
-async function skipIdleSyncsInPhoneCrypto(): Promise<void> {
+export async function skipIdleSyncsInPhoneCrypto(): Promise<void> {
   interface Lists { readonly changed: unknown[]; readonly left: unknown[] }
   type Receive = (events: string, lists: Lists, counts: Map<string, number> | undefined, fallback: Set<string> | undefined) => Promise<string>;
   const wasm = (await import('@matrix-org/matrix-sdk-crypto-wasm')) as unknown as { OlmMachine: { prototype: { receiveSyncChanges: Receive } } };

@@ -465,16 +465,13 @@ class SessionClient extends MatrixClient {
   /**
    * Only the SDK's crypto engine calls this, to pick who gets a room's keys. It shares with joined
    * members only, so an operator who has not accepted the DM invite yet could never read the bot's
-   * first message; invited members get the keys too (as Element does).
+   * first message; invited members get the keys too (as Element does). One /members answer, filtered
+   * here: asking for joined and invited members in two requests missed an operator whose phone
+   * accepted the invite between them (in neither list), and the bot's first message stayed unreadable.
    */
   override async getJoinedRoomMembers(roomId: string): Promise<string[]> {
-    const joined = await super.getJoinedRoomMembers(roomId);
-    try {
-      const invited = (await this.getRoomMembers(roomId, undefined, ['invite'])).map((m) => m.membershipFor);
-      return [...new Set([...joined, ...invited])];
-    } catch {
-      return joined;
-    }
+    const members = await this.getAllRoomMembers(roomId);
+    return members.filter((m) => m.membership === 'join' || m.membership === 'invite').map((m) => m.membershipFor);
   }
 }
 
