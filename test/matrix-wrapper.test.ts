@@ -403,19 +403,14 @@ describe('bots/matrix.ts session', () => {
   });
 });
 
-describe('bots/matrix.ts session with end-to-end encryption', () => {
-  it('retries a start whose first key upload failed (the crypto store is reopened, not reported as already open)', async () => {
-    expect(cryptoAvailable()).toBe(true);
-    // a proxy in front of the fixture that answers the first keys upload with 502, as a busy or
-    // restarting homeserver does
-    let failedUploads = 0;
-    const proxy = http.createServer((req, res) => {
-      if (req.method === 'POST' && req.url?.startsWith('/_matrix/client/v3/keys/upload') && failedUploads === 0) {
-        failedUploads += 1;
-        req.resume();
-        res.writeHead(502, { 'content-type': 'application/json' }).end('{"errcode":"M_UNKNOWN","error":"bad gateway"}');
-        return;
-      }
+/**
+ * An HTTP proxy in front of the fixture. `intercept` sees each request first: it may answer it itself
+ * (return true) or do something before it is forwarded (return a promise of false).
+ */
+async function startProxy(intercept: (req: http.IncomingMessage, res: http.ServerResponse) => boolean | Promise<boolean>): Promise<{ url: string; close: () => void }> {
+  const proxy = http.createServer((req, res) => {
+    void Promise.resolve(intercept(req, res)).then((handled) => {
+      if (handled) return;
       const up = http.request(hs.url + req.url, { method: req.method, headers: req.headers }, (r) => {
         res.writeHead(r.statusCode ?? 502, r.headers);
         r.pipe(res);
@@ -423,22 +418,45 @@ describe('bots/matrix.ts session with end-to-end encryption', () => {
       up.on('error', () => res.destroy());
       req.pipe(up);
     });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, close: () => proxy.close() };
+}
+
+function encryptedSession(user: RegisteredUser, homeserverUrl = hs.url): MatrixSession {
+  const storageDir = tmp();
+  const s = createMatrixSession({
+    homeserverUrl,
+    accessToken: user.accessToken,
+    storageDir,
+    userId: user.userId,
+    logger: log,
+    syncTimeoutMs: 1_000,
+    backoffMinMs: 100,
+    backoffMaxMs: 400,
+    encryption: { storeDir: path.join(storageDir, 'crypto'), password: 'pw' },
+  });
+  sessions.push(s);
+  return s;
+}
+
+describe('bots/matrix.ts session with end-to-end encryption', () => {
+  it('retries a start whose first key upload failed (the crypto store is reopened, not reported as already open)', async () => {
+    expect(cryptoAvailable()).toBe(true);
+    // the first keys upload is answered 502, as a busy or restarting homeserver does
+    let failedUploads = 0;
+    const proxy = await startProxy((req, res) => {
+      if (req.method === 'POST' && req.url?.startsWith('/_matrix/client/v3/keys/upload') && failedUploads === 0) {
+        failedUploads += 1;
+        req.resume();
+        res.writeHead(502, { 'content-type': 'application/json' }).end('{"errcode":"M_UNKNOWN","error":"bad gateway"}');
+        return true;
+      }
+      return false;
+    });
     try {
       const botUser = hs.registerUser('bot-e2ee-retry', 'pw');
-      const storageDir = tmp();
-      const s = createMatrixSession({
-        homeserverUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
-        accessToken: botUser.accessToken,
-        storageDir,
-        userId: botUser.userId,
-        logger: log,
-        syncTimeoutMs: 1_000,
-        backoffMinMs: 100,
-        backoffMaxMs: 400,
-        encryption: { storeDir: path.join(storageDir, 'crypto'), password: 'pw' },
-      });
-      sessions.push(s);
+      const s = encryptedSession(botUser, proxy.url);
       logLines.length = 0;
       await Promise.race([s.start(), new Promise((_, reject) => setTimeout(() => reject(new Error(`start did not finish: ${logLines.filter((l) => l.includes('retrying')).join('')}`)), 10_000))]);
       expect(failedUploads).toBe(1);
@@ -448,6 +466,38 @@ describe('bots/matrix.ts session with end-to-end encryption', () => {
       expect((await s.encryptionStatus()).deviceId).toBe(botUser.deviceId);
       // the keys the retry uploaded are on the server
       expect(hs.devices(botUser.userId).find((d) => d.deviceId === botUser.deviceId)?.keys).not.toBeNull();
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('shares the room key with an operator who accepts the DM invite while the bot looks up the members', async () => {
+    const operatorUser = hs.registerUser('op-e2ee-race', 'pw');
+    const botUser = hs.registerUser('bot-e2ee-race', 'pw');
+    const operator = encryptedSession(operatorUser);
+    const seen = collector<MatrixMessage>();
+    operator.onMessage(seen.push);
+    await operator.start();
+    let roomId = '';
+    let joined = false;
+    // The operator's phone accepts the invite at the worst moment: after any joined-members answer
+    // the bot got, before its members answer (the bot then knew the operator neither as joined nor
+    // as invited, and shared the key with nobody).
+    const proxy = await startProxy(async (req) => {
+      if (!joined && roomId && req.method === 'GET' && new RegExp(`/rooms/${enc(roomId)}/members([?]|$)`).test(req.url ?? '')) {
+        joined = true;
+        await operator.joinRoom(roomId);
+      }
+      return false;
+    });
+    try {
+      const bot = encryptedSession(botUser, proxy.url);
+      await bot.start();
+      roomId = await bot.createDm(operatorUser.userId, { encrypted: true });
+      await bot.sendText(roomId, 'first words');
+      expect(joined).toBe(true);
+      const m = await seen.waitFor((x) => x.roomId === roomId && x.sender === botUser.userId, 15_000);
+      expect(m.body).toBe('first words');
     } finally {
       proxy.close();
     }
