@@ -1,12 +1,21 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach } from 'vitest';
+import { afterAll, onTestFinished } from 'vitest';
 
-/** A fresh temp dir, removed after the current test. */
+/**
+ * A fresh temp dir, removed when the current test finishes (or, made outside a test, after the file's
+ * tests). afterEach registered from inside a running test never ran for that test: hundreds of dirs
+ * were left in /tmp per run.
+ */
 export function tempDir(prefix = 'mp-test-'): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const remove = (): void => rmSync(dir, { recursive: true, force: true });
+  try {
+    onTestFinished(remove);
+  } catch {
+    afterAll(remove); // not inside a test (a beforeAll, a describe body)
+  }
   return dir;
 }
 
