@@ -35,7 +35,7 @@ function tmp(): string {
   return d;
 }
 
-function session(user: RegisteredUser, storageDir = tmp()): MatrixSession {
+function session(user: RegisteredUser, storageDir = tmp(), extra: Partial<Parameters<typeof createMatrixSession>[0]> = {}): MatrixSession {
   const s = createMatrixSession({
     homeserverUrl: hs.url,
     accessToken: user.accessToken,
@@ -45,6 +45,7 @@ function session(user: RegisteredUser, storageDir = tmp()): MatrixSession {
     syncTimeoutMs: 1_000,
     backoffMinMs: 100,
     backoffMaxMs: 400,
+    ...extra,
   });
   sessions.push(s);
   return s;
@@ -425,19 +426,7 @@ async function startProxy(intercept: (req: http.IncomingMessage, res: http.Serve
 
 function encryptedSession(user: RegisteredUser, homeserverUrl = hs.url): MatrixSession {
   const storageDir = tmp();
-  const s = createMatrixSession({
-    homeserverUrl,
-    accessToken: user.accessToken,
-    storageDir,
-    userId: user.userId,
-    logger: log,
-    syncTimeoutMs: 1_000,
-    backoffMinMs: 100,
-    backoffMaxMs: 400,
-    encryption: { storeDir: path.join(storageDir, 'crypto'), password: 'pw' },
-  });
-  sessions.push(s);
-  return s;
+  return session(user, storageDir, { homeserverUrl, encryption: { storeDir: path.join(storageDir, 'crypto'), password: 'pw' } });
 }
 
 describe('bots/matrix.ts session with end-to-end encryption', () => {
