@@ -17,7 +17,11 @@ import { DeviceRegistry } from '../launcher/registry.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
+import { createMemorySettler } from './memory-settle.js';
 import { createVoiceHandler } from './voice.js';
+
+/** Quiet time after which the bot hands start-up's or the last conversation's garbage back (bots/memory-settle.ts). */
+const SETTLE_IDLE_MS = 5_000;
 
 /** A stop that takes longer ends the process anyway (past the launcher's own 15-s grace, which normally acts first). */
 const SELF_EXIT_MS = 30_000;
@@ -152,10 +156,11 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   });
   setVoiceHandler((m, b) => voice.handle(m, b));
 
-  session.onInvite((i) => bot.onInvite(i.roomId, i.sender));
-  session.onReaction((r) => bot.onReaction(r.roomId, r.sender, r.relatesToEventId, r.key));
-  session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender, e.reason));
-  session.onMessage(async (m) => {
+  const settler = createMemorySettler({ idleMs: SETTLE_IDLE_MS, logger: log });
+  session.onInvite((i) => settler.track(() => bot.onInvite(i.roomId, i.sender)));
+  session.onReaction((r) => settler.track(async () => bot.onReaction(r.roomId, r.sender, r.relatesToEventId, r.key)));
+  session.onEncrypted((e) => settler.track(() => bot.onUndecryptable(e.roomId, e.sender, e.reason)));
+  session.onMessage((m) => settler.track(async () => {
     if (m.msgtype === 'm.text' || m.msgtype === 'm.notice') {
       await bot.onMessage({ roomId: m.roomId, eventId: m.eventId, sender: m.sender, body: m.body, msgtype: m.msgtype });
     } else if (m.msgtype === 'm.audio' && voiceHandler) {
@@ -163,7 +168,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     } else if (bot.isOperator(m.sender)) {
       await session.sendText(m.roomId, `I can't handle ${m.msgtype.replace('m.', '')} messages${m.msgtype === 'm.audio' ? ' yet' : ''}; send text or !help.`);
     }
-  });
+  }));
 
   let stopping = false;
   const shutdown = async (): Promise<void> => {
@@ -176,6 +181,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       process.exit(1);
     }, SELF_EXIT_MS).unref();
     log.info('shutting down: finishing the current call');
+    settler.stop();
     await bot.stop();
     await session.stop();
     await invoker.close();
@@ -195,6 +201,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
 
   await session.start();
   await bot.start();
+  settler.touch(); // start-up's garbage goes once the bot has been quiet for a moment
   send({ type: 'ready' });
   log.info({ userId: creds.userId }, 'device bot running');
   const beat = (): void => send({ type: 'heartbeat', busy: bot.busy, auditHead: audit.head(device) ?? undefined });

@@ -16,6 +16,7 @@ import type { InvokeResult } from '../capabilities/invoke.js';
 import { defaultApproval, type CapabilityOptions, type DeviceOs, type TransportConfig } from '../capabilities/manifest.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
+import { httpFetch } from './http.js';
 
 export type MessageParam = Anthropic.Messages.MessageParam;
 export type ContentBlockParam = Anthropic.Messages.ContentBlockParam;
@@ -74,6 +75,9 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     apiKey: opts.apiKey,
     ...(baseURL ? { baseURL } : {}),
     timeout: opts.timeoutMs,
+    // Node's global fetch would load its bundled undici (+8 MB per bot process, bots/http.ts). The SDK
+    // types `fetch` with the DOM's Request/Response, of which httpFetch implements what the SDK uses.
+    fetch: httpFetch as unknown as NonNullable<ConstructorParameters<typeof Anthropic>[0]>['fetch'],
     // Retries are ours (below): bounded waits, honouring retry-after up to maxRetryDelayMs, logged.
     maxRetries: 0,
   });

@@ -9,8 +9,9 @@
  *   encoding (undefined: the body is a utf-8 string; null: a Buffer, for media), forever (keep-alive)
  * and read response.statusCode, response.headers (lower-case names), response.body / body (string or
  * Buffer; the SDK parses JSON itself and turns non-2xx answers into MatrixError from the body).
- * installMatrixHttp() implements exactly that on node:http / node:https with keep-alive agents, which
- * keeps `request`'s tree (request, psl, mime-db, ajv, sshpk, tough-cookie, …) out of the bot bundle.
+ * installMatrixHttp() implements exactly that on bots/http.ts (node:http / node:https, keep-alive
+ * agents, a request on a pooled socket the server had closed sent again), which keeps `request`'s
+ * tree (request, psl, mime-db, ajv, sshpk, tough-cookie, …) out of the bot bundle.
  * node:http rather than the undici package: measured, a bundled undici (its JS plus llhttp WebAssembly)
  * costs each bot process ~20 MB more RSS than Node's built-in client with its native parser.
  *
@@ -19,10 +20,10 @@
  * empty Buffer). `json` (true or a body object) is honoured for other callers. Proxies are not supported
  * (the SDK's homeserver traffic never needed one). Responses are bounded (MAX_RESPONSE_BYTES).
  */
-import type { Agent, ClientRequest, IncomingHttpHeaders, IncomingMessage, RequestOptions } from 'node:http';
-import * as http from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import { stringify } from 'node:querystring';
 import { setRequestFn } from 'matrix-bot-sdk';
+import { codedError, readBody, sendRequest } from './http.js';
 
 /** The largest response body accepted (the SDK's own media and sync answers stay far below it). */
 export const MAX_RESPONSE_BYTES = 128 * 1024 * 1024;
@@ -53,13 +54,6 @@ export interface MatrixHttpResponse {
 }
 
 export type MatrixRequestCallback = (err: Error | null, response?: MatrixHttpResponse, body?: unknown) => void;
-
-let agents: { http: Agent; https?: Agent } | undefined;
-let httpsModule: typeof import('node:https') | undefined;
-
-function codedError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
-}
 
 function buildUrl(params: MatrixRequestParams): string {
   const base = params.uri ?? params.url;
@@ -100,24 +94,6 @@ function decodeBody(raw: Buffer, params: MatrixRequestParams): unknown {
   return body;
 }
 
-async function transport(url: URL): Promise<{ request: typeof http.request; agent: Agent }> {
-  agents ??= { http: new http.Agent({ keepAlive: true }) };
-  if (url.protocol === 'http:') return { request: http.request, agent: agents.http };
-  if (url.protocol === 'https:') {
-    // Loaded on first use: a homeserver on loopback or behind plain HTTP never pays for TLS.
-    httpsModule ??= await import('node:https');
-    agents.https ??= new httpsModule.Agent({ keepAlive: true });
-    return { request: httpsModule.request, agent: agents.https };
-  }
-  throw codedError(`unsupported URL scheme ${url.protocol}`, 'EINVAL');
-}
-
-/** Errors of a request whose kept-alive socket turned out closed before the server answered. */
-const STALE_SOCKET_CODES = new Set(['ECONNRESET', 'EPIPE']);
-/** Each stale pooled socket costs one retry; the pool holds at most a few per host. */
-const MAX_STALE_RETRIES = 4;
-type StaleSocketError = Error & { staleSocket?: boolean };
-
 interface Attempt {
   status: number;
   statusMessage: string;
@@ -125,76 +101,10 @@ interface Attempt {
   raw: Buffer;
 }
 
-function once(url: URL, method: string, headers: Record<string, string | number | string[]>, body: Buffer | undefined, timeout: number | undefined): Promise<Attempt> {
-  return transport(url).then(({ request, agent }) => new Promise<Attempt>((resolve, reject) => {
-    const hdrs = { ...headers };
-    if (body !== undefined) hdrs['content-length'] = body.length;
-    const opts: RequestOptions = { method, headers: hdrs, agent };
-    let req: ClientRequest;
-    try {
-      req = request(url, opts);
-    } catch (err) {
-      reject(err as Error);
-      return;
-    }
-    let settled = false;
-    let answered = false;
-    const fail = (err: Error): void => {
-      if (settled) return;
-      settled = true;
-      // A kept-alive socket the server closed while this request was on its way (the server's idle
-      // timer fires as the request is written, likely on a busy machine) fails before any answer; the
-      // server never read the request, so it is safe to send again on a new socket (Node's docs advise it).
-      if (!answered && req.reusedSocket && STALE_SOCKET_CODES.has((err as NodeJS.ErrnoException).code ?? '')) (err as StaleSocketError).staleSocket = true;
-      reject(err);
-    };
-    if (timeout !== undefined) {
-      // Idle timeout of the socket: covers connecting and every wait for data, like `request`'s.
-      req.setTimeout(timeout, () => req.destroy(codedError(`${method} ${url.origin}${url.pathname} timed out after ${timeout} ms`, 'ETIMEDOUT')));
-    }
-    req.on('error', fail);
-    req.on('response', (res: IncomingMessage) => {
-      answered = true;
-      const declared = Number(res.headers['content-length']);
-      if (Number.isFinite(declared) && declared > MAX_RESPONSE_BYTES) {
-        res.destroy();
-        req.destroy();
-        fail(codedError(`response of ${declared} bytes exceeds the ${MAX_RESPONSE_BYTES}-byte limit`, 'E2BIG'));
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        size += c.length;
-        if (size > MAX_RESPONSE_BYTES) {
-          res.destroy();
-          req.destroy();
-          fail(codedError(`response exceeds the ${MAX_RESPONSE_BYTES}-byte limit`, 'E2BIG'));
-          return;
-        }
-        chunks.push(c);
-      });
-      res.on('error', fail);
-      res.on('aborted', () => fail(codedError('the server closed the connection mid-response', 'ECONNRESET')));
-      res.on('end', () => {
-        if (settled) return;
-        settled = true;
-        resolve({ status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', headers: res.headers, raw: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size) });
-      });
-    });
-    req.end(body);
-  }));
-}
-
-/** once(), sent again while the failure was a stale pooled socket (see fail() in once). */
-async function onceOnLiveSocket(...args: Parameters<typeof once>): Promise<Attempt> {
-  for (let stale = 0; ; stale++) {
-    try {
-      return await once(...args);
-    } catch (err) {
-      if (!(err as StaleSocketError).staleSocket || stale >= MAX_STALE_RETRIES) throw err;
-    }
-  }
+async function once(url: URL, method: string, headers: Record<string, string | number | string[]>, body: Buffer | undefined, timeout: number | undefined): Promise<Attempt> {
+  const res = await sendRequest(url, { method, headers, body, timeoutMs: timeout });
+  const raw = await readBody(res, MAX_RESPONSE_BYTES);
+  return { status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', headers: res.headers, raw };
 }
 
 async function perform(params: MatrixRequestParams): Promise<MatrixHttpResponse> {
@@ -205,7 +115,7 @@ async function perform(params: MatrixRequestParams): Promise<MatrixHttpResponse>
   const timeout = typeof params.timeout === 'number' && params.timeout > 0 ? params.timeout : undefined;
   let url = new URL(buildUrl(params));
   for (let hop = 0; ; hop++) {
-    const a = await onceOnLiveSocket(url, method, headers, body, timeout);
+    const a = await once(url, method, headers, body, timeout);
     const location = a.headers.location;
     if ((method === 'GET' || method === 'HEAD') && [301, 302, 303, 307, 308].includes(a.status) && location && hop < MAX_REDIRECTS) {
       const next = new URL(location, url);

@@ -24,6 +24,7 @@ import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, type 
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { MeshpilotError, toMpError, type ErrorCode } from '../capabilities/errors.js';
+import { httpFetch, type HttpResponse } from './http.js';
 import { installMatrixHttp } from './matrix-http.js';
 import { openSyncStateStore } from './matrix-storage.js';
 installMatrixHttp(); // the SDK's HTTP on node:http instead of `request` (stubbed out of the bot bundle)
@@ -975,9 +976,9 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       const server = encodeURIComponent(m[1]!);
       const id = encodeURIComponent(m[2]!);
       const url = authenticated ? `${homeserverUrl}/_matrix/client/v1/media/download/${server}/${id}` : `${homeserverUrl}/_matrix/media/v3/download/${server}/${id}`;
-      let res: Response;
+      let res: HttpResponse;
       try {
-        res = await fetch(url, { headers: { Authorization: `Bearer ${opts.accessToken}` }, redirect: 'follow', signal: AbortSignal.timeout(120_000) });
+        res = await httpFetch(url, { headers: { Authorization: `Bearer ${opts.accessToken}` }, timeoutMs: 60_000 });
       } catch (err) {
         throw new MeshpilotError('unreachable', `Matrix media download failed: ${errInfo(err).message}`);
       }
@@ -993,7 +994,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       }
       const declared = Number(res.headers.get('content-length') ?? 'NaN');
       if (Number.isFinite(declared) && declared > maxBytes) {
-        await res.body?.cancel();
+        res.cancel();
         throw new MeshpilotError('output_limit', `Matrix media is ${declared} bytes, over the ${maxBytes}-byte limit`);
       }
       const bytes = await readBounded(res, maxBytes);
@@ -1027,22 +1028,13 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   return session;
 }
 
-async function readBounded(res: Response, maxBytes: number): Promise<Buffer> {
-  if (!res.body) return Buffer.alloc(0);
-  const reader = res.body.getReader();
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > maxBytes) {
-      await reader.cancel();
-      throw new MeshpilotError('output_limit', `Matrix media is over the ${maxBytes}-byte limit`);
-    }
-    chunks.push(Buffer.from(value));
+async function readBounded(res: HttpResponse, maxBytes: number): Promise<Buffer> {
+  try {
+    return await res.bytes(maxBytes);
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'E2BIG') throw new MeshpilotError('output_limit', `Matrix media is over the ${maxBytes}-byte limit`);
+    throw new MeshpilotError('unreachable', `Matrix download failed: ${errInfo(err).message}`);
   }
-  return Buffer.concat(chunks);
 }
 
 // ------------------------------------------------------------------------------------------- registration (Synapse admin)
@@ -1052,15 +1044,15 @@ const registerResponseSchema = z.looseObject({ user_id: z.string().regex(userIdR
 const errorBodySchema = z.looseObject({ errcode: z.string().max(255), error: z.string().max(2000).optional() });
 
 async function adminRequest(url: string, init: { method: string; token?: string; body?: unknown }, what: string): Promise<unknown> {
-  let res: Response;
+  let res: HttpResponse;
   try {
     const headers: Record<string, string> = { 'Content-Type': 'application/json' };
     if (init.token) headers['Authorization'] = `Bearer ${init.token}`;
-    res = await fetch(url, {
+    res = await httpFetch(url, {
       method: init.method,
       headers,
       body: init.body === undefined ? null : JSON.stringify(init.body),
-      signal: AbortSignal.timeout(20_000),
+      timeoutMs: 20_000,
     });
   } catch (err) {
     throw new MeshpilotError('unreachable', `Matrix ${what} failed: cannot reach the homeserver (${errInfo(err).message})`);
@@ -1151,13 +1143,14 @@ export async function deactivateUser(o: { homeserverUrl: string; adminToken: str
 
 async function clientApi(homeserverUrl: string, method: string, p: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
   const base = homeserverUrl.replace(/\/+$/, '');
-  let res: Response;
+  let res: HttpResponse;
   try {
-    res = await fetch(`${base}${p}`, {
+    res = await httpFetch(`${base}${p}`, {
       method,
       headers: { 'Content-Type': 'application/json', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      signal: AbortSignal.timeout(15_000),
+      timeoutMs: 15_000,
+      maxBodyBytes: 1024 * 1024,
     });
   } catch (err) {
     throw new MeshpilotError('unreachable', `Matrix homeserver ${base} cannot be reached: ${(err as Error).message}`);
@@ -1197,13 +1190,14 @@ export async function loginWithPassword(o: { homeserverUrl: string; user: string
 const CRYPTO_STORE_FILE = 'crypto-store.v1';
 
 async function uiaFetch(base: string, method: string, p: string, token: string, body: Record<string, unknown>, auth?: Record<string, unknown>): Promise<{ status: number; json: Record<string, unknown> }> {
-  let res: Response;
+  let res: HttpResponse;
   try {
-    res = await fetch(`${base}${p}`, {
+    res = await httpFetch(`${base}${p}`, {
       method,
       headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
       body: JSON.stringify(auth ? { ...body, auth } : body),
-      signal: AbortSignal.timeout(15_000),
+      timeoutMs: 15_000,
+      maxBodyBytes: 4 * 1024 * 1024,
     });
   } catch (err) {
     throw new MeshpilotError('unreachable', `Matrix homeserver ${base} cannot be reached: ${errInfo(err).message}`);

@@ -37,6 +37,7 @@ import { hubDumpReader } from '../launcher/wg.js';
 import { readCredentials, writeCredentials } from './credentials.js';
 import { AUDIT_HEAD_EVENT } from './device-bot.js';
 import { escapeHtml } from './format.js';
+import { httpFetch, type HttpResponse } from './http.js';
 import { createMatrixSession, registerWithSharedSecret, type MatrixMessage, type MatrixSession } from './matrix.js';
 
 export const OPERATOR_CREDENTIALS = '_operator';
@@ -248,19 +249,20 @@ const StateListSchema = z.array(z.looseObject({ type: z.string().max(255), state
 const HeadSchema = z.object({ seq: z.number().int().min(1), hash: z.string().regex(/^[0-9a-f]{64}$/) });
 
 async function clientCall(base: string, token: string, method: string, p: string, body?: unknown): Promise<unknown> {
-  let res: Response;
+  let res: HttpResponse;
+  let text: string;
   try {
-    res = await fetch(`${base.replace(/\/+$/, '')}/_matrix/client/v3${p}`, {
+    res = await httpFetch(`${base.replace(/\/+$/, '')}/_matrix/client/v3${p}`, {
       method,
       headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      signal: AbortSignal.timeout(20_000),
+      timeoutMs: 20_000,
     });
+    text = (await res.bytes(32 * 1024 * 1024)).toString('utf8');
   } catch (err) {
+    if ((err as { code?: unknown }).code === 'E2BIG') throw new MeshpilotError('output_limit', 'Matrix response too large');
     throw new MeshpilotError('unreachable', `Matrix ${method} ${p.split('?')[0]} failed: ${(err as Error).message}`);
   }
-  const text = await res.text();
-  if (text.length > 32 * 1024 * 1024) throw new MeshpilotError('output_limit', 'Matrix response too large');
   let json: unknown;
   try { json = JSON.parse(text); } catch { json = undefined; }
   if (!res.ok) {

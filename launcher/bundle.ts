@@ -16,6 +16,7 @@ import { PACKAGE_ROOT } from '../capabilities/home.js';
 
 export const BOT_SOURCE = path.join(PACKAGE_ROOT, 'bots', 'device-main.ts');
 export const BOT_BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'device-bot.mjs');
+const BUNDLE_GLOBALS = path.join(PACKAGE_ROOT, 'bots', 'bundle-globals.ts');
 
 // Native modules stay outside; everything else (matrix-bot-sdk's whole dependency tree included) is
 // bundled, which is what saves each bot process from resolving and lexing hundreds of CommonJS files.
@@ -73,6 +74,8 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
     target: 'node20',
     external: EXTERNAL,
     plugins: [stubUnused],
+    // The SDK's `Headers` / `FormData` become bots/http.ts's, so Node's fetch globals never load (see there).
+    inject: [BUNDLE_GLOBALS],
     minify: true,
     keepNames: true,
     logLevel: 'silent',

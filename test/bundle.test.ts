@@ -1,9 +1,26 @@
 /** launcher/bundle.ts: the device bot bundle every bot process loads. */
 import { describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
 import path from 'node:path';
 import { buildBotBundle } from '../launcher/bundle.js';
+import { textReply, toolReply } from './fixtures/anthropic.js';
+import { createBotEnv } from './helpers/bot-env.js';
+import { bodyOf } from './helpers/phone.js';
 import { tempDir } from './helpers/tmp.js';
+
+const MODULE_LIST_PRELOAD = path.join(import.meta.dirname, 'fixtures', 'module-list.cjs');
+
+/** Node built-ins the bot process has loaded so far (test/fixtures/module-list.cjs answers SIGUSR2). */
+async function loadedBuiltins(pid: number): Promise<string[]> {
+  const file = path.join(os.tmpdir(), `mp-modules-${pid}.txt`);
+  rmSync(file, { force: true });
+  process.kill(pid, 'SIGUSR2');
+  for (let i = 0; i < 100 && !existsSync(file); i++) await new Promise((r) => setTimeout(r, 50));
+  const list = readFileSync(file, 'utf8').split('\n');
+  rmSync(file, { force: true });
+  return list;
+}
 
 /** The entry and every chunk it imports statically (what a bot parses at start), by file name. */
 function startupFiles(entry: string): Map<string, string> {
@@ -31,4 +48,33 @@ describe('device bot bundle', () => {
     // two-byte text, twice the memory. Write such characters as escapes in the sources.
     for (const [f, text] of files) expect({ file: path.basename(f), nonAscii: /[^\x00-\x7f]/.exec(text)?.[0] ?? null }).toEqual({ file: path.basename(f), nonAscii: null });
   }, 60_000);
+
+  it('runs a conversation (LLM tool call, command, encryption) without loading Node\'s fetch and its undici', async () => {
+    // Node's fetch, Headers or FormData would load its bundled undici with http2, tls and zlib: 8 MB per
+    // bot. The bot's own calls use bots/http.ts; the bundle gives the Anthropic SDK its Headers.
+    const { file } = await buildBotBundle();
+    const env = await createBotEnv({ entry: file, encryption: 'auto', phoneCrypto: true, nodeArgs: ['--require', MODULE_LIST_PRELOAD] });
+    try {
+      env.registerBot('lean');
+      writeFileSync(path.join(env.work, 'notes.txt'), 'hello');
+      env.writeManifest('lean', `  sys.info: {}\n  sys.health: {}\n  fs.list: { paths_allowed: ["${env.work}/**"] }\n`);
+      const { child, room, botUserId } = await env.startBotInDm('lean');
+      const fromBot = (re: RegExp, from: number): Promise<unknown> =>
+        env.phone.waitFor((e) => e.sender === botUserId && env.phone.events.indexOf(e) >= from && e.type === 'm.room.message' && re.test(bodyOf(e)), 20_000);
+      env.llm.enqueue(toolReply([{ name: 'fs_list', input: { path: env.work } }]), textReply('One file: notes.txt'));
+      let from = env.phone.events.length;
+      await env.phone.client.sendTextMessage(room, 'what is in the work dir?');
+      await fromBot(/One file: notes\.txt/, from);
+      const request = env.llm.requests.at(-1);
+      expect(JSON.stringify(request?.body)).toContain('notes.txt'); // the real listing went to the model
+      from = env.phone.events.length;
+      await env.phone.client.sendTextMessage(room, '!status');
+      await fromBot(/lean/, from);
+      const builtins = await loadedBuiltins(child.pid!);
+      expect(builtins).toContain('NativeModule http');
+      expect(builtins.filter((m) => /undici|http2|zlib/.test(m))).toEqual([]);
+    } finally {
+      await env.cleanup();
+    }
+  }, 120_000);
 });
