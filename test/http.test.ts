@@ -49,7 +49,7 @@ describe('HttpHeaders', () => {
     // from pairs, from another Headers (ours or the platform's)
     expect(new HttpHeaders([['A', '1'], ['a', '2']]).get('a')).toBe('1, 2');
     expect(new HttpHeaders(new Headers({ 'X-Y': 'z' })).get('x-y')).toBe('z');
-    expect(new Headers(new HttpHeaders({ 'X-Y': 'z' })).get('x-y')).toBe('z');
+    expect(new Headers([...new HttpHeaders({ 'X-Y': 'z' })]).get('x-y')).toBe('z');
   });
 
   it('refuses invalid names and values, as Headers does', () => {
