@@ -11,7 +11,7 @@
  *   replaying old events. A session with no stored token does not replay room history: the timeline of
  *   its first (initial) sync is skipped; invites and account data are processed.
  * - End-to-end encryption when `encryption` is given and a crypto module loads (cryptoAvailable()): the
- *   SDK's RustSdkCryptoStorageProvider with a per-device store dir, encrypted DMs, cross-signing
+ *   crypto storage in the SDK's file format (FileCryptoStorage) with a per-device store dir, encrypted DMs, cross-signing
  *   bootstrapped so clients show the bot's device as verified by its owner, encrypted attachments.
  *   `checkCryptoDevice` (run before the session) makes sure a lost store never reuses its device id.
  * - Events sent by the session's own user are not delivered to onMessage/onReaction.
@@ -19,8 +19,8 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { createHmac } from 'node:crypto';
-import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, type ILogger, type IStorageProvider } from 'matrix-bot-sdk';
+import { createHash, createHmac } from 'node:crypto';
+import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, type ICryptoStorageProvider, type ILogger, type IStorageProvider } from 'matrix-bot-sdk';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { MeshpilotError, toMpError, type ErrorCode } from '../capabilities/errors.js';
@@ -380,26 +380,73 @@ const savedCrossSigningSchema = z.object({ masterKey: z.string().max(256).option
 // ------------------------------------------------------------------------------------------- SDK subclass
 
 /** Exposes the SDK's single-sync primitives and replaces its sync loop with ours. */
+/** `bot-sdk.json` as the SDK's RustSdkCryptoStorageProvider writes it (lowdb): our provider reads and writes the same file. */
+const cryptoStorageFileSchema = z.object({
+  deviceId: z.string().max(255).nullable().optional(),
+  rooms: z.record(z.string().regex(/^[0-9a-f]{128}$/), z.looseObject({ algorithm: z.string().max(255) })).optional(),
+}).loose();
+type CryptoRoom = Parameters<ICryptoStorageProvider['storeRoom']>[1];
+
 /**
- * The SDK's crypto storage keeps each room's encryption settings in a lowdb JSON file under a sha512 of
- * the room id, computed in JavaScript (hash.js) on every lookup: several times per message, ~2-3 ms of
- * interpreted hashing. Lookups are answered from memory here; writes still go to the file.
+ * matrix-bot-sdk's crypto storage (the Matrix device id, each encrypted room's settings), in the file
+ * format of its RustSdkCryptoStorageProvider (`bot-sdk.json`: deviceId, rooms by sha512 of the room id),
+ * so stores written by earlier versions keep working. Ours because the SDK's loads lowdb, and with it
+ * the whole of lodash, into every bot, and hashes the room id in JavaScript (hash.js) on each of the
+ * several lookups per message. Here lookups come from memory and each change replaces the file atomically.
  */
-class CachedCryptoStorage extends RustSdkCryptoStorageProvider {
-  private readonly rooms = new Map<string, Awaited<ReturnType<RustSdkCryptoStorageProvider['getRoom']>>>();
-  override async getRoom(roomId: string): ReturnType<RustSdkCryptoStorageProvider['getRoom']> {
-    const cached = this.rooms.get(roomId);
-    if (cached !== undefined) return cached;
-    const config = await super.getRoom(roomId);
-    if (this.rooms.size >= 1024) this.rooms.clear(); // bounded; a bot has a handful of rooms
-    this.rooms.set(roomId, config);
-    return config;
+export class FileCryptoStorage implements ICryptoStorageProvider {
+  /** What CryptoClient hands to OlmMachine.initialize: the store dir and RustSdkCryptoStoreType.Sled (0). */
+  readonly storagePath: string;
+  readonly storageType = 0;
+  private readonly file: string;
+  private readonly state: { deviceId: string | null; rooms: Record<string, CryptoRoom> };
+
+  constructor(storageDir: string) {
+    this.storagePath = path.resolve(storageDir);
+    mkdirSync(this.storagePath, { recursive: true, mode: 0o700 });
+    this.file = path.join(this.storagePath, 'bot-sdk.json');
+    this.state = { deviceId: null, rooms: {} };
+    if (!existsSync(this.file)) return;
+    let parsed: z.infer<typeof cryptoStorageFileSchema>;
+    try {
+      parsed = cryptoStorageFileSchema.parse(JSON.parse(readFileSync(this.file, 'utf8')));
+    } catch (err) {
+      throw new MeshpilotError('internal', `the crypto storage file ${this.file} is unreadable (${errInfo(err).message.slice(0, 200)}); move it away to start this device's encryption afresh`);
+    }
+    this.state = { deviceId: parsed.deviceId ?? null, rooms: (parsed.rooms ?? {}) as Record<string, CryptoRoom> };
   }
-  override async storeRoom(roomId: string, config: Parameters<RustSdkCryptoStorageProvider['storeRoom']>[1]): Promise<void> {
-    await super.storeRoom(roomId, config);
-    this.rooms.set(roomId, config);
+
+  private static key(roomId: string): string {
+    return createHash('sha512').update(roomId).digest('hex');
+  }
+
+  private save(): void {
+    const tmp = `${this.file}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(this.state), { mode: 0o600 });
+    renameSync(tmp, this.file);
+  }
+
+  async getDeviceId(): Promise<string> {
+    return this.state.deviceId ?? ''; // the SDK takes a falsy id as none stored yet
+  }
+
+  async setDeviceId(deviceId: string): Promise<void> {
+    this.state.deviceId = deviceId;
+    this.save();
+  }
+
+  async getRoom(roomId: string): Promise<CryptoRoom> {
+    return this.state.rooms[FileCryptoStorage.key(roomId)] as CryptoRoom;
+  }
+
+  async storeRoom(roomId: string, config: CryptoRoom): Promise<void> {
+    this.state.rooms[FileCryptoStorage.key(roomId)] = config;
+    this.save();
   }
 }
+// MatrixClient accepts only `instanceof RustSdkCryptoStorageProvider`. Inheriting its prototype (not its
+// constructor, which would open the lowdb file) passes that check; every method it has is overridden above.
+Object.setPrototypeOf(FileCryptoStorage.prototype, RustSdkCryptoStorageProvider.prototype);
 
 /** The parts of matrix-bot-sdk's (internal) RustEngine that SessionClient.fixCryptoEngine touches. */
 interface RustEngineInternals {
@@ -512,7 +559,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     if (!existsSync(path.dirname(e2ee.storeDir))) throw new MeshpilotError('config', `${path.dirname(e2ee.storeDir)} does not exist (was the device removed?)`);
     mkdirSync(e2ee.storeDir, { recursive: true, mode: 0o700 });
   }
-  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new CachedCryptoStorage(e2ee.storeDir) : undefined);
+  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new FileCryptoStorage(e2ee.storeDir) : undefined);
   const cryptoClient = (): CryptoClientLike | undefined => {
     const c = (client as unknown as { crypto?: CryptoClientLike }).crypto;
     return c?.isReady ? c : undefined;

@@ -27,11 +27,12 @@ const EXTERNAL = ['better-sqlite3', 'ssh2', 'cpu-features', '@matrix-org/matrix-
  * Packages a bot never calls but which load with their parents: pino's worker-thread transports, and
  * matrix-bot-sdk's appservice server (express, morgan), Postgres storage, and HTML helpers (we send
  * our own plain + HTML bodies), and `request` (matrix-bot-sdk's HTTP goes through bots/matrix-http.ts;
- * request's tree — psl, mime-db, ajv, sshpk, tough-cookie, har-validator… — was 1.9 of the 3 MB).
+ * request's tree — psl, mime-db, ajv, sshpk, tough-cookie, har-validator… — was 1.9 of the 3 MB), and
+ * lowdb, which pulls in all of lodash (the SDK's file storage providers; bots/matrix.ts has its own).
  * Each becomes a stub that throws if anything ever uses it, which keeps several MB of code out of
  * every bot process.
  */
-const STUBBED = ['thread-stream', 'express', 'morgan', 'postgres', 'sanitize-html', 'html-to-text', 'request'];
+const STUBBED = ['thread-stream', 'express', 'morgan', 'postgres', 'sanitize-html', 'html-to-text', 'request', 'lowdb', 'lowdb/adapters/FileSync'];
 const stubUnused = {
   name: 'stub-unused',
   setup(b: { onResolve: (o: { filter: RegExp }, f: (a: { path: string }) => { path: string; namespace: string }) => void; onLoad: (o: { filter: RegExp; namespace: string }, f: (a: { path: string }) => { contents: string; loader: 'js' }) => void }): void {
@@ -42,6 +43,21 @@ const stub = new Proxy(function () {}, { get: (_t, p) => (p === '__esModule' ? f
 module.exports = stub;`,
       loader: 'js',
     }));
+  },
+};
+
+/**
+ * zod's `z` namespace carries `z.locales`, its error messages in 50 languages (~300 KB of code every bot
+ * would parse and keep). meshpilot's messages are English: the bundle's `zod/v4/locales/index.js` holds
+ * `en` only (still reachable as z.locales.en).
+ */
+const zodEnglishOnly = {
+  name: 'zod-english-only',
+  setup(b: { onResolve: (o: { filter: RegExp }, f: (a: { path: string; importer: string }) => { path: string; namespace: string } | undefined) => void; onLoad: (o: { filter: RegExp; namespace: string }, f: (a: { path: string }) => { contents: string; loader: 'js'; resolveDir: string }) => void }): void {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) =>
+      /[\\/]node_modules[\\/]zod[\\/]v4[\\/]/.test(a.importer) ? { path: path.join(path.dirname(a.importer), '..', 'locales', 'index.js'), namespace: 'mp-zod-locales' } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'mp-zod-locales' }, (a) => ({ contents: 'export { default as en } from "./en.js";', loader: 'js', resolveDir: path.dirname(a.path) }));
   },
 };
 
@@ -73,9 +89,12 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
     format: 'esm',
     target: 'node20',
     external: EXTERNAL,
-    plugins: [stubUnused],
+    plugins: [stubUnused, zodEnglishOnly],
     // The SDK's `Headers` / `FormData` become bots/http.ts's, so Node's fetch globals never load (see there).
     inject: [BUNDLE_GLOBALS],
+    // The SDK checks `body instanceof globalThis.ReadableStream` on each request; reading that global
+    // loads Node's web streams (0.7 MB). A bot never sends a stream body: the check is simply false.
+    define: { 'globalThis.ReadableStream': 'undefined' },
     minify: true,
     keepNames: true,
     logLevel: 'silent',
