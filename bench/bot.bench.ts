@@ -1,7 +1,8 @@
 /**
  * Device bot figures, against the homeserver and Anthropic fixtures on loopback (in a process of their
  * own: bench/bot-fixtures.ts) with the real bot process: message → reply overhead (LLM answering
- * instantly), `!status` round trip, RSS per bot process, and the time to bring up 20 bots.
+ * instantly), `!status` round trip, RSS per bot process (at rest: after the traffic, once the bot has been
+ * quiet for SETTLE_IDLE_MS), and the time to bring up 20 bots.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeCredentials } from '../bots/credentials.js';
+import { SETTLE_IDLE_MS } from '../bots/memory-settle.js';
 import { ensureHome } from '../capabilities/home.js';
 import { buildBotBundle } from '../launcher/bundle.js';
 import { writeConfig } from '../launcher/config.js';
@@ -22,6 +24,10 @@ import type { BenchFigure } from './run.js';
 export const figures = ['bot.overhead_p50', 'bot.overhead_p99', 'bot.status_roundtrip_p50', 'bot.rss', 'bot.up20', 'bot.rss_e2ee_off'];
 
 const mb = (kb: number): string => (kb / 1024).toFixed(1);
+
+function rssKbOf(pid: number): number {
+  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+}
 
 /** RSS by kind of mapping (kB): the node binary's file pages (shared by all bots), anonymous (V8 heap, thread arenas), glibc's [heap], other files. */
 function rssParts(pid: number): { node: number; anon: number; heap: number; files: number } {
@@ -196,7 +202,12 @@ export async function run(): Promise<BenchFigure[]> {
     const status: number[] = [];
     for (let i = 0; i < 15; i++) status.push(await roundTrip('!status', /🖥 bench/));
     out.push({ name: 'bot.status_roundtrip_p50', value: pct(status, 50), unit: 'ms', target: '<= 300' });
-    const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0);
+    // RSS of the bot at rest: once it has been quiet for SETTLE_IDLE_MS it hands the garbage of the traffic
+    // back (bots/memory-settle.ts), as a bot between conversations. The figure right after the traffic is printed too.
+    const busyKb = rssKbOf(child.pid ?? 0);
+    await new Promise((r) => setTimeout(r, SETTLE_IDLE_MS + 2000));
+    const rssKb = rssKbOf(child.pid ?? 0);
+    process.stderr.write(`# bot RSS right after the traffic ${Math.round(busyKb / 1024)} MB, at rest ${Math.round(rssKb / 1024)} MB\n`);
     out.push({ name: 'bot.rss', value: Math.round(rssKb / 1024), unit: 'MB', target: '<= 80' });
     // RSS counts the node binary's shared pages in every bot; what each extra bot really costs is its private memory.
     const rollup = readFileSync(`/proc/${child.pid}/smaps_rollup`, 'utf8');
@@ -240,8 +251,8 @@ async function rssWithoutEncryption(file: string): Promise<number> {
       await env.phone.client.sendTextMessage(room, i % 2 ? '!status' : `hello ${i}`);
       await env.phone.waitFor((e) => env.phone.events.indexOf(e) >= from && e.sender === botUserId && e.type === 'm.room.message');
     }
-    const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0);
-    return Math.round(rssKb / 1024);
+    await new Promise((r) => setTimeout(r, SETTLE_IDLE_MS + 2000)); // at rest, as bot.rss
+    return Math.round(rssKbOf(child.pid ?? 0) / 1024);
   } finally {
     await env.cleanup();
   }

@@ -17,11 +17,8 @@ import { DeviceRegistry } from '../launcher/registry.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
-import { createMemorySettler } from './memory-settle.js';
+import { createMemorySettler, SETTLE_IDLE_MS } from './memory-settle.js';
 import { createVoiceHandler } from './voice.js';
-
-/** Quiet time after which the bot hands start-up's or the last conversation's garbage back (bots/memory-settle.ts). */
-const SETTLE_IDLE_MS = 5_000;
 
 /** A stop that takes longer ends the process anyway (past the launcher's own 15-s grace, which normally acts first). */
 const SELF_EXIT_MS = 30_000;

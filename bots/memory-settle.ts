@@ -10,6 +10,9 @@
 import { setFlagsFromString } from 'node:v8';
 import type { Logger } from 'pino';
 
+/** Quiet time after which a bot settles (bots/device-main.ts); the bench measures a bot at rest after it. */
+export const SETTLE_IDLE_MS = 5_000;
+
 export interface MemorySettler {
   /** Runs `work`, counting it as activity: no settle while it is in flight, the idle clock restarts when it ends. */
   track<T>(work: () => Promise<T>): Promise<T>;

@@ -187,7 +187,7 @@ export class SqliteAuditLog implements AuditSink {
       }
       chain!.step(body, hash);
     }
-    return new Map([...chains].sort(([a], [b]) => a.localeCompare(b)).map(([d, c]) => [d, c.result()]));
+    return new Map([...chains].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([d, c]) => [d, c.result()]));
   }
 }
 

@@ -261,7 +261,8 @@ export class LocalHost implements Host {
       const seen = byDevice.get(m.filesystem);
       if (!seen || m.mount.length < seen.mount.length) byDevice.set(m.filesystem, m);
     }
-    return [...byDevice.values(), ...rest].sort((a, b) => a.mount.localeCompare(b.mount));
+    // Code-point order: the same on every host, and localeCompare would map ICU's collation data (2 MB per bot).
+    return [...byDevice.values(), ...rest].sort((a, b) => (a.mount < b.mount ? -1 : a.mount > b.mount ? 1 : 0));
   }
 
   async systemInfo(): Promise<SystemInfo> {
