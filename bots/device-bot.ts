@@ -13,7 +13,7 @@ import type { Manifest } from '../capabilities/manifest.js';
 import { ApprovalManager } from './approvals.js';
 import { ConversationStore } from './conversation.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
-import type { LlmClient, TurnAction } from './llm.js';
+import type { LlmCaller, TurnAction } from './llm.js';
 
 /** Said when the LLM cannot help (kept here so a bot without an LLM never loads the SDK). */
 const COMMAND_MODE_HINT = 'Command mode still works: send `!help` for the commands.';
@@ -63,7 +63,7 @@ export interface DeviceBotOptions {
   audit: AuditSink;
   db: Db;
   chat: ChatPort;
-  llm?: { client: LlmClient; maxSteps: number; dailyTokenBudget: number; operatorPrompt?: string };
+  llm?: { client: LlmCaller; maxSteps: number; dailyTokenBudget: number; operatorPrompt?: string };
   approvalTimeoutMs: number;
   logger: Logger;
 }

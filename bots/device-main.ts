@@ -16,6 +16,7 @@ import { loadConfig } from '../launcher/config.js';
 import { DeviceRegistry } from '../launcher/registry.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
+import type { LlmCaller, LlmClientOptions } from './llm.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
 import { createMemorySettler, SETTLE_IDLE_MS } from './memory-settle.js';
 import { createVoiceHandler } from './voice.js';
@@ -68,7 +69,6 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
   if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
   const invoker = new Invoker({ manifests: devices, audit });
-  const createLlmClient = config.llm.api_key ? (await import('./llm.js')).createLlmClient : undefined;
   const homeserverUrl = creds.homeserverUrl ?? config.matrix.homeserver_url;
   const encryption = config.matrix.encryption === 'auto' && cryptoAvailable() ? await prepareEncryption() : undefined;
   const session = createMatrixSession({
@@ -130,9 +130,9 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       leaveRoom: (r) => session.leaveRoom(r),
       isEncryptedRoom: (r) => session.isEncryptedRoom(r),
     },
-    ...(apiKey && createLlmClient ? {
+    ...(apiKey ? {
       llm: {
-        client: createLlmClient({ apiKey, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), model: config.llm.model, maxTokens: config.llm.max_tokens, timeoutMs: config.llm.timeout_s * 1000, logger: log }),
+        client: lazyLlmClient({ apiKey, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), model: config.llm.model, maxTokens: config.llm.max_tokens, timeoutMs: config.llm.timeout_s * 1000, logger: log }),
         maxSteps: config.llm.max_steps,
         dailyTokenBudget: config.llm.daily_token_budget,
         ...(config.llm.system_prompt ? { operatorPrompt: config.llm.system_prompt } : {}),
@@ -204,6 +204,19 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const beat = (): void => send({ type: 'heartbeat', busy: bot.busy, auditHead: audit.head(device) ?? undefined });
   beat();
   setInterval(beat, heartbeatMs).unref();
+}
+
+/**
+ * The LLM client, created on the first model call: a bot that is only ever given commands never loads
+ * the Anthropic SDK (400 KB of code to parse at start, and its memory).
+ */
+function lazyLlmClient(opts: LlmClientOptions): LlmCaller {
+  let client: Promise<LlmCaller> | undefined;
+  return {
+    model: opts.model,
+    maxTokens: opts.maxTokens,
+    createMessage: async (req) => (await (client ??= import('./llm.js').then((m) => m.createLlmClient(opts)))).createMessage(req),
+  };
 }
 
 /** Set by the voice module when it is loaded (issue: voice messages to commands). */

@@ -62,6 +62,9 @@ export interface LlmClient {
   createMessage(req: LlmRequest): Promise<LlmMessage>;
 }
 
+/** What a conversation needs of a client (a lazily created client offers just this). */
+export type LlmCaller = Pick<LlmClient, 'model' | 'maxTokens' | 'createMessage'>;
+
 const MAX_RETRIES_CAP = 5;
 
 export function createLlmClient(opts: LlmClientOptions): LlmClient {
@@ -328,7 +331,7 @@ export interface TurnResult {
 export type InvokeFn = (capability: string, args: unknown) => Promise<InvokeResult>;
 
 export interface RunTurnOptions {
-  client: LlmClient;
+  client: LlmCaller;
   /** From buildSystemPrompt. */
   system: string;
   /** From buildTools. */
