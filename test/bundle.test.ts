@@ -1,6 +1,6 @@
 /** launcher/bundle.ts: the device bot bundle every bot process loads. */
 import { describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import path from 'node:path';
 import { buildBotBundle } from '../launcher/bundle.js';
@@ -77,4 +77,24 @@ describe('device bot bundle', () => {
       await env.cleanup();
     }
   }, 120_000);
+
+  it('bot code makes no locale-aware calls (each maps MBs of ICU data into every bot process)', () => {
+    // Measured: the first localeCompare maps ~2 MB of ICU collation data, toLocaleString / Intl ~4.6 MB.
+    const roots = ['bots', 'capabilities'].map((d) => path.join(import.meta.dirname, '..', d));
+    const offenders: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (/\.(ts|cjs|mjs)$/.test(e.name)) {
+          readFileSync(p, 'utf8').split('\n').forEach((line, i) => {
+            const code = line.replace(/\/\/.*$/, '');
+            if (/\blocaleCompare\b|\btoLocale\w*\(|\bIntl\./.test(code)) offenders.push(`${path.relative(path.dirname(roots[0]!), p)}:${i + 1}`);
+          });
+        }
+      }
+    };
+    roots.forEach(walk);
+    expect(offenders).toEqual([]);
+  });
 });
