@@ -138,7 +138,7 @@ export function execArgvFor(entry: string): string[] {
  *   zone memory, and no Sparkplug baseline code (1.5-2 MB of code space per bot, measured; CPU per
  *   message unchanged within noise). WebAssembly is compiled as before and still tiers up.
  * - --expose-gc: when a bot goes quiet it runs two compacting collections (bots/memory-settle.ts), which
- *   move live objects together so the emptied pages go back to the system (~2.5 MB less at rest).
+ *   move live objects together so the emptied pages go back to the system (84-85 MB right after traffic, 78 MB at rest).
  * - --wasm-tiering-budget=100000000 (V8's default 1800000): the WebAssembly crypto starts on Liftoff, V8's
  *   baseline compiler, and a function moves to TurboFan once it has run ~this many bytes of code. At the
  *   default, the few hundred ms of key generation, signing and store loading at start already pushed
