@@ -17,6 +17,7 @@ import { defaultApproval, type CapabilityOptions, type DeviceOs, type TransportC
 import { logger as makeLogger } from '../capabilities/log.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
 import { httpFetch } from './http.js';
+import { llmConfigProblem } from './llm-errors.js';
 
 export type MessageParam = Anthropic.Messages.MessageParam;
 export type ContentBlockParam = Anthropic.Messages.ContentBlockParam;
@@ -104,7 +105,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
           const retry = attempt < maxRetries && isRetryable(err);
           const status = err instanceof APIError ? err.status : undefined;
           log.warn({ attempt: attempt + 1, status, type: err instanceof APIError ? err.type : undefined, retry }, 'LLM call failed');
-          if (!retry) throw llmError(err, attempt + 1);
+          if (!retry) throw llmError(err, attempt + 1, opts.model);
           const wait = Math.min(maxRetryDelayMs, retryAfterMs(err) ?? backoffMs(retryBaseMs, attempt));
           await new Promise((r) => setTimeout(r, wait));
           attempt++;
@@ -141,9 +142,12 @@ function backoffMs(base: number, attempt: number): number {
 }
 
 /** The operator-facing error for a model call that failed for good. */
-function llmError(err: unknown, attempts: number): MeshpilotError {
+function llmError(err: unknown, attempts: number, model: string): MeshpilotError {
   const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
   if (err instanceof MeshpilotError) return err;
+  // A bad key or a retired model: one line naming the config key to change (bots/llm-errors.ts).
+  const problem = llmConfigProblem(err, model);
+  if (problem) return new MeshpilotError(problem.code, `${problem.message} ${COMMAND_MODE_HINT}`, { cause: err });
   if (err instanceof APIConnectionError) {
     const what = err instanceof APIConnectionTimeoutError ? 'timed out' : 'cannot be reached';
     return new MeshpilotError('unreachable', `The LLM (Anthropic API) ${what}${tries}. ${COMMAND_MODE_HINT}`, { cause: err });
@@ -151,9 +155,6 @@ function llmError(err: unknown, attempts: number): MeshpilotError {
   if (err instanceof APIError) {
     const detail = err.type ?? (err.status !== undefined ? `HTTP ${err.status}` : 'error');
     const status = err.status;
-    if (status === 401 || status === 403) {
-      return new MeshpilotError('auth', `The LLM rejected the API key (${detail}); check the bot's Anthropic key. ${COMMAND_MODE_HINT}`, { cause: err });
-    }
     if (status === undefined || status === 408 || status === 409 || status === 429 || status >= 500) {
       const why = err.type === 'overloaded_error' || status === 529 ? 'is overloaded' : err.type === 'rate_limit_error' || status === 429 ? 'is rate-limiting this bot' : 'is unavailable';
       return new MeshpilotError('unreachable', `The LLM (Anthropic API) ${why} (${detail}${status !== undefined ? `, HTTP ${status}` : ''})${tries}. ${COMMAND_MODE_HINT}`, { cause: err });

@@ -6,6 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { LineCounter, parseDocument, stringify } from 'yaml';
 import { z } from 'zod';
 import { MeshpilotError } from '../capabilities/errors.js';
+import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
 
 const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
 
@@ -62,13 +63,13 @@ export const ConfigSchema = z.object({
   llm: z.object({
     api_key: z.string().min(1).max(512).optional(),
     base_url: z.url().max(512).optional(),
-    model: z.string().min(1).max(128).default('claude-sonnet-4-5'),
+    model: z.string().min(1).max(128).default(DEFAULT_LLM_MODEL),
     max_tokens: z.number().int().min(256).max(64000).default(2048),
     max_steps: z.number().int().min(1).max(32).default(8),
     daily_token_budget: z.number().int().min(1000).max(100_000_000).default(1_000_000),
     timeout_s: z.number().int().min(5).max(600).default(60),
     system_prompt: z.string().max(4000).optional(),
-  }).strict().default({ model: 'claude-sonnet-4-5', max_tokens: 2048, max_steps: 8, daily_token_budget: 1_000_000, timeout_s: 60 }),
+  }).strict().default({ model: DEFAULT_LLM_MODEL, max_tokens: 2048, max_steps: 8, daily_token_budget: 1_000_000, timeout_s: 60 }),
   approvals: z.object({ timeout_s: z.number().int().min(1).max(3600).default(300) }).strict().default({ timeout_s: 300 }),
   supervisor: z.object({
     max_crashes: z.number().int().min(1).max(100).default(5),

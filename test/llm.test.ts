@@ -9,6 +9,7 @@ import {
   auditFooter, buildSystemPrompt, buildTools, createLlmClient, isToolMappable, runTurn, serializeResult, toCapabilityName, toToolName,
   MAX_TOOL_RESULT_BYTES, type LlmClient, type LlmClientOptions, type MessageParam,
 } from '../bots/llm.js';
+import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase, type Db } from '../capabilities/db.js';
 import { MeshpilotError } from '../capabilities/errors.js';
@@ -332,6 +333,73 @@ describe('retries and failures', () => {
     expect(fixture.requests[0]!.status).toBe(401);
     expect(r.error?.code).toBe('auth');
     expect(r.text).not.toContain('sk-wrong');
+  });
+});
+
+describe('API refusals that a config change fixes: one plain line naming the key', () => {
+  /** One line, no JSON body, no stack frame, the command-mode hint kept. */
+  function expectPlainLine(text: string): void {
+    expect(text.split('\n')).toHaveLength(1);
+    expect(text).not.toMatch(/\{"type"|\n\s+at |Error:/);
+    expect(text).toContain('!help');
+  }
+
+  it('a retired model (the real API: 404 not_found_error) names llm.model and a current model', async () => {
+    const r = await runTurn({ client: client({ model: 'claude-sonnet-4-5', stream: true }), system: system(), tools: tools(), history: [], userText: 'hi', invoke });
+    expect(fixture.requests).toHaveLength(1); // not retried
+    expect(fixture.requests[0]!.status).toBe(404);
+    expect(r.stoppedBy).toBe('error');
+    expect(r.error?.code).toBe('config');
+    expect(r.text).toContain('`llm.model` in config.yaml');
+    expect(r.text).toContain('"claude-sonnet-4-5"');
+    expect(r.text).toContain(DEFAULT_LLM_MODEL);
+    expectPlainLine(r.text);
+  });
+
+  it('an unknown model name says the same (non-streaming call)', async () => {
+    await fixture.close();
+    fixture = await startAnthropicFixture({ apiKey: API_KEY, strictModels: true });
+    const r = await runTurn({ client: client({ model: 'claude-sonet-5-5' }), system: system(), tools: tools(), history: [], userText: 'hi', invoke });
+    expect(fixture.requests[0]!.status).toBe(404);
+    expect(r.error?.code).toBe('config');
+    expect(r.text).toContain('`llm.model` in config.yaml');
+    expect(r.text).toContain('"claude-sonet-5-5"');
+    expectPlainLine(r.text);
+  });
+
+  it('401 names llm.api_key and ANTHROPIC_API_KEY, and never the key', async () => {
+    const r = await runTurn({ client: client({ apiKey: 'sk-ant-wrong-key-42' }), system: system(), tools: tools(), history: [], userText: 'hi', invoke });
+    expect(fixture.requests[0]!.status).toBe(401);
+    expect(r.error?.code).toBe('auth');
+    expect(r.text).toContain('`llm.api_key` in config.yaml (or ANTHROPIC_API_KEY)');
+    expect(r.text).not.toContain('sk-ant-wrong-key-42');
+    expectPlainLine(r.text);
+  });
+
+  it('403 permission_error names llm.api_key too', async () => {
+    fixture.enqueue(errorReply(403));
+    const r = await runTurn({ client: client(), system: system(), tools: tools(), history: [], userText: 'hi', invoke });
+    expect(fixture.requests).toHaveLength(1);
+    expect(r.error?.code).toBe('auth');
+    expect(r.text).toContain('`llm.api_key` in config.yaml (or ANTHROPIC_API_KEY)');
+    expect(r.text).toContain('permission_error');
+    expectPlainLine(r.text);
+  });
+
+  it('a 404 that is not the Anthropic API (wrong base URL) names llm.base_url', async () => {
+    const other = createServer((_req, res) => {
+      res.writeHead(404, { 'content-type': 'text/html' });
+      res.end('<html>nothing here</html>');
+    });
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+    try {
+      const r = await runTurn({ client: client({ baseURL: `http://127.0.0.1:${(other.address() as AddressInfo).port}` }), system: system(), tools: tools(), history: [], userText: 'hi', invoke });
+      expect(r.error?.code).toBe('config');
+      expect(r.text).toContain('`llm.base_url` in config.yaml');
+      expectPlainLine(r.text);
+    } finally {
+      await new Promise<void>((resolve) => other.close(() => resolve()));
+    }
   });
 });
 
