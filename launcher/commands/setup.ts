@@ -172,18 +172,9 @@ export function register(program: Command, ctx: CommandContext): void {
           const password = rt.devices.list().filter((x) => x.manifest && !readBotPassword(rt.home.keys, x.device)).map((x) => x.device);
           line(password.length ? 'warn' : 'ok', 'encryption', `end-to-end encryption on (${cryptoBackendName()})${password.length ? `; no stored password for ${password.join(', ')}: a lost crypto store there needs \`meshpilot bot register <device> --password …\`` : ''}`);
         }
-        if (!config.llm.api_key) line('warn', 'llm', 'no Anthropic key: bots answer !commands only (set llm.api_key or ANTHROPIC_API_KEY)');
-        else {
-          try {
-            const { default: Anthropic } = await import('@anthropic-ai/sdk');
-            const client = new Anthropic({ apiKey: config.llm.api_key, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), maxRetries: 0, timeout: 15_000 });
-            await client.models.retrieve(config.llm.model);
-            line('ok', 'llm', `key valid, model ${config.llm.model}`);
-          } catch (err) {
-            const status = (err as { status?: number }).status;
-            line(status === 401 || status === 403 ? 'FAIL' : 'warn', 'llm', status === 401 || status === 403 ? 'the Anthropic key was refused' : `could not check the key: ${toMpError(err).message}`);
-          }
-        }
+        // One Models API call checks the key and the model (bots/llm-check.ts; loaded here only: the SDK is big).
+        const llm = await (await import('../../bots/llm-check.js')).checkLlm(config.llm);
+        line(llm.verdict, 'llm', llm.detail);
       }
       for (const [bin, why] of [['ssh', 'ssh devices, add-pc'], ['wg', 'mesh devices, health'], ['ffmpeg', 'voice messages'], ['git', 'git.* capabilities']] as const) {
         const found = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' }).stdout.trim();
