@@ -271,6 +271,7 @@ export function buildSystemPrompt(input: SystemPromptInput): string {
     '- Use tools to find facts; never invent command output, file contents or system state.',
     '- A denied or failed call comes back as an error: tell the operator plainly what was refused and why. Do not try to get around a denial with another tool.',
     '- Calls that change the device may wait for the operator to approve them in the chat; that is expected.',
+    '- Never say you did something (deleted, ran, restarted, installed, killed, wrote…) unless a tool call in this turn did it and succeeded. If a call was denied, rejected, expired or failed, say it did not happen. Every reply carries an audit footer of the calls that ran, and the bot flags replies that claim actions the footer does not show.',
     '- Prefer the narrowest read-only capability that answers the question. Ask before anything destructive the operator did not clearly request.',
     '- Keep replies short and readable on a phone: a sentence or two, then the relevant lines. No preamble.',
     `- If you cannot help, say so and point to command mode (\`!help\`).`,
@@ -548,18 +549,30 @@ const STATUS_WORDS: Partial<Record<ErrorCode, string>> = {
   unreachable: 'unreachable',
 };
 
-function actionStatus(a: TurnAction): string {
+/** A footer entry: a turn action, marked `expired` when its approval timed out (or the bot restarted). */
+export type FooterAction = TurnAction & { expired?: boolean };
+
+// Refusals read as what they are; anything else that did not succeed reads "failed (…)".
+const REFUSALS = new Set<string>(['policy_denied', 'approval_rejected', 'invalid_args', 'unknown_capability', 'unknown_device']);
+
+function actionStatus(a: FooterAction): string {
   if (a.ok) return a.exitCode !== undefined && a.exitCode !== 0 ? `exit ${a.exitCode}` : 'ok';
-  if (a.exitCode !== undefined && a.exitCode !== 0) return `exit ${a.exitCode}`;
-  if (a.errorCode) return STATUS_WORDS[a.errorCode as ErrorCode] ?? a.errorCode;
+  if (a.expired) return 'expired';
+  if (a.errorCode && REFUSALS.has(a.errorCode)) return STATUS_WORDS[a.errorCode as ErrorCode] ?? a.errorCode;
+  if (a.exitCode !== undefined && a.exitCode !== 0) return `failed (exit ${a.exitCode})`;
+  if (a.errorCode && a.errorCode !== 'exec_failed') return `failed (${STATUS_WORDS[a.errorCode as ErrorCode] ?? a.errorCode})`;
   return 'failed';
 }
 
+/** The footer of a reply where nothing ran: said, so a reply's claims can be read against it. */
+export const NO_ACTION_FOOTER = '🧾 no action taken';
+
 /**
- * `🧾 #1042 fs.list ok · #1043 shell.exec exit 1 · #1044 fs.read denied` — every action of the reply
- * with its audit entry; empty string when there were none. An action without an entry shows `#—`.
+ * `🧾 #1042 fs.list ok · #1043 shell.exec failed (exit 1) · #1044 fs.read denied · #1045 svc.restart rejected`
+ * — every action of the reply with its audit entry; `🧾 no action taken` when there were none. An action
+ * without an entry shows `#—`.
  */
-export function auditFooter(actions: readonly TurnAction[]): string {
-  if (actions.length === 0) return '';
+export function auditFooter(actions: readonly FooterAction[]): string {
+  if (actions.length === 0) return NO_ACTION_FOOTER;
   return `🧾 ${actions.map((a) => `${a.auditSeq !== null ? `#${a.auditSeq}` : '#—'} ${a.capability} ${actionStatus(a)}`).join(' · ')}`;
 }

@@ -662,7 +662,7 @@ describe('tools, names and prompt', () => {
       error: { code: 'exec_failed', message: 'exited with code 1: boom' },
     };
     expect(serializeResult(r)).toBe('exec_failed: exited with code 1: boom\npartial\n[stderr]\nboom');
-    expect(auditFooter([{ capability: 'shell.exec', ok: false, auditSeq: 7, exitCode: 1, errorCode: 'exec_failed' }])).toBe('🧾 #7 shell.exec exit 1');
-    expect(auditFooter([])).toBe('');
+    expect(auditFooter([{ capability: 'shell.exec', ok: false, auditSeq: 7, exitCode: 1, errorCode: 'exec_failed' }])).toBe('🧾 #7 shell.exec failed (exit 1)');
+    expect(auditFooter([])).toBe('🧾 no action taken');
   });
 });
