@@ -261,7 +261,6 @@ export class DeviceBot {
     if (result.messages.length) this.conversations.append(msg.roomId, result.messages);
     const footer = auditFooter(result.actions);
     let text = result.text || (result.error ? result.error.message : '(no answer)');
-    if (result.error && result.text) text += `\n\n${result.error.message}`;
     const plain = footer ? `${text}\n\n${footer}` : text;
     const html = `${llmTextToHtml(text)}${footer ? `<br><br><small>${escapeHtml(footer)}</small>` : ''}`;
     await this.o.chat.sendHtml(msg.roomId, plain, html);
