@@ -456,10 +456,14 @@ interface RustEngineInternals {
   processKeysClaimRequest(request: unknown): Promise<void>;
   addTrackedUsers(userIds: string[]): Promise<void>;
   meshpilotFixed?: boolean;
+  /** Set by the session's stop(): the machine is being closed, late membership events track nobody. */
+  meshpilotClosed?: boolean;
 }
 
 class SessionClient extends MatrixClient {
   loopStarter: (() => void) | undefined;
+  /** Who besides this account gets room keys (MatrixSessionOptions.encryption.keyRecipients). */
+  keyRecipients: ((userId: string) => boolean) | undefined;
   /**
    * The SDK's CryptoClient.prepare opens the crypto store, then uploads keys; when that upload fails
    * (homeserver busy or restarting) the store stays open while the client is not ready, and every
@@ -497,6 +501,7 @@ class SessionClient extends MatrixClient {
     engine.meshpilotFixed = true;
     engine.addTrackedUsers = (userIds) =>
       engine.lock.acquire('sync', async () => {
+        if (engine.meshpilotClosed) return;
         const users = userIds.map((u) => new UserId(u));
         await engine.machine.updateTrackedUsers(users);
         await engine.runOnly(1); // RequestType.KeysQuery
@@ -894,6 +899,14 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       await loopDone;
       loopDone = undefined;
       if (lastToken !== null) await Promise.resolve(storage.setSyncToken(lastToken));
+      // Release the crypto store (saved, and free to be opened again in this process: the launcher's
+      // operator bot), under the engine's sync lock so no key tracking the SDK started is cut off.
+      const engine = (client as unknown as { crypto?: { engine?: RustEngineInternals } }).crypto?.engine;
+      const m = machine() as (CryptoMachine & { close?(): unknown }) | undefined;
+      if (engine && m?.close) {
+        engine.meshpilotClosed = true;
+        await engine.lock.acquire('sync', async () => { await m.close?.(); }).catch(() => undefined);
+      }
       log.info('Matrix session stopped');
     },
 

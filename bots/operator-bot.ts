@@ -17,6 +17,12 @@
  * starts the HealthMonitor on its schedule with the room as its alert sink, and returns
  * `{ stop(), monitor }`.
  *
+ * End-to-end encryption (config matrix.encryption `auto`, when a crypto module loads): like a device bot,
+ * the operator bot keeps its crypto store in keys/_operator/crypto/ (checkCryptoDevice first) and its
+ * cross-signing identity in keys/_operator/cross-signing.json; the room is created encrypted. In an
+ * existing plain room it sends m.room.encryption when its power level allows, else says once in the
+ * room why the room stays unencrypted.
+ *
  * Agent audit anchors: after the monitor verifies a new head of a device's agent chain, the bot puts it
  * in the room as a `dev.meshpilot.audit_head` state event with state_key `<device>@agent` (content
  * { device, chain: 'agent', seq, hash, ts }); the monitor compares later chains with these. A device
@@ -38,11 +44,12 @@ import { readCredentials, writeCredentials } from './credentials.js';
 import { AUDIT_HEAD_EVENT } from './device-bot.js';
 import { escapeHtml } from './format.js';
 import { httpFetch, type HttpResponse } from './http.js';
-import { createMatrixSession, registerWithSharedSecret, type MatrixMessage, type MatrixSession } from './matrix.js';
+import { checkCryptoDevice, createMatrixSession, cryptoAvailable, registerWithSharedSecret, type MatrixMessage, type MatrixSession, type MatrixSessionOptions } from './matrix.js';
 
 export const OPERATOR_CREDENTIALS = '_operator';
 const CONFIRM_MS = 5 * 60_000;
 const MAX_TABLE_ROWS = 500;
+const MEGOLM = 'm.megolm.v1.aes-sha2';
 
 export type RevokeFn = (device: string, ctx: { by: string }) => Promise<string | void>;
 export type AddPcFn = (args: string[], ctx: { by: string; progress: (line: string) => Promise<void> }) => Promise<string | void>;
@@ -73,6 +80,7 @@ export class OperatorBot {
   private readonly log: Logger;
   private readonly now: () => number;
   private queue: Promise<void> = Promise.resolve();
+  private warnedUndecryptable: number | undefined;
 
   constructor(private readonly o: OperatorBotOptions) {
     this.log = o.logger ?? makeLogger('operator-bot');
@@ -98,6 +106,19 @@ export class OperatorBot {
     });
     this.queue = run;
     return run;
+  }
+
+  /**
+   * An operator's message the bot cannot decrypt: says so, at most once every 10 minutes (keys can
+   * arrive late; the operator should resend).
+   */
+  async onUndecryptable(roomId: string, sender: string, reason: 'no_crypto' | 'undecryptable'): Promise<void> {
+    if (roomId !== this.o.roomId || !this.isOperator(sender)) return;
+    if (this.warnedUndecryptable !== undefined && this.now() - this.warnedUndecryptable < 10 * 60_000) return;
+    this.warnedUndecryptable = this.now();
+    await this.say(reason === 'no_crypto'
+      ? '🔒 This room is end-to-end encrypted and the operator bot runs without encryption (`matrix.encryption: off`, or its keys were lost), so it cannot read commands here.'
+      : '🔒 I could not decrypt your last message: its keys never reached the operator bot\'s device. Send it again; if it keeps failing, check that your client shares keys with unverified devices.').catch(() => undefined);
   }
 
   private say(text: string): Promise<unknown> {
@@ -322,31 +343,77 @@ export interface OperatorServices {
   userId: string;
 }
 
+interface OperatorCreds { userId: string; accessToken: string; homeserverUrl: string; deviceId?: string; password?: string }
+
 /** Operator bot account: registered once through the shared secret, then read from keys/_operator/matrix.json. */
-async function operatorCredentials(rt: Runtime, config: Config): Promise<{ userId: string; accessToken: string; homeserverUrl: string }> {
+async function operatorCredentials(rt: Runtime, config: Config): Promise<OperatorCreds> {
   const have = readCredentials(rt.home.keys, OPERATOR_CREDENTIALS);
   const homeserverUrl = have?.homeserverUrl ?? config.matrix.homeserver_url;
-  if (have) return { userId: have.userId, accessToken: have.accessToken, homeserverUrl };
+  if (have) return { ...have, homeserverUrl };
   const secret = config.matrix.registration_shared_secret;
   const userId = `@${config.matrix.operator_bot}:${serverNameOf(config)}`;
   if (!secret) throw new MeshpilotError('config', `no Matrix account for the operator bot ${userId}: set matrix.registration_shared_secret, or write its access token to ${path.join(rt.home.keys, OPERATOR_CREDENTIALS, 'matrix.json')}`);
+  // The password is kept (0600) so a lost crypto store can be replaced by logging in as a new device.
+  const password = randomBytes(24).toString('base64url');
   const reg = await registerWithSharedSecret({
-    homeserverUrl: config.matrix.homeserver_url, sharedSecret: secret, localpart: config.matrix.operator_bot,
-    password: randomBytes(24).toString('base64url'), displayname: 'meshpilot',
+    homeserverUrl: config.matrix.homeserver_url, sharedSecret: secret, localpart: config.matrix.operator_bot, password, displayname: 'meshpilot',
   });
-  writeCredentials(rt.home.keys, OPERATOR_CREDENTIALS, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId, homeserverUrl: config.matrix.homeserver_url });
-  return { userId: reg.userId, accessToken: reg.accessToken, homeserverUrl: config.matrix.homeserver_url };
+  const creds = { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId, homeserverUrl: config.matrix.homeserver_url, password };
+  writeCredentials(rt.home.keys, OPERATOR_CREDENTIALS, creds);
+  return creds;
+}
+
+/**
+ * The crypto store for the operator bot's token, as a device bot prepares its own (a lost store means a
+ * new Matrix device, never a reused one). `problem` says why the room runs without encryption.
+ */
+async function prepareEncryption(rt: Runtime, config: Config, creds: OperatorCreds, log: Logger): Promise<{ creds: OperatorCreds; encryption?: MatrixSessionOptions['encryption']; problem?: string }> {
+  if (config.matrix.encryption === 'off') return { creds };
+  if (!cryptoAvailable()) return { creds, problem: 'no Matrix crypto module loads in the launcher' };
+  const dir = path.join(rt.home.keys, OPERATOR_CREDENTIALS);
+  let current = creds;
+  try {
+    const r = await checkCryptoDevice({
+      homeserverUrl: creds.homeserverUrl, accessToken: creds.accessToken, storeDir: path.join(dir, 'crypto'), deviceName: 'meshpilot operator room',
+      fixHint: `add the account's "password" to ${path.join(dir, 'matrix.json')}, or remove that file and set matrix.operator_bot to a new name`,
+      logger: log, ...(creds.password ? { password: creds.password } : {}),
+      save: (c) => {
+        current = { ...current, accessToken: c.accessToken, deviceId: c.deviceId };
+        writeCredentials(rt.home.keys, OPERATOR_CREDENTIALS, { userId: current.userId, accessToken: current.accessToken, deviceId: c.deviceId, homeserverUrl: current.homeserverUrl, ...(current.password ? { password: current.password } : {}) });
+      },
+    });
+    current = { ...current, accessToken: r.accessToken, deviceId: r.deviceId };
+  } catch (err) {
+    const e = toMpError(err);
+    // Homeserver down: the operator room is not started this run (as before), rather than started in clear.
+    if (e.code === 'unreachable') throw err;
+    log.error({ error: e.message }, 'end-to-end encryption is off for the operator room this run');
+    return { creds: current, problem: e.message };
+  }
+  return { creds: current, encryption: { storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(current.password ? { password: current.password } : {}) } };
 }
 
 /** The operator room: config matrix.operator_room, else the one created on a previous run, else a new one. */
-async function operatorRoom(rt: Runtime, config: Config, base: string, token: string, session: MatrixSession, log: Logger): Promise<string> {
+async function operatorRoom(rt: Runtime, config: Config, creds: OperatorCreds, session: MatrixSession, log: Logger): Promise<string> {
+  const base = creds.homeserverUrl;
+  const token = creds.accessToken;
   const meta = rt.db.prepare('SELECT value FROM meta WHERE key = ?');
   let roomId = config.matrix.operator_room ?? (meta.get('operator_room') as { value: string } | undefined)?.value;
-  if (roomId?.startsWith('#')) roomId = await session.joinRoom(roomId);
+  // A pinned room: join it (accepts a pending invite; a no-op when already joined).
+  if (config.matrix.operator_room) {
+    try {
+      roomId = await session.joinRoom(config.matrix.operator_room);
+    } catch (err) {
+      throw new MeshpilotError('config', `the operator bot ${creds.userId} cannot join matrix.operator_room ${config.matrix.operator_room}: invite it there first (${toMpError(err).message})`);
+    }
+  }
   if (!roomId) {
     const raw = await clientCall(base, token, 'POST', '/createRoom', {
       name: 'meshpilot operators', topic: 'meshpilot health alerts and fleet commands (!help)', preset: 'private_chat',
-      invite: config.operators, power_level_content_override: { users: Object.fromEntries(config.operators.map((o) => [o, 50])) },
+      invite: config.operators,
+      // Synapse refuses an override whose users leave out the creator; the bot keeps 100, operators 50.
+      power_level_content_override: { users: { ...Object.fromEntries(config.operators.map((o) => [o, 50])), [creds.userId]: 100 } },
+      ...(session.encryptionEnabled() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }] } : {}),
     });
     roomId = RoomIdSchema.parse(raw).room_id;
     rt.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run('operator_room', roomId);
@@ -362,6 +429,50 @@ async function operatorRoom(rt: Runtime, config: Config, base: string, token: st
   return roomId;
 }
 
+const PowerLevelsSchema = z.looseObject({
+  users: z.record(z.string(), z.number()).optional(),
+  users_default: z.number().optional(),
+  events: z.record(z.string(), z.number()).optional(),
+  state_default: z.number().optional(),
+});
+
+/**
+ * Encryption of a room that exists already (pinned, or created before the room was encrypted): turned on
+ * when the bot may send m.room.encryption; otherwise the room is told why it stays plain, once per room.
+ */
+async function ensureRoomEncrypted(rt: Runtime, config: Config, session: MatrixSession, roomId: string, userId: string, problem: string | undefined, log: Logger): Promise<void> {
+  if (config.matrix.encryption === 'off') return;
+  if (await session.isEncryptedRoom(roomId)) {
+    if (!session.encryptionEnabled()) log.error({ room: roomId, problem }, 'the operator room is encrypted but the operator bot runs without encryption: it cannot read commands there');
+    return;
+  }
+  let why: string;
+  if (!session.encryptionEnabled()) {
+    why = `the operator bot runs without encryption (${problem ?? 'encryption did not start'})`;
+  } else {
+    const pl = PowerLevelsSchema.safeParse(await session.getState(roomId, 'm.room.power_levels', '').catch(() => null));
+    const levels = pl.success ? pl.data : {};
+    const mine = levels.users?.[userId] ?? levels.users_default ?? 0;
+    const needed = levels.events?.['m.room.encryption'] ?? levels.state_default ?? 50;
+    if (mine >= needed) {
+      try {
+        await session.setState(roomId, 'm.room.encryption', '', { algorithm: MEGOLM });
+        log.info({ room: roomId }, 'turned end-to-end encryption on in the operator room');
+        return;
+      } catch (err) {
+        why = `turning it on failed: ${toMpError(err).message}`;
+      }
+    } else {
+      why = `sending m.room.encryption needs power level ${needed} here and the bot ${userId} has ${mine}`;
+    }
+  }
+  log.warn({ room: roomId, why }, 'the operator room is not end-to-end encrypted');
+  const key = `operator_room_plain_notice:${roomId}`;
+  if (rt.db.prepare('SELECT 1 FROM meta WHERE key = ?').get(key)) return;
+  await session.sendText(roomId, `🔓 This room is not end-to-end encrypted, so health alerts and command replies here travel in clear to the homeserver: ${why}. A room admin can turn encryption on in the room settings (or give the bot that power level and restart meshpilot). I say this once.`);
+  rt.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING').run(key, new Date().toISOString());
+}
+
 /**
  * Starts the operator bot and the health monitor for `meshpilot up`. Call once after the supervisor is
  * up; `stop()` before closing the runtime.
@@ -369,14 +480,17 @@ async function operatorRoom(rt: Runtime, config: Config, base: string, token: st
 export async function startOperatorServices(o: OperatorServicesOptions): Promise<OperatorServices> {
   const log = o.logger ?? makeLogger('operator-bot');
   const rt = o.runtime;
-  const creds = await operatorCredentials(rt, o.config);
+  const prepared = await prepareEncryption(rt, o.config, await operatorCredentials(rt, o.config), log);
+  const creds = prepared.creds;
   const session = createMatrixSession({
     homeserverUrl: creds.homeserverUrl, accessToken: creds.accessToken, userId: creds.userId,
     storageDir: path.join(rt.home.bots, OPERATOR_CREDENTIALS), logger: log,
+    ...(prepared.encryption ? { encryption: prepared.encryption } : {}),
   });
   await session.start();
   try {
-    const roomId = await operatorRoom(rt, o.config, creds.homeserverUrl, creds.accessToken, session, log);
+    const roomId = await operatorRoom(rt, o.config, creds, session, log);
+    await ensureRoomEncrypted(rt, o.config, session, roomId, creds.userId, prepared.problem, log);
     const settings = o.config.health;
     const hub = settings.hub_device ? rt.devices.get(settings.hub_device) : undefined;
     if (settings.hub_device && !hub) log.warn({ hub: settings.hub_device }, 'health.hub_device has no valid manifest: WireGuard handshakes are read locally');
@@ -397,6 +511,7 @@ export async function startOperatorServices(o: OperatorServicesOptions): Promise
       ...(o.now ? { now: o.now } : {}), logger: log,
     });
     session.onMessage((m: MatrixMessage) => bot.onMessage(m));
+    session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender, e.reason));
     session.onInvite(async (i) => { if (i.roomId === roomId || o.config.operators.includes(i.sender)) await session.joinRoom(i.roomId).catch(() => undefined); });
     if (!o.noSchedule) monitor.start();
     void monitor.flush();
