@@ -124,6 +124,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       sendFile: async (r, n, b, m) => (await session.sendFile(r, n, b, m)).eventId,
       setTyping: (r, t, ms) => session.setTyping(r, t, ms),
       setState: async (r, t, k, c) => { await session.setState(r, t, k, c); },
+      getState: (r, t, k) => session.getState(r, t, k),
       createDm: (u, o) => session.createDm(u, { ...o, encrypted: session.encryptionEnabled() }),
       findDm: async (u) => (await session.findDm(u)) ?? undefined,
       joinRoom: async (r) => { await session.joinRoom(r); },

@@ -198,23 +198,35 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
 
   const audit = program.command('audit').description('the hash-chained audit log');
   audit.command('verify')
-    .description('walk the chain(s): prints `ok N entries head=<hash>` or the first broken seq and why')
+    .description('walk the chain(s) and compare each device\'s with the newest head its bot anchored in Matrix: prints `ok N entries head=<hash>` or the first seq that disagrees and why')
     .option('--device <device>', 'only this device')
-    .action((opts: { device?: string }) => {
+    .option('--require-anchors', 'exit 1 also when anchors could not be read from Matrix (homeserver down, token refused)')
+    .action(async (opts: { device?: string; requireAnchors?: boolean }) => {
       const r = runtime();
       const devices = opts.device ? [opts.device] : r.audit.devices();
       if (devices.length === 0) { io.out('ok 0 entries (the audit log is empty)\n'); return; }
+      const { checkChainAnchors } = await import('./audit-anchors.js');
       let bad = false;
+      let unchecked = false;
       for (const d of devices) {
         const v = r.audit.verify(d);
         const prefix = devices.length > 1 || opts.device ? `${d}: ` : '';
-        if (v.ok) io.out(`${prefix}ok ${v.count} entries head=${v.head?.hash ?? 'none'}\n`);
-        else {
+        if (!v.ok) {
           bad = true;
           io.out(`${prefix}BROKEN at seq ${v.badSeq}: ${v.reason} (${v.count} entries verified before it)\n`);
+          continue;
         }
+        // A chain rewritten with every later hash recomputed verifies by itself: the anchors decide.
+        const a = await checkChainAnchors(r.home.root, r.audit, d);
+        if (a.kind === 'mismatch') {
+          bad = true;
+          io.out(`${d}: REWRITTEN at seq ${a.badSeq}: ${a.reason} (the chain verifies by itself: it was re-hashed after the anchor was written)\n`);
+          continue;
+        }
+        io.out(`${prefix}ok ${v.count} entries head=${v.head?.hash ?? 'none'}${a.kind === 'matched' ? ` (anchor #${a.anchor.seq} in Matrix matches)` : ''}\n`);
+        if (a.kind === 'unchecked') { unchecked = true; io.err(`${prefix || `${d}: `}Matrix anchors NOT checked: ${a.message}\n`); }
       }
-      setExit(bad ? EXIT.failed : EXIT.ok);
+      setExit(bad || (unchecked && opts.requireAnchors) ? EXIT.failed : EXIT.ok);
     });
   audit.command('tail')
     .description('the latest audit entries')

@@ -22,6 +22,14 @@
  * not verify, contradicts the mirror, or no longer contains an anchored head is `corrupted`, with the
  * first bad seq.
  *
+ * Controller chains (the launcher's own, one per device): each device bot anchors its chain's head in its
+ * DM rooms. The monitor reads the newest anchor with the bot's account (launcher/audit-anchors.ts; on the
+ * first cycle, then every anchorEvery cycles, and while a device has none, whenever its head moved) and
+ * checks each cycle that the chain still holds it and verifies after it. A chain rewritten with every
+ * later hash recomputed verifies by itself; only this comparison gives it away: `corrupted`, naming
+ * the anchored seq. Until the next read, rewrites after the cached anchor are caught only when they were
+ * not re-hashed.
+ *
  * Alerts: one message per transition ([ALERT] / [RECOVERED]), a [REMINDER] after remind_after_s for a
  * device still down, a [DIGEST] when digest_min or more messages come in one cycle. Every message goes
  * through the SQLite outbox (health_outbox) and is sent in order; one that waited over a minute is
@@ -32,6 +40,7 @@ import { Agent, request } from 'undici';
 import type { Logger } from 'pino';
 import { loadSecretFile, signRequest } from '../capabilities/agent/auth.js';
 import { AuditPageSchema, HealthResponseSchema, type AuditPage, type HealthResponse } from '../capabilities/agent/protocol.js';
+import { compareWithAnchors } from '../capabilities/audit-anchor.js';
 import { verifyEntries, type AuditEntry, type AuditHead } from '../capabilities/audit.js';
 import type { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { registerMigration, type Db } from '../capabilities/db.js';
@@ -40,6 +49,7 @@ import { logger as makeLogger } from '../capabilities/log.js';
 import type { Manifest } from '../capabilities/manifest.js';
 import { agentSecretPath } from '../capabilities/transports/mesh.js';
 import { sshPing as defaultSshPing } from '../capabilities/transports/ssh.js';
+import { readDeviceAnchor, type AnchorRead, type DeviceAnchor } from './audit-anchors.js';
 import type { Config } from './config.js';
 import type { DeviceListing } from './registry.js';
 import { parseWgDump, peersByAddress, type WgDump, type WgDumpReader } from './wg.js';
@@ -121,6 +131,8 @@ export interface DeviceHealth {
   ssh: { ok: boolean; failures: number; error?: string; ms?: number } | null;
   bot: string | null;
   chain: ChainStatus | null;
+  /** The controller's chain of this device against its bot's newest anchor in Matrix (absent: no anchor read). */
+  controllerChain?: ChainStatus;
 }
 
 export interface Transition {
@@ -165,6 +177,8 @@ export interface HealthMonitorOptions {
   sshPing?: (manifest: Manifest) => Promise<unknown>;
   agentSecret?: (device: string) => Buffer;
   anchors?: AnchorSource;
+  /** Reads a device bot's newest controller-chain anchor (default: from Matrix with keys/<device>/matrix.json); false: never. */
+  controllerAnchors?: ((device: string) => Promise<AnchorRead>) | false;
   send?: AlertSender;
   concurrency?: number;
   agentTimeoutMs?: number;
@@ -319,6 +333,8 @@ export class HealthMonitor {
   private readonly corruptCache = new Map<string, { key: string; status: ChainStatus }>();
   private readonly secrets = new Map<string, Buffer>();
   private readonly anchorCache = new Map<string, AuditHead[]>();
+  /** Controller-chain anchors read from Matrix, with the chain's head seq when read. */
+  private readonly controllerAnchorCache = new Map<string, { anchor: DeviceAnchor | null; headSeq: number }>();
   private stopped = false;
   last: CycleResult | undefined;
 
@@ -436,6 +452,8 @@ export class HealthMonitor {
         }
       }
     }
+
+    await this.readControllerAnchors(manifests.filter((m) => !rows.get(m.device)?.revoked).map((m) => m.device));
 
     const probes = new Map<string, Probe>();
     await mapLimit(manifests, this.concurrency, async (m) => {
@@ -566,6 +584,12 @@ export class HealthMonitor {
       }
     }
 
+    const controller = this.checkControllerChain(m.device);
+    if (controller) {
+      h.controllerChain = controller;
+      if (!controller.ok) corrupted ??= `controller audit chain: first bad seq ${controller.badSeq ?? '?'}${controller.reason ? `: ${controller.reason}` : ''}`.slice(0, 400);
+    }
+
     if (corrupted) { h.state = 'corrupted'; h.detail = corrupted; }
     else if (offline) { h.state = 'offline'; h.detail = offline; }
     else if (unreachable) { h.state = 'unreachable'; h.detail = unreachable; }
@@ -652,6 +676,41 @@ export class HealthMonitor {
     }
     this.corruptCache.delete(m.device);
     return { ok: true, seq: cursor?.seq ?? 0 };
+  }
+
+  /** Refreshes the cached controller-chain anchors that are due (see the module comment); failures keep the cache. */
+  private async readControllerAnchors(devices: string[]): Promise<void> {
+    if (this.o.controllerAnchors === false) return;
+    const read = this.o.controllerAnchors ?? ((d: string) => readDeviceAnchor(this.o.home, d));
+    const every = this.cycles % this.anchorEvery === 1 || this.anchorEvery === 1;
+    const due = devices.filter((d) => {
+      const c = this.controllerAnchorCache.get(d);
+      return every || !c || (c.anchor === null && c.headSeq !== (this.o.audit.head(d)?.seq ?? 0));
+    });
+    await mapLimit(due, 8, async (d) => {
+      const headSeq = this.o.audit.head(d)?.seq ?? 0;
+      try {
+        const r = await read(d);
+        if (r.status === 'read') this.controllerAnchorCache.set(d, { anchor: r.anchor, headSeq });
+        else if (r.status === 'no_account') this.controllerAnchorCache.set(d, { anchor: null, headSeq });
+        else this.log.warn({ device: d, why: r.message }, 'cannot read the audit anchor from Matrix this cycle: the controller chain is checked against the last one read');
+      } catch (err) {
+        this.log.warn({ device: d, err: toMpError(err).message }, 'reading the audit anchor failed');
+      }
+    });
+  }
+
+  /** The device's controller chain against its cached anchor: null when there is none to compare with. */
+  private checkControllerChain(device: string): ChainStatus | null {
+    const anchor = this.controllerAnchorCache.get(device)?.anchor;
+    if (!anchor) return null;
+    const head = this.o.audit.head(device);
+    const c = compareWithAnchors(this.o.audit, device, [anchor]);
+    if (!c.ok) return { ok: false, seq: head?.seq ?? 0, badSeq: c.badSeq, reason: c.reason.slice(0, 300) };
+    // Entries after the anchor: verified from it (cheap: only what came since the anchor).
+    const v = this.o.audit.verify(device, anchor);
+    if (!v.ok) return { ok: false, seq: head?.seq ?? 0, badSeq: v.badSeq, reason: v.reason.slice(0, 300) };
+    return { ok: true, seq: head?.seq ?? 0 };
   }
 
   /** The first seq at which the agent's chain differs from the mirror (its entries are compared page by page). */

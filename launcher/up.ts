@@ -38,11 +38,17 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
     io.out(`local health: ${r.ok ? (r.result?.stdout.trim() ?? 'ok') : r.error?.message}\n`);
   }
   let broken = false;
+  const { checkChainAnchors } = await import('./audit-anchors.js');
   for (const [d, v] of rt.audit.verifyAll()) {
+    // A chain re-hashed after a rewrite verifies by itself: its bot's anchor in Matrix decides.
+    const a = v.ok ? await checkChainAnchors(rt.home.root, rt.audit, d) : undefined;
     if (!v.ok) {
       broken = true;
       io.out(`AUDIT BROKEN for ${d} at seq ${v.badSeq}: ${v.reason}\n`);
-    } else io.out(`audit ${d}: ok ${v.count} entries\n`);
+    } else if (a?.kind === 'mismatch') {
+      broken = true;
+      io.out(`AUDIT REWRITTEN for ${d}: seq ${a.badSeq} disagrees with the head anchored in Matrix (${a.reason})\n`);
+    } else io.out(`audit ${d}: ok ${v.count} entries${a?.kind === 'matched' ? `, anchor #${a.anchor.seq} in Matrix matches` : a?.kind === 'unchecked' ? ` (Matrix anchor not checked: ${a.message})` : ''}\n`);
   }
 
   const cfg = loadConfig(rt.home.config);

@@ -1,6 +1,7 @@
 /**
  * `meshpilot health [--json]`: runs one health cycle now (launcher/health.ts) and prints every
- * device's state. Alerts this cycle produces go to the outbox; the running launcher's operator bot
+ * device's state (`audit=` is the controller's chain of the device against its bot's anchor in Matrix,
+ * `chain=` a mesh agent's own chain). Alerts this cycle produces go to the outbox; the running launcher's operator bot
  * delivers them. Exit code 1 when a device is not online (or revoked).
  */
 import type { Command } from 'commander';
@@ -38,7 +39,9 @@ export function register(program: Command, ctx: CommandContext): void {
           for (const d of r.devices) {
             const hs = d.lastHandshake === null ? '' : d.lastHandshake === 0 ? ' handshake=never' : ` handshake=${ago(nowS - d.lastHandshake)}`;
             const chain = d.chain ? ` chain=${d.chain.ok ? `ok#${d.chain.seq}` : `BAD@${d.chain.badSeq ?? '?'}`}` : '';
-            ctx.io.out(`${d.device.padEnd(16)} ${d.state.padEnd(11)} ${d.transport.padEnd(5)}${hs}${chain}${d.detail ? ` (${d.detail})` : ''}\n`);
+            // The controller's chain of the device, against its bot's anchor in Matrix.
+            const audit = d.controllerChain ? ` audit=${d.controllerChain.ok ? `ok#${d.controllerChain.seq}` : `BAD@${d.controllerChain.badSeq ?? '?'}`}` : '';
+            ctx.io.out(`${d.device.padEnd(16)} ${d.state.padEnd(11)} ${d.transport.padEnd(5)}${hs}${chain}${audit}${d.detail ? ` (${d.detail})` : ''}\n`);
           }
           for (const q of r.queued) ctx.io.err(`queued for the operator room: ${q.split('\n')[0]}\n`);
         }

@@ -138,8 +138,13 @@ export function register(program: Command, ctx: CommandContext): void {
         if (l.manifest) line('ok', `manifest ${l.device}`, `${l.manifest.transport.kind}, ${Object.keys(l.manifest.capabilities).length} capabilities`);
         else line('FAIL', `manifest ${l.device}`, l.issues?.map((i) => `${i.line ?? ''} ${i.field}: ${i.message}`).join('; ') ?? 'invalid');
       }
+      const { checkChainAnchors } = await import('../audit-anchors.js');
       for (const [device, v] of rt.audit.verifyAll()) {
-        line(v.ok ? 'ok' : 'FAIL', `audit ${device}`, v.ok ? `${v.count} entries` : `broken at seq ${v.badSeq}: ${v.reason}`);
+        // A chain re-hashed after a rewrite verifies by itself: its bot's anchor in Matrix decides.
+        const a = v.ok ? await checkChainAnchors(rt.home.root, rt.audit, device) : undefined;
+        if (a?.kind === 'mismatch') line('FAIL', `audit ${device}`, `rewritten: seq ${a.badSeq} disagrees with the head anchored in Matrix (${a.reason})`);
+        else if (a?.kind === 'unchecked') line('warn', `audit ${device}`, `${v.count} entries; Matrix anchor not checked: ${a.message}`);
+        else line(v.ok ? 'ok' : 'FAIL', `audit ${device}`, v.ok ? `${v.count} entries${a?.kind === 'matched' ? `, anchor #${a.anchor.seq} in Matrix matches` : ''}` : `broken at seq ${v.badSeq}: ${v.reason}`);
       }
       const cfg = loadConfig(rt.home.config);
       if (!cfg.ok) {
