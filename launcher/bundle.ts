@@ -1,22 +1,31 @@
 /**
- * Bundles the device bot (dist/device-bot.mjs plus its chunks) before the launcher forks its bots:
- * loading pre-built files is faster and lighter than transpiling the sources in each bot process.
+ * The pre-built bundles meshpilot runs from: the device bot (dist/device-bot.mjs, forked once per device)
+ * and the CLI / launcher (dist/meshpilot.mjs, what bin/meshpilot.mjs runs). Loading pre-built files is
+ * faster and lighter than transpiling the sources at run time (tsx keeps esbuild's ~130 MB service
+ * process alive beside the program). Both are built together by scripts/build-bundles.ts: after `npm ci`
+ * (scripts/ensure-deps.mjs) and whenever bin/meshpilot.mjs finds a source newer than the build
+ * (dist/meshpilot-build.json lists every source file that went in; scripts/bundle-fresh.mjs checks it).
  * Native and dynamically-loading packages stay external (resolved from node_modules).
  *
- * Code splitting: modules the bot imports lazily (the LLM client and @anthropic-ai/sdk, the ssh and mesh
- * transports, undici for voice/mesh) become chunks that a bot parses only when it uses them. Chunks sit
- * beside the entry (dist/device-bot-<name>-<hash>.mjs), not in a subfolder, so paths that bundled modules
- * derive from import.meta.url (capabilities/home.ts PACKAGE_ROOT) stay right whichever chunk they land in.
- * Files are written atomically, chunks before the entry, so a bot starting during a rebuild never loads
- * a half-written file or an entry whose chunks are missing.
+ * Code splitting: modules imported lazily (the LLM client and @anthropic-ai/sdk, the ssh and mesh
+ * transports, undici for voice/mesh; in the CLI each command's heavier modules) become chunks that a
+ * process parses only when it uses them. Chunks sit beside the entry (dist/<entry>-<name>-<hash>.mjs),
+ * not in a subfolder, so paths that bundled modules derive from import.meta.url (capabilities/home.ts
+ * PACKAGE_ROOT) stay right whichever chunk they land in. Files are written atomically, chunks before
+ * the entry, so a process starting during a rebuild never loads a half-written file or an entry whose
+ * chunks are missing. esbuild's service process is stopped after each build: nothing keeps it alive.
  */
-import { readdirSync, renameSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+import { readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 
 export const BOT_SOURCE = path.join(PACKAGE_ROOT, 'bots', 'device-main.ts');
 export const BOT_BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'device-bot.mjs');
 const BUNDLE_GLOBALS = path.join(PACKAGE_ROOT, 'bots', 'bundle-globals.ts');
+export const CLI_SOURCE = path.join(PACKAGE_ROOT, 'launcher', 'main.ts');
+export const CLI_BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'meshpilot.mjs');
+/** What went into the last build (read by scripts/bundle-fresh.mjs, which bin/meshpilot.mjs runs first). */
+export const BUILD_STAMP = path.join(PACKAGE_ROOT, 'dist', 'meshpilot-build.json');
 
 // Native modules stay outside; everything else (matrix-bot-sdk's whole dependency tree included) is
 // bundled, which is what saves each bot process from resolving and lexing hundreds of CommonJS files.
@@ -64,20 +73,80 @@ const zodEnglishOnly = {
 /** Chunks of an older build that this one no longer uses are removed once they are this old (a bot still running from that build may yet import them). */
 const STALE_CHUNK_MS = 24 * 3600_000;
 
+type Plugin = typeof stubUnused | typeof zodEnglishOnly;
+interface Built { file: string; ms: number; bytes: number; inputs: string[] }
+
 /**
- * Builds the bundle; returns the entry's path, how long it took and the bytes written (entry and chunks).
- * `outfile` must end in .mjs; its chunks are written beside it as <name>-<chunk>-<hash>.mjs. Throws with
- * esbuild's message on failure.
+ * Builds the device bot bundle; returns the entry's path, how long it took and the bytes written (entry
+ * and chunks). `outfile` must end in .mjs; its chunks are written beside it as <name>-<chunk>-<hash>.mjs.
+ * Throws with esbuild's message on failure.
  */
 export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ file: string; ms: number; bytes: number }> {
+  try {
+    const { file, ms, bytes } = await buildOne(BOT_SOURCE, outfile, {
+      plugins: [stubUnused, zodEnglishOnly],
+      // The SDK's `Headers` / `FormData` become bots/http.ts's, so Node's fetch globals never load (see there).
+      inject: [BUNDLE_GLOBALS],
+      // The SDK checks `body instanceof globalThis.ReadableStream` on each request; reading that global
+      // loads Node's web streams (0.7 MB). A bot never sends a stream body: the check is simply false.
+      define: { 'globalThis.ReadableStream': 'undefined' },
+    });
+    return { file, ms, bytes };
+  } finally {
+    await stopBundler();
+  }
+}
+
+/**
+ * Builds the CLI / launcher bundle (dist/meshpilot.mjs) and the device bot bundle beside it, then writes
+ * the stamp that lets bin/meshpilot.mjs tell whether they are still fresh. `dir` is for tests.
+ */
+export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE)): Promise<{ ms: number; bytes: number; files: string[] }> {
   const started = Date.now();
-  if (!outfile.endsWith('.mjs')) throw new Error(`the bot bundle must be an .mjs file (got ${outfile})`);
+  try {
+    const version = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string }).version ?? '0.0.0';
+    // Same stubs as the bot (the launcher's operator bot uses matrix-bot-sdk through bots/matrix-http.ts
+    // too), but Node's own fetch globals stay: launcher code may hand Headers to Node's fetch.
+    const cli = await buildOne(CLI_SOURCE, path.join(dir, path.basename(CLI_BUNDLE)), {
+      plugins: [stubUnused, zodEnglishOnly],
+      // esbuild finds its native binary beside its own package: it cannot be bundled (only `up` run from
+      // the sources ever loads it)
+      external: [...EXTERNAL, 'esbuild'],
+      // capabilities/agent/server.ts reads ../../package.json beside its source, which is not where the bundle is
+      define: { __MESHPILOT_AGENT_VERSION__: JSON.stringify(version), __MESHPILOT_CLI_BUNDLE__: 'true' },
+    });
+    const bot = await buildOne(BOT_SOURCE, path.join(dir, path.basename(BOT_BUNDLE)), {
+      plugins: [stubUnused, zodEnglishOnly],
+      inject: [BUNDLE_GLOBALS],
+      define: { 'globalThis.ReadableStream': 'undefined' },
+    });
+    // Sources only (node_modules is covered by npm's own lock file there); the stamp is written last.
+    const inputs = [...new Set([...cli.inputs, ...bot.inputs])].filter((p) => !/(^|[\\/])node_modules[\\/]/.test(p)).sort();
+    const stamp = { builtFrom: started, inputs: [...inputs, 'package.json', 'package-lock.json', 'node_modules/.package-lock.json'] };
+    const stampFile = path.join(dir, path.basename(BUILD_STAMP));
+    writeFileSync(`${stampFile}.${process.pid}.tmp`, JSON.stringify(stamp));
+    renameSync(`${stampFile}.${process.pid}.tmp`, stampFile);
+    return { ms: Date.now() - started, bytes: cli.bytes + bot.bytes, files: [cli.file, bot.file] };
+  } finally {
+    await stopBundler();
+  }
+}
+
+/** Stops esbuild's service process (~130 MB); the next build starts a new one. */
+export async function stopBundler(): Promise<void> {
+  const { stop } = await import('esbuild');
+  await stop();
+}
+
+async function buildOne(source: string, outfile: string, extra: { plugins: Plugin[]; inject?: string[]; define: Record<string, string>; external?: string[] }): Promise<Built> {
+  const started = Date.now();
+  if (!outfile.endsWith('.mjs')) throw new Error(`a bundle must be an .mjs file (got ${outfile})`);
   const { build } = await import('esbuild');
   const dir = path.dirname(outfile);
   const name = path.basename(outfile, '.mjs');
   mkdirSync(dir, { recursive: true });
   const result = await build({
-    entryPoints: { [name]: BOT_SOURCE },
+    entryPoints: { [name]: source },
     outdir: dir,
     entryNames: '[name]',
     chunkNames: `${name}-[name]-[hash]`,
@@ -89,14 +158,11 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
     format: 'esm',
     target: 'node20',
     external: EXTERNAL,
-    plugins: [stubUnused, zodEnglishOnly],
-    // The SDK's `Headers` / `FormData` become bots/http.ts's, so Node's fetch globals never load (see there).
-    inject: [BUNDLE_GLOBALS],
-    // The SDK checks `body instanceof globalThis.ReadableStream` on each request; reading that global
-    // loads Node's web streams (0.7 MB). A bot never sends a stream body: the check is simply false.
-    define: { 'globalThis.ReadableStream': 'undefined' },
+    ...extra,
     minify: true,
     keepNames: true,
+    metafile: true,
+    absWorkingDir: PACKAGE_ROOT,
     logLevel: 'silent',
     banner: { js: "import { createRequire as __mpCreateRequire } from 'node:module'; const require = __mpCreateRequire(import.meta.url);" },
   });
@@ -110,7 +176,9 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
     bytes += f.contents.length;
   }
   pruneStaleChunks(dir, name, new Set(outputs.map((f) => path.basename(f.path))));
-  return { file: outfile, ms: Date.now() - started, bytes };
+  // metafile input paths are relative to absWorkingDir; plugin namespaces (mp-stub:…) are not files
+  const inputs = Object.keys(result.metafile?.inputs ?? {}).filter((p) => !p.includes(':'));
+  return { file: outfile, ms: Date.now() - started, bytes, inputs };
 }
 
 function pruneStaleChunks(dir: string, name: string, current: Set<string>): void {

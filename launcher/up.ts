@@ -5,6 +5,7 @@
  */
 import type { AddPcFn, RevokeFn } from '../bots/operator-bot.js';
 import type { AddPcOptions, EnrollEvent } from './enroll.js';
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { toMpError } from '../capabilities/errors.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
@@ -13,7 +14,7 @@ import { formatIssue } from '../capabilities/manifest.js';
 import type { CliIo } from './cli.js';
 import { loadConfig } from './config.js';
 import type { Runtime } from './runtime.js';
-import { BOT_SOURCE, buildBotBundle } from './bundle.js';
+import { BOT_BUNDLE, BOT_SOURCE, buildBotBundle } from './bundle.js';
 import { removePidFile, Supervisor, writePidFile } from './supervisor.js';
 
 /** Environment a bot child needs from the launcher's own (children get a scrubbed environment). */
@@ -83,15 +84,7 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
   for (const k of PASSED_TO_BOTS) if (process.env[k]) env[k] = process.env[k]!;
   // With encryption off the crypto shim needn't even load its WebAssembly bindings (less memory per bot).
   if (config.matrix.encryption === 'off') env['MESHPILOT_MATRIX_E2EE'] = 'off';
-  // One pre-built file per bot process instead of transpiling the sources in each one.
-  let entry = BOT_SOURCE;
-  try {
-    const b = await buildBotBundle();
-    entry = b.file;
-    io.out(`built the device bot bundle (${Math.round(b.bytes / 1024)} KiB) in ${(b.ms / 1000).toFixed(1)} s\n`);
-  } catch (err) {
-    io.out(`could not bundle the device bot (${toMpError(err).message.split('\n')[0]}); running it from the sources\n`);
-  }
+  const entry = await botEntry(io);
   const supervisor = new Supervisor({
     entry,
     home: rt.home.root,
@@ -135,6 +128,26 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
   }
   io.out('stopped\n');
   return broken ? 1 : 0;
+}
+
+declare const __MESHPILOT_CLI_BUNDLE__: boolean | undefined;
+
+/**
+ * What bots are forked from: one pre-built file per bot process instead of transpiling the sources in
+ * each one. A launcher running from dist/meshpilot.mjs was built together with dist/device-bot.mjs from
+ * the same sources (launcher/bundle.ts buildBundles), so it uses that as is: no esbuild in `up`. Run from
+ * the sources (tests, tsx), it builds the bot bundle first; buildBotBundle stops esbuild's service after.
+ */
+async function botEntry(io: CliIo): Promise<string> {
+  if (typeof __MESHPILOT_CLI_BUNDLE__ !== 'undefined' && existsSync(BOT_BUNDLE)) return BOT_BUNDLE;
+  try {
+    const b = await buildBotBundle();
+    io.out(`built the device bot bundle (${Math.round(b.bytes / 1024)} KiB) in ${(b.ms / 1000).toFixed(1)} s\n`);
+    return b.file;
+  } catch (err) {
+    io.out(`could not bundle the device bot (${toMpError(err).message.split('\n')[0]}); running it from the sources\n`);
+    return BOT_SOURCE;
+  }
 }
 
 /** add-pc / revoke for the operator room (`!add-pc <name> --via wg|ssh --ssh <target> …`, `!revoke <name>`). */

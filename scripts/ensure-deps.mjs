@@ -2,6 +2,8 @@
 // Installs what is missing before `npm start` / `npm test` / `npm run bench`, so each works as the
 // very first command after `git clone`:
 //   - npm dependencies (npm ci) when node_modules is absent or older than package-lock.json;
+//   - the bundles meshpilot runs from (dist/meshpilot.mjs, dist/device-bot.mjs; launcher/bundle.ts) when
+//     missing or older than a source file, so the first command does not pay for the build;
 //   - with --system (tests): Debian packages the test suite drives for real (apt-get, as root).
 // Plain Node, no dependencies: it runs before any are installed.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -9,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildBundles, bundlesFresh } from './bundle-fresh.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const say = (msg) => process.stderr.write(`[meshpilot setup] ${msg}\n`);
@@ -63,4 +66,5 @@ function ensureSystemPackages() {
 }
 
 ensureNodeModules();
+if (!bundlesFresh(root) && !buildBundles(root)) say('could not build dist/ (see above); meshpilot will run from the TypeScript sources');
 if (process.argv.includes('--system')) ensureSystemPackages();
