@@ -11,6 +11,6 @@ export default defineConfig({
     env: { MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_LOG_LEVEL'] ?? 'warn' },
     maxWorkers: 2,
     // matrix-js-sdk (the "phone" in tests) logs through console regardless of the logger it is given.
-    onConsoleLog: (log) => !/MatrixRTC|to-device|SyncApi|Sync no longer|Adding default global|Got room state event/.test(log),
+    onConsoleLog: (log) => !/MatrixRTC|to-device|SyncApi|Sync no longer|Adding default global|Got room state event|\/sync error|setting pendingEvent|Stopping queue|Got remote echo|Error decrypting event|Starting queue|Queue '/.test(log),
   },
 });

@@ -242,7 +242,7 @@ export async function run(): Promise<BenchFigure[]> {
 async function rssWithoutEncryption(file: string): Promise<number> {
   const env = await createBotEnv({ entry: file, encryption: 'off' });
   try {
-    env.registerBot('plain');
+    await env.registerBot('plain');
     env.writeManifest('plain', '  sys.info: {}\n  sys.health: {}\n');
     const { child, room, botUserId } = await env.startBotInDm('plain');
     env.llm.respond(() => textReply('ok'));

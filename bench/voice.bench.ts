@@ -64,7 +64,7 @@ async function accuracy(dir: string): Promise<{ exact: number; wrong: string[] }
 async function replyLatency(n: number): Promise<number[]> {
   const env = await createBotEnv({ withLlm: false });
   try {
-    const botUserId = env.registerBot('box').userId;
+    const botUserId = (await env.registerBot('box')).userId;
     env.writeManifest('box', '  sys.info: {}\n  sys.health: {}\n');
     const file = path.join(env.home, 'config.yaml');
     writeConfig(file, { ...(parse(readFileSync(file, 'utf8')) as Record<string, unknown>), voice: { engine: 'pocketsphinx' } });

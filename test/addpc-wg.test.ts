@@ -60,7 +60,7 @@ async function expectClean(name: string, target = 0): Promise<void> {
   expect(existsSync(path.join(lab.home, 'keys', name))).toBe(false);
 }
 
-const fromBot = (name: string) => (e: ClientEvent): boolean => e.sender === `@meshpilot-${name}:${lab.hs.serverName}` && e.type === 'm.room.message';
+const fromBot = (name: string) => (e: ClientEvent): boolean => e.sender === `@${lab.botPrefix}${name}:${lab.hs.serverName}` && e.type === 'm.room.message';
 
 beforeAll(async () => {
   if (!avail.ok) return;
@@ -80,7 +80,7 @@ describe.skipIf(!avail.ok)('add-pc --via wg', () => {
     const result = r.events.find((e) => e.type === 'result');
     expect(r.stderr).toBe('');
     expect(result).toMatchObject({ ok: true, status: 'live', exit: 0 });
-    expect(String(result?.['message'])).toBe('✓ wgpc live. DM @meshpilot-wgpc from your Matrix client.');
+    expect(String(result?.['message'])).toBe(`✓ wgpc live. DM @${lab.botPrefix}wgpc from your Matrix client.`);
     expect(r.code).toBe(0);
     const steps = r.events.filter((e) => e.type === 'step' && e.status === 'done').map((e) => e.step);
     expect(steps).toEqual(['preflight', 'keys', 'ip', 'hub', 'target', 'agent', 'health', 'matrix', 'register']);

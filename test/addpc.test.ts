@@ -23,7 +23,7 @@ function addPc(name: string, extra: string[] = [], env: Record<string, string> =
 }
 
 const result = (r: { events: Array<Record<string, unknown>> }) => r.events.find((e) => e.type === 'result');
-const fromBot = (name: string) => (e: ClientEvent): boolean => e.sender === `@meshpilot-${name}:${lab.hs.serverName}` && e.type === 'm.room.message';
+const fromBot = (name: string) => (e: ClientEvent): boolean => e.sender === `@${lab.botPrefix}${name}:${lab.hs.serverName}` && e.type === 'm.room.message';
 
 function status(name: string): string | undefined {
   const db = new Database(path.join(lab.home, 'meshpilot.db'), { readonly: true });
@@ -80,7 +80,7 @@ describe.skipIf(!avail.ok)('add-pc --via ssh and revoke', () => {
   it('enrolls over plain ssh: live, the bot answers !status through the ssh transport, audit on the controller', async () => {
     const t0 = Date.now();
     const r = await addPc('sshpc', ['--accept-host-key', lab.targets[0]!.sshd.hostKeyFingerprint]);
-    expect(result(r)).toMatchObject({ ok: true, status: 'live', exit: 0, message: '✓ sshpc live. DM @meshpilot-sshpc from your Matrix client.' });
+    expect(result(r)).toMatchObject({ ok: true, status: 'live', exit: 0, message: `✓ sshpc live. DM @${lab.botPrefix}sshpc from your Matrix client.` });
     expect(r.code).toBe(0);
     expect(Date.now() - t0).toBeLessThan(30_000);
     const manifest = readFileSync(path.join(lab.home, 'manifests', 'sshpc.yaml'), 'utf8');

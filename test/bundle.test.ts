@@ -55,7 +55,7 @@ describe('device bot bundle', () => {
     const { file } = await buildBotBundle();
     const env = await createBotEnv({ entry: file, encryption: 'auto', phoneCrypto: true, nodeArgs: ['--require', MODULE_LIST_PRELOAD] });
     try {
-      env.registerBot('lean');
+      await env.registerBot('lean');
       writeFileSync(path.join(env.work, 'notes.txt'), 'hello');
       env.writeManifest('lean', `  sys.info: {}\n  sys.health: {}\n  fs.list: { paths_allowed: ["${env.work}/**"] }\n`);
       const { child, room, botUserId } = await env.startBotInDm('lean');

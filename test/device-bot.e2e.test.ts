@@ -36,7 +36,7 @@ function audit() {
 
 beforeAll(async () => {
   env = await createBotEnv({ approvalTimeoutS: 4 });
-  botUserId = env.registerBot('box').userId;
+  botUserId = (await env.registerBot('box')).userId;
   env.writeManifest('box', [
     '  sys.info: {}',
     '  sys.health: {}',
@@ -53,8 +53,8 @@ afterAll(async () => {
 });
 
 describe('device bot end to end', () => {
-  it('created the DM as a direct chat named after the device', () => {
-    const created = env.hs.events(room).find((e) => e.type === 'm.room.name');
+  it('created the DM as a direct chat named after the device', async () => {
+    const created = (await env.hs.events(room)).find((e) => e.type === 'm.room.name');
     expect((created?.content as { name?: string }).name).toBe('🖥 box');
   });
 
@@ -140,7 +140,7 @@ describe('device bot end to end', () => {
   });
 
   it("a stranger's invite is ignored and audited as denied", async () => {
-    const stranger = env.hs.registerUser('mallory', 'pw-m');
+    const stranger = await env.hs.registerUser('mallory', 'pw-m');
     const res = await fetch(`${env.hs.url}/_matrix/client/v3/createRoom`, {
       method: 'POST',
       headers: { Authorization: `Bearer ${stranger.accessToken}`, 'Content-Type': 'application/json' },
@@ -148,7 +148,7 @@ describe('device bot end to end', () => {
     });
     const { room_id: strangerRoom } = (await res.json()) as { room_id: string };
     await new Promise((r) => setTimeout(r, 3000));
-    const joined = env.hs.events(strangerRoom).some((e) => e.type === 'm.room.member' && e.state_key === botUserId && (e.content as { membership?: string }).membership === 'join');
+    const joined = (await env.hs.events(strangerRoom)).some((e) => e.type === 'm.room.member' && e.state_key === botUserId && (e.content as { membership?: string }).membership === 'join');
     expect(joined).toBe(false);
     const a = audit();
     const denied = a.log.tail(50, 'box').find((e) => e.capability === 'chat.invite' && e.actor === stranger.userId);

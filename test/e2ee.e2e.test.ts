@@ -13,6 +13,7 @@ import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
 import { createBotEnv, waitReady, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
+import { mediaDownloadPath } from './helpers/test-homeserver.js';
 
 describe('device bot with end-to-end encryption', () => {
   let env: BotEnv;
@@ -23,7 +24,7 @@ describe('device bot with end-to-end encryption', () => {
 
   beforeAll(async () => {
     env = await createBotEnv({ encryption: 'auto', phoneCrypto: true, withLlm: false });
-    env.registerBot('box');
+    await env.registerBot('box');
     writeFileSync(path.join(env.work, 'big.txt'), 'x'.repeat(9000) + '\nEND-OF-BIG-FILE\n');
     env.writeManifest('box', `  sys.info: {}\n  sys.health: {}\n  fs.read: { paths_allowed: ["${env.work}/**"] }\n`);
     ({ child, room, botUserId } = await env.startBotInDm('box'));
@@ -38,11 +39,11 @@ describe('device bot with end-to-end encryption', () => {
   };
   const botSays = (re: RegExp, from: number, ms = 20_000): Promise<ClientEvent> =>
     env.phone.waitFor((e) => fromBot(e) && env.phone.events.indexOf(e) >= from && e.type === 'm.room.message' && re.test(bodyOf(e)), ms);
-  const serverSide = (): ClientEvent[] => env.hs.events(room);
+  const serverSide = (): Promise<ClientEvent[]> => env.hs.events(room);
 
   it('creates its DM encrypted and the homeserver only ever sees ciphertext from it', async () => {
-    expect(serverSide().some((e) => e.type === 'm.room.encryption' && (e.content as { algorithm?: string }).algorithm === 'm.megolm.v1.aes-sha2')).toBe(true);
-    const botMessages = serverSide().filter((e) => fromBot(e) && (e.type === 'm.room.message' || e.type === 'm.room.encrypted'));
+    expect((await serverSide()).some((e) => e.type === 'm.room.encryption' && (e.content as { algorithm?: string }).algorithm === 'm.megolm.v1.aes-sha2')).toBe(true);
+    const botMessages = (await serverSide()).filter((e) => fromBot(e) && (e.type === 'm.room.message' || e.type === 'm.room.encrypted'));
     expect(botMessages.length).toBeGreaterThan(0);
     expect(botMessages.every((e) => e.type === 'm.room.encrypted')).toBe(true);
     expect(JSON.stringify(botMessages)).not.toContain('live');
@@ -53,10 +54,10 @@ describe('device bot with end-to-end encryption', () => {
     await say('!status');
     const reply = await botSays(/🖥 box/, idx);
     expect(bodyOf(reply)).toMatch(/uptime|load|memory/i);
-    const raw = serverSide().find((e) => e.event_id === reply.event_id);
+    const raw = (await serverSide()).find((e) => e.event_id === reply.event_id);
     expect(raw?.type).toBe('m.room.encrypted');
     // what the phone sent was encrypted too
-    expect(serverSide().filter((e) => e.sender === env.operator.userId && e.type === 'm.room.message')).toHaveLength(0);
+    expect((await serverSide()).filter((e) => e.sender === env.operator.userId && e.type === 'm.room.message')).toHaveLength(0);
   });
 
   it('says so when a message cannot be decrypted (keys never arrived), instead of staying silent', async () => {
@@ -78,7 +79,7 @@ describe('device bot with end-to-end encryption', () => {
     await crypto!.getUserDeviceInfo([botUserId], true);
     const status = await crypto!.getDeviceVerificationStatus(botUserId, creds!.deviceId!);
     expect(status?.signedByOwner).toBe(true);
-    expect(JSON.stringify(env.hs.crossSigningKeys(botUserId)?.master)).toContain('"master"');
+    expect(JSON.stringify((await env.hs.crossSigningKeys(botUserId))?.master)).toContain('"master"');
     // the identity's private keys are kept (0600) for a replacement device
     expect(statSync(path.join(keysDir(), 'cross-signing.json')).mode & 0o777).toBe(0o600);
     expect(statSync(path.join(keysDir(), 'crypto')).mode & 0o777).toBe(0o700);
@@ -92,7 +93,7 @@ describe('device bot with end-to-end encryption', () => {
     expect(content.url).toBeUndefined();
     expect(content.file?.url).toMatch(/^mxc:\/\//);
     const [, server, id] = /^mxc:\/\/([^/]+)\/(.+)$/.exec(content.file!.url)!;
-    const res = await fetch(`${env.hs.url}/_matrix/client/v1/media/download/${server}/${id}`, { headers: { Authorization: `Bearer ${env.operator.accessToken}` } });
+    const res = await fetch(`${env.hs.url}${mediaDownloadPath(env.hs)}${server}/${id}`, { headers: { Authorization: `Bearer ${env.operator.accessToken}` } });
     const cipher = new Uint8Array(await res.arrayBuffer());
     expect(Buffer.from(cipher).toString('utf8')).not.toContain('END-OF-BIG-FILE');
     const shim = createRequire(import.meta.url)('@matrix-org/matrix-sdk-crypto-nodejs') as { Attachment: { decrypt(a: unknown): Uint8Array }; EncryptedAttachment: new (d: Uint8Array, info: string) => unknown };
@@ -115,7 +116,7 @@ describe('device bot with end-to-end encryption', () => {
   it('after losing its crypto store it never reuses the device: new device, old one deleted, same identity', async () => {
     const keys = path.join(env.home, 'keys');
     const old = readCredentials(keys, 'box')!.deviceId!;
-    const masterBefore = JSON.stringify(env.hs.crossSigningKeys(botUserId)?.master);
+    const masterBefore = JSON.stringify((await env.hs.crossSigningKeys(botUserId))?.master);
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     rmSync(path.join(keysDir(), 'crypto'), { recursive: true, force: true });
@@ -124,11 +125,11 @@ describe('device bot with end-to-end encryption', () => {
     const now = readCredentials(keys, 'box')!;
     expect(now.deviceId).toMatch(/^[A-Z0-9]{4,}$/);
     expect(now.deviceId).not.toBe(old);
-    const devices = env.hs.devices(botUserId).map((d) => d.deviceId);
+    const devices = (await env.hs.devices(botUserId)).map((d) => d.deviceId);
     expect(devices).toContain(now.deviceId);
     expect(devices).not.toContain(old);
     // same cross-signing identity, and the new device is signed by it
-    expect(JSON.stringify(env.hs.crossSigningKeys(botUserId)?.master)).toBe(masterBefore);
+    expect(JSON.stringify((await env.hs.crossSigningKeys(botUserId))?.master)).toBe(masterBefore);
     const crypto = env.phone.client.getCrypto()!;
     await crypto.getUserDeviceInfo([botUserId], true);
     const status = await crypto.getDeviceVerificationStatus(botUserId, now.deviceId!);
@@ -142,7 +143,7 @@ describe('device bot with end-to-end encryption', () => {
   }, 90_000);
 
   it('a bot still waiting for an unreachable homeserver exits as soon as its launcher goes away (no orphan)', async () => {
-    const user = env.registerBot('lonely');
+    const user = await env.registerBot('lonely');
     env.writeManifest('lonely', '  sys.info: {}\n');
     // a port nothing listens on: the bot keeps retrying its encryption device check
     const closed = await new Promise<number>((resolve) => {

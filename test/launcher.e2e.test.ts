@@ -31,7 +31,7 @@ const alive = (pid: number): boolean => { try { process.kill(pid, 0); return tru
 
 beforeAll(async () => {
   env = await createBotEnv();
-  env.registerBot('alpha');
+  await env.registerBot('alpha');
   env.writeManifest('alpha', '  sys.info: {}\n  sys.health: {}\n');
   launcher = spawn(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs'), 'up'], {
     env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
@@ -50,7 +50,7 @@ afterAll(async () => {
 describe('meshpilot up', () => {
   it('runs a bot per device that DMs the operator', async () => {
     const live = await env.phone.waitFor((e) => /✓ alpha live/.test(bodyOf(e)));
-    expect(live.sender).toBe('@meshpilot-alpha:meshpilot.test');
+    expect(live.sender).toBe(env.botUserId('alpha'));
     // printed once the operator room is up too, which can come after a bot's first DM
     expect((await waitOut(/launcher running \(pid (\d+)\)/))[1]).toBe(String(launcher.pid));
   });
@@ -71,11 +71,11 @@ describe('meshpilot up', () => {
   }, 60_000);
 
   it('a device added while running gets its bot, which DMs the operator', async () => {
-    env.registerBot('beta');
+    await env.registerBot('beta');
     env.writeManifest('beta', '  sys.info: {}\n');
     await waitOut(/bot beta: running/, 30_000);
     const live = await env.phone.waitFor((e) => /✓ beta live/.test(bodyOf(e)), 20_000);
-    expect(live.sender).toBe('@meshpilot-beta:meshpilot.test');
+    expect(live.sender).toBe(env.botUserId('beta'));
   }, 60_000);
 
   it('SIGTERM stops the bots gracefully and removes the pid file', async () => {

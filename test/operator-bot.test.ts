@@ -1,5 +1,6 @@
 /**
- * The operator room end to end: the homeserver fixture, the operator's phone (matrix-js-sdk), the
+ * The operator room end to end: the test homeserver (real Synapse behind a fault proxy when
+ * MESHPILOT_TEST_HOMESERVER is set, else the fixture), the operator's phone (matrix-js-sdk), the
  * operator bot registered through the shared secret, a loopback agent; commands, non-operators, and
  * alerts that survive a homeserver outage (outbox, in order, marked late).
  */
@@ -12,10 +13,11 @@ import { startOperatorServices, type OperatorServices } from '../bots/operator-b
 import { ConfigSchema } from '../launcher/config.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { freePort } from './fixtures/agent-proc.js';
-import { startHomeserver, type ClientEvent, type Homeserver, type RegisteredUser } from './fixtures/homeserver.js';
+import { uniqueBotNames } from './helpers/bot-env.js';
+import { startTestHomeserver, type ClientEvent, type RegisteredUser, type TestHomeserver } from './helpers/test-homeserver.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';
 
-let hs: Homeserver;
+let hs: TestHomeserver;
 let operator: RegisteredUser;
 let phone: PhoneHandle;
 let root: string;
@@ -59,8 +61,8 @@ async function command(text: string, expectReply: (t: string) => boolean): Promi
 }
 
 beforeAll(async () => {
-  hs = await startHomeserver();
-  operator = hs.registerUser('lucas', 'pw-lucas');
+  hs = await startTestHomeserver();
+  operator = await hs.registerUser('lucas', 'pw-lucas');
   phone = await startPhone(hs, operator);
   root = mkdtempSync(path.join(os.tmpdir(), 'mp-opbot-'));
   rt = openRuntime({ root });
@@ -68,7 +70,8 @@ beforeAll(async () => {
   writeFileSync(path.join(rt.home.manifests, 'aurgi-pc.yaml'), `device: aurgi-pc\nos: linux\ntransport: { kind: mesh, address: 127.0.0.1, port: ${agentPort} }\ncapabilities:\n  sys.info: {}\n`);
   agent = await startFakeAgent();
   const config = ConfigSchema.parse({
-    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret },
+    // Commands and the outbox here; test/operator-room.e2e.test.ts runs the room encrypted.
+    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret, encryption: 'off', ...uniqueBotNames(hs) },
     operators: [operator.userId],
   });
   svc = await startOperatorServices({
@@ -97,7 +100,7 @@ afterAll(async () => {
 
 describe('operator room', () => {
   it('is created by the launcher with the default bot user, and its id is kept for the next run', () => {
-    expect(svc.userId).toBe(`@meshpilot:${hs.serverName}`);
+    expect(svc.userId).toBe(`@${uniqueBotNames(hs).operator_bot ?? 'meshpilot'}:${hs.serverName}`);
     const stored = rt.db.prepare("SELECT value FROM meta WHERE key = 'operator_room'").get() as { value: string };
     expect(stored.value).toBe(svc.roomId);
   });
@@ -146,10 +149,10 @@ describe('operator room', () => {
   });
 
   it('ignores commands from someone who is not an operator', async () => {
-    const before = hs.events(svc.roomId).length;
+    const before = (await hs.events(svc.roomId)).length;
     await svc.bot.onMessage({ roomId: svc.roomId, sender: `@mallory:${hs.serverName}`, body: '!devices' });
     await new Promise((r) => setTimeout(r, 300));
-    expect(hs.events(svc.roomId).length).toBe(before);
+    expect((await hs.events(svc.roomId)).length).toBe(before);
   });
 });
 
@@ -177,7 +180,7 @@ describe('alerts while the homeserver is down', () => {
     expect(bodyOf(alert)).toBe('[ALERT] device_id=aurgi-pc status=unreachable (agent: connection refused, 2 failures) (late: 12 min)');
     expect(bodyOf(rec)).toBe('[RECOVERED] device_id=aurgi-pc status=online (was unreachable 12 min)');
     expect(alert.origin_server_ts).toBeLessThanOrEqual(rec.origin_server_ts);
-    const order = hs.events(svc.roomId).map((e) => e.event_id);
+    const order = (await hs.events(svc.roomId)).map((e) => e.event_id);
     expect(order.indexOf(alert.event_id)).toBeLessThan(order.indexOf(rec.event_id));
   }, 60_000);
 });

@@ -12,7 +12,7 @@ import { ensureHome, PACKAGE_ROOT } from '../../capabilities/home.js';
 import { writeConfig } from '../../launcher/config.js';
 import { botEnv, botExecArgv } from '../../launcher/supervisor.js';
 import { startAnthropicFixture, type AnthropicFixture } from '../fixtures/anthropic.js';
-import { startHomeserver, type Homeserver, type RegisteredUser } from '../fixtures/homeserver.js';
+import { startTestHomeserver, type RegisteredUser, type TestHomeserver } from './test-homeserver.js';
 import { startPhone, type PhoneHandle } from './phone.js';
 
 export const DEVICE_MAIN = path.join(PACKAGE_ROOT, 'bots', 'device-main.ts');
@@ -20,11 +20,14 @@ export const DEVICE_MAIN = path.join(PACKAGE_ROOT, 'bots', 'device-main.ts');
 export interface BotEnv {
   home: string;
   work: string;
-  hs: Homeserver;
+  /** The real Synapse (behind a fault proxy) when MESHPILOT_TEST_HOMESERVER is set, else the fixture. */
+  hs: TestHomeserver;
   llm: AnthropicFixture;
   operator: RegisteredUser;
   phone: PhoneHandle;
-  registerBot(device: string): RegisteredUser;
+  registerBot(device: string): Promise<RegisteredUser>;
+  /** The bot account's user id (after registerBot). */
+  botUserId(device: string): string;
   writeManifest(device: string, capabilitiesYaml: string): void;
   startBot(device: string): ChildProcess;
   /** Starts the bot, waits for ready and its "live" DM, and for the phone to have joined that DM. */
@@ -37,16 +40,17 @@ export interface BotEnv {
  * the bot's logic and their phone has no crypto (test/e2ee.e2e.test.ts runs with it on).
  */
 export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: boolean; entry?: string; nodeArgs?: string[]; encryption?: 'auto' | 'off'; phoneCrypto?: boolean } = {}): Promise<BotEnv> {
-  const hs = await startHomeserver();
+  const hs = await startTestHomeserver();
   const llm = await startAnthropicFixture({ apiKey: 'sk-test' });
   const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bot-'));
   const home = path.join(root, 'home');
   const work = path.join(root, 'work');
   mkdirSync(work);
   const { home: layoutDirs } = ensureHome(home);
-  const operator = hs.registerUser('lucas', 'pw-lucas');
+  const operator = await hs.registerUser('lucas', 'pw-lucas');
+  const bots = new Map<string, string>();
   writeConfig(layoutDirs.config, {
-    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret, encryption: opts.encryption ?? 'off' },
+    matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret, encryption: opts.encryption ?? 'off', ...uniqueBotNames(hs) },
     operators: [operator.userId],
     ...(opts.withLlm === false ? {} : { llm: { api_key: 'sk-test', base_url: llm.url, model: 'claude-test', max_tokens: 1024 } }),
     approvals: { timeout_s: opts.approvalTimeoutS ?? 300 },
@@ -55,8 +59,9 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
   const children: ChildProcess[] = [];
   const env: BotEnv = {
     home, work, hs, llm, operator, phone,
-    registerBot(device) {
-      const user = hs.registerUser(`meshpilot-${device}`, `pw-${device}`);
+    async registerBot(device) {
+      const user = await hs.registerUser(`${uniqueBotNames(hs).bot_prefix ?? 'meshpilot-'}${device}`, `pw-${device}`, { exact: true });
+      bots.set(device, user.userId);
       writeCredentials(layoutDirs.keys, device, { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId, password: `pw-${device}` });
       return user;
     },
@@ -75,10 +80,15 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
       children.push(child);
       return child;
     },
+    botUserId(device) {
+      const id = bots.get(device);
+      if (!id) throw new Error(`registerBot('${device}') first`);
+      return id;
+    },
     async startBotInDm(device) {
       const child = env.startBot(device);
       await waitReady(child);
-      const botUserId = `@meshpilot-${device}:${hs.serverName}`;
+      const botUserId = env.botUserId(device);
       const live = await phone.waitFor((e) => e.sender === botUserId && e.type === 'm.room.message' && new RegExp(`✓ ${device} live`).test(String((e.content as { body?: unknown }).body)));
       await phone.waitFor((e) => e.room_id === live.room_id && e.type === 'm.room.member' && e.state_key === operator.userId && (e.content as { membership?: string }).membership === 'join');
       return { child, room: live.room_id, botUserId };
@@ -92,6 +102,11 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
     },
   };
   return env;
+}
+
+/** On a real server accounts outlive a run: bot and operator-bot names unique to this run (config `matrix`). */
+export function uniqueBotNames(hs: TestHomeserver): { bot_prefix?: string; operator_bot?: string } {
+  return hs.kind === 'synapse' ? { bot_prefix: `${hs.unique('meshpilot')}-`, operator_bot: hs.unique('meshpilot') } : {};
 }
 
 /** Resolves when the child sends {type:'ready'} (or rejects when it exits first). */
