@@ -511,7 +511,8 @@ export async function adminToken(home: HomeLayout, config: Config): Promise<stri
 async function adminUser(config: Config, admin: string, userId: string): Promise<{ deactivated: boolean } | undefined> {
   const r = await matrixFetch(`${hsUrl(config)}/_synapse/admin/v2/users/${encodeURIComponent(userId)}`, { token: admin });
   if (r.status === 404) return undefined;
-  const p = z.object({ deactivated: z.boolean() }).loose().safeParse(r.json);
+  // Synapse before 1.7x answers `deactivated` as 0/1 (its database column), later ones as a boolean.
+  const p = z.object({ deactivated: z.union([z.boolean(), z.number().int().min(0).max(1)]).transform(Boolean) }).loose().safeParse(r.json);
   if (r.status !== 200 || !p.success) throw new MeshpilotError('unreachable', `Matrix admin lookup of ${userId} failed (HTTP ${r.status})`);
   return { deactivated: p.data.deactivated };
 }
