@@ -26,12 +26,39 @@ registerMigration('bots.approvals.v1', `
   CREATE INDEX approvals_pending ON approvals (device, state);
 `);
 
+/** "45 s" under two minutes (a 5-s timeout must not read "0 min"), else whole minutes. */
+export function expiresIn(ms: number): string {
+  const s = Math.max(1, Math.round(ms / 1000));
+  return s < 120 ? `${s} s` : `${Math.round(s / 60)} min`;
+}
+
 export const APPROVE_KEYS = new Set(['✅', '✔️', '👍', '✅️']);
 export const REJECT_KEYS = new Set(['❌', '✖️', '👎', '🚫']);
 
 export interface ApprovalPoster {
-  /** Posts the request; returns the event id reactions must point at. */
-  post(roomId: string, plain: string, html: string): Promise<string>;
+  /** Posts the request; returns where it went (the poster may move it to another room) and the event reactions must point at. */
+  post(roomId: string, plain: string, html: string): Promise<{ roomId: string; eventId: string }>;
+}
+
+/** A request that was waiting for approval when the bot died. */
+export interface StaleApproval {
+  id: string;
+  roomId: string;
+  eventId: string | null;
+  requestId: string;
+  capability: string;
+  /** As stored (cut at 8 KiB: a cut value comes back as `{ unparsed: <text> }`). */
+  args: unknown;
+  requester: string;
+  createdAt: number;
+}
+
+function parseArgs(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return { unparsed: text.slice(0, 256) };
+  }
 }
 
 interface Pending {
@@ -50,9 +77,24 @@ export class ApprovalManager {
     private readonly opts: { device: string; timeoutMs: number; isOperator: (userId: string) => boolean; poster: ApprovalPoster },
   ) {}
 
-  /** A restart rejects everything that was waiting: nobody can approve a call that no longer exists. */
-  expireStale(): number {
-    return this.db.prepare("UPDATE approvals SET state = 'expired', decided_by = 'restart' WHERE device = ? AND state = 'pending'").run(this.opts.device).changes;
+  /**
+   * A restart rejects everything that was waiting: nobody can approve a call that no longer exists.
+   * Returns the dropped requests, so the caller can audit them and tell their rooms (the process that
+   * asked died before its invoke could record anything).
+   */
+  expireStale(): StaleApproval[] {
+    return this.db.transaction(() => {
+      const rows = this.db.prepare("SELECT id, room_id, event_id, request_id, capability, args, requester, created_at FROM approvals WHERE device = ? AND state = 'pending' ORDER BY created_at")
+        .all(this.opts.device) as Array<{ id: string; room_id: string; event_id: string | null; request_id: string; capability: string; args: string; requester: string; created_at: number }>;
+      this.db.prepare("UPDATE approvals SET state = 'expired', decided_by = 'restart' WHERE device = ? AND state = 'pending'").run(this.opts.device);
+      return rows.map((r) => ({ id: r.id, roomId: r.room_id, eventId: r.event_id, requestId: r.request_id, capability: r.capability, args: parseArgs(r.args), requester: r.requester, createdAt: r.created_at }));
+    })();
+  }
+
+  /** How the approval of a request ended ('approved', 'rejected', 'expired'), or undefined when none was asked. */
+  stateOf(requestId: string): string | undefined {
+    const row = this.db.prepare('SELECT state FROM approvals WHERE request_id = ? ORDER BY created_at DESC LIMIT 1').get(requestId) as { state: string } | undefined;
+    return row?.state;
   }
 
   /** The approval hook for calls started from `roomId`. */
@@ -62,10 +104,10 @@ export class ApprovalManager {
 
   private async ask(roomId: string, req: ApprovalRequest): Promise<ApprovalVerdict> {
     const id = randomBytes(3).toString('hex');
-    const minutes = Math.round(this.opts.timeoutMs / 60000);
+    const expiry = expiresIn(this.opts.timeoutMs);
     const args = JSON.stringify(req.args, null, 1).replace(/\n\s*/g, ' ');
-    const plain = `🔐 Approval needed [${id}]: ${req.capability} on ${req.device}\n${args}\nasked by ${req.actor} (${req.risk})\nReact ✅ to approve, ❌ to reject (expires in ${minutes} min), or reply !approve ${id} / !reject ${id}.`;
-    const html = `🔐 <b>Approval needed</b> [${id}]: <code>${escapeHtml(req.capability)}</code> on <b>${escapeHtml(req.device)}</b><pre><code>${escapeHtml(args)}</code></pre>asked by ${escapeHtml(req.actor)} (${req.risk})<br>React ✅ to approve, ❌ to reject (expires in ${minutes} min), or reply <code>!approve ${id}</code> / <code>!reject ${id}</code>.`;
+    const plain = `🔐 Approval needed [${id}]: ${req.capability} on ${req.device}\n${args}\nasked by ${req.actor} (${req.risk})\nReact ✅ to approve, ❌ to reject (expires in ${expiry}), or reply !approve ${id} / !reject ${id}.`;
+    const html = `🔐 <b>Approval needed</b> [${id}]: <code>${escapeHtml(req.capability)}</code> on <b>${escapeHtml(req.device)}</b><pre><code>${escapeHtml(args)}</code></pre>asked by ${escapeHtml(req.actor)} (${req.risk})<br>React ✅ to approve, ❌ to reject (expires in ${expiry}), or reply <code>!approve ${id}</code> / <code>!reject ${id}</code>.`;
     const now = Date.now();
     this.db.prepare('INSERT INTO approvals (id, device, room_id, request_id, capability, args, requester, state, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
       .run(id, this.opts.device, roomId, req.requestId, req.capability, JSON.stringify(req.args).slice(0, 8192), req.actor, 'pending', now, now + this.opts.timeoutMs);
@@ -73,9 +115,10 @@ export class ApprovalManager {
       const timer = setTimeout(() => this.decide(id, false, 'timeout', 'expired'), this.opts.timeoutMs);
       const entry: Pending = { id, roomId, eventId: undefined, resolve, timer };
       this.pending.set(id, entry);
-      this.opts.poster.post(roomId, plain, html).then((eventId) => {
-        entry.eventId = eventId;
-        this.db.prepare('UPDATE approvals SET event_id = ? WHERE id = ?').run(eventId, id);
+      this.opts.poster.post(roomId, plain, html).then((posted) => {
+        entry.roomId = posted.roomId;
+        entry.eventId = posted.eventId;
+        this.db.prepare('UPDATE approvals SET room_id = ?, event_id = ? WHERE id = ?').run(posted.roomId, posted.eventId, id);
       }, () => this.decide(id, false, 'error', 'rejected', 'the approval request could not be posted'));
     });
   }

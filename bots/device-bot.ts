@@ -3,18 +3,22 @@
  * chat events through a ChatPort, and every action goes through the one Invoker (policy, approval,
  * audit). Plain words go to the LLM loop; `!commands` run without it.
  */
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { parseKeyValues, describeArgs } from '../capabilities/args.js';
 import { AnchorContentSchema, canCompareAnchors, compareWithAnchors } from '../capabilities/audit-anchor.js';
+import { redactArgs } from '../capabilities/audit.js';
 import type { AuditSink } from '../capabilities/audit-sqlite.js';
 import type { Db } from '../capabilities/db.js';
 import { toMpError } from '../capabilities/errors.js';
 import type { InvokeResult, Invoker } from '../capabilities/invoke.js';
 import type { Manifest } from '../capabilities/manifest.js';
-import { ApprovalManager } from './approvals.js';
+import { ApprovalManager, type StaleApproval } from './approvals.js';
+import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
 import type { LlmCaller, TurnAction } from './llm.js';
+import { RoomGuard, type RoomMember } from './room-guard.js';
 
 /** Said when the LLM cannot help (kept here so a bot without an LLM never loads the SDK). */
 const COMMAND_MODE_HINT = 'Command mode still works: send `!help` for the commands.';
@@ -34,6 +38,8 @@ export interface ChatPort {
   joinRoom(roomId: string): Promise<void>;
   leaveRoom(roomId: string): Promise<void>;
   isEncryptedRoom(roomId: string): Promise<boolean>;
+  /** Joined and invited members (and the rest): the bot posts only where every member is an operator. */
+  roomMembers(roomId: string): Promise<readonly RoomMember[]>;
 }
 
 export interface ChatMessage {
@@ -98,14 +104,25 @@ export class DeviceBot {
   private busyCount = 0;
   private stopping = false;
   private interceptor: AnswerInterceptor | undefined;
+  private readonly guard: RoomGuard;
+  /** The chat as the bot's conversation uses it: every post lands in a room that holds only operators. */
+  private readonly chat: Pick<ChatPort, 'sendText' | 'sendHtml' | 'sendFile'>;
 
   constructor(private readonly o: DeviceBotOptions) {
     this.conversations = new ConversationStore(o.db, { device: o.device });
+    this.guard = new RoomGuard({ device: o.device, chat: o.chat, isOperator: (u) => this.isOperator(u), operators: () => this.operators(), logger: o.logger });
+    const safe = (room: string): Promise<string> => this.guard.roomFor(room);
+    this.chat = {
+      sendText: async (room, text) => o.chat.sendText(await safe(room), text),
+      sendHtml: async (room, plain, html) => o.chat.sendHtml(await safe(room), plain, html),
+      sendFile: async (room, name, bytes, mimetype) => o.chat.sendFile(await safe(room), name, bytes, mimetype),
+    };
     this.approvals = new ApprovalManager(o.db, {
       device: o.device,
       timeoutMs: o.approvalTimeoutMs,
       isOperator: (u) => this.isOperator(u),
-      poster: { post: (room, plain, html) => o.chat.sendHtml(room, plain, html) },
+      // The request goes where the room guard sends it; reactions are matched in that room.
+      poster: { post: async (room, plain, html) => { const target = await safe(room); return { roomId: target, eventId: await o.chat.sendHtml(target, plain, html) }; } },
     });
   }
 
@@ -123,8 +140,7 @@ export class DeviceBot {
 
   /** Ensures a DM with each operator; returns the rooms created now (where "live" was announced). */
   async start(): Promise<string[]> {
-    const expired = this.approvals.expireStale();
-    if (expired) this.o.logger.info({ expired }, 'pending approvals from before the restart were rejected');
+    const dropped = this.auditDropped(this.approvals.expireStale());
     const m = this.o.manifest();
     const created: string[] = [];
     for (const op of this.operators()) {
@@ -144,7 +160,36 @@ export class DeviceBot {
         this.o.logger.warn({ operator: op, err: toMpError(err).message }, 'could not open a DM with an operator');
       }
     }
+    await this.tellDropped(dropped);
     return created;
+  }
+
+  /**
+   * Requests that waited for approval when the bot died (kill -9, power loss): their invoke never came
+   * back, so nothing was audited for them. Each gets the entry the invoker writes for a request that
+   * was not approved (rejected / not_run, same request id), so the chain says what became of it.
+   */
+  private auditDropped(stale: readonly StaleApproval[]): Array<StaleApproval & { seq: number }> {
+    if (stale.length) this.o.logger.info({ dropped: stale.map((s) => s.id) }, 'pending approvals from before the restart were dropped');
+    return stale.map((s) => {
+      const entry = this.o.audit.append({
+        device: this.o.device, actor: s.requester.slice(0, 256), request_id: s.requestId, capability: s.capability.slice(0, 64), args: redactArgs(s.args),
+        decision: 'rejected', outcome: 'not_run', exit_code: null, output_sha256: null, duration_ms: null, error_code: 'approval_rejected',
+        reason: `${s.capability} on ${this.o.device} was not approved (restart: the bot stopped while approval ${s.id} was pending)`, context: null,
+      });
+      return { ...s, seq: entry.seq };
+    });
+  }
+
+  /** Tells each room whose request a restart dropped: which one, and that it must be asked again. */
+  private async tellDropped(dropped: ReadonlyArray<StaleApproval & { seq: number }>): Promise<void> {
+    const byRoom = new Map<string, Array<StaleApproval & { seq: number }>>();
+    for (const d of dropped) byRoom.set(d.roomId, [...(byRoom.get(d.roomId) ?? []), d]);
+    for (const [room, list] of byRoom) {
+      const what = list.map((d) => `[${d.id}] ${d.capability} (🧾 #${d.seq})`).join(', ');
+      const text = `⚠️ I restarted while ${list.length > 1 ? 'these requests were' : 'this request was'} waiting for approval: ${what}. ${list.length > 1 ? 'They were' : 'It was'} dropped and did not run; ask again if you still want ${list.length > 1 ? 'them' : 'it'}.`;
+      await this.chat.sendText(room, text).catch((err) => this.o.logger.warn({ err: toMpError(err).message }, 'could not tell the room about a dropped request'));
+    }
   }
 
   /** Invites: joined only when they come from an operator; others are refused and audited. */
@@ -177,7 +222,9 @@ export class DeviceBot {
     // Approvals must get through while a turn in the same room waits for them.
     const decision = /^!(approve|reject)\b\s*(\S*)/.exec(msg.body.trim());
     if (decision) {
-      await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, decision[1] === 'approve', decision[2] || undefined));
+      await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, decision[1] === 'approve', decision[2] || undefined)).catch((err) => {
+        this.o.logger.warn({ err: toMpError(err).message }, 'could not answer an approval command');
+      });
       return;
     }
     if (this.stopping) {
@@ -186,7 +233,7 @@ export class DeviceBot {
     }
     // One turn at a time per room, in order.
     const prev = this.queues.get(msg.roomId) ?? Promise.resolve();
-    const next = prev.then(() => this.handle(msg)).catch((err) => {
+    const next = prev.then(() => this.handleIn(msg)).catch((err) => {
       this.o.logger.error({ err: toMpError(err).message }, 'message handling failed');
       return this.reply(msg.roomId, `Something went wrong: ${toMpError(err).message}`).catch(() => undefined);
     });
@@ -211,6 +258,12 @@ export class DeviceBot {
     await this.reply(roomId, `🔒 This room is end-to-end encrypted and this bot runs without encryption (\`matrix.encryption: off\`, or its keys were lost), so it cannot read your messages here.${dm && dm !== roomId ? ' Talk to me in our unencrypted DM instead.' : ' Start a new DM with encryption turned off, or turn encryption on in the launcher\'s config.'}`).catch(() => undefined);
   }
 
+  /** Handles the message in a room that holds only operators: this one, or the one the guard moves to. */
+  private async handleIn(msg: ChatMessage): Promise<void> {
+    const room = await this.guard.roomFor(msg.roomId, msg.sender);
+    await this.handle(room === msg.roomId ? msg : { ...msg, roomId: room });
+  }
+
   private async handle(msg: ChatMessage): Promise<void> {
     this.busyCount++;
     await this.o.chat.setTyping(msg.roomId, true, TYPING_MS).catch(() => undefined);
@@ -233,9 +286,13 @@ export class DeviceBot {
     }
   }
 
-  private invoke(msg: ChatMessage, capability: string, args: unknown, actor: string): Promise<InvokeResult> {
-    const req = { device: this.o.device, capability, args, actor, ...(msg.context ? { context: msg.context } : {}) };
-    return this.o.invoker.invoke(req, this.approvals.hookFor(msg.roomId));
+  /** `expired` collects the audit seqs of calls whose approval timed out (the footer says "expired", not "rejected"). */
+  private async invoke(msg: ChatMessage, capability: string, args: unknown, actor: string, expired?: Set<number>): Promise<InvokeResult> {
+    const requestId = randomUUID();
+    const req = { device: this.o.device, capability, args, actor, requestId, ...(msg.context ? { context: msg.context } : {}) };
+    const r = await this.o.invoker.invoke(req, this.approvals.hookFor(msg.roomId));
+    if (expired && r.decision === 'rejected' && r.audit && this.approvals.stateOf(requestId) === 'expired') expired.add(r.audit.seq);
+    return r;
   }
 
   private async llmTurn(msg: ChatMessage): Promise<void> {
@@ -251,22 +308,26 @@ export class DeviceBot {
     }
     const { auditFooter, buildSystemPrompt, buildTools, runTurn } = await import('./llm.js');
     const tools = buildTools(this.o.invoker.allowedCapabilities(this.o.device));
+    const expired = new Set<number>();
     const system = buildSystemPrompt({ ...manifest, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
     const result = await runTurn({
       client: llm.client, system, tools,
       history: this.conversations.load(msg.roomId),
       userText: msg.body,
-      invoke: (capability, args) => this.invoke(msg, capability, args, `llm:${msg.sender}`),
+      invoke: (capability, args) => this.invoke(msg, capability, args, `llm:${msg.sender}`, expired),
       maxSteps: llm.maxSteps,
       budget: this.conversations.budget(llm.dailyTokenBudget),
       logger: this.o.logger,
     });
     if (result.messages.length) this.conversations.append(msg.roomId, result.messages);
-    const footer = auditFooter(result.actions);
+    // Every LLM reply carries the footer ("no action taken" when nothing ran), and a warning when its
+    // words claim an action that no successful call of this turn backs.
+    const footer = auditFooter(result.actions.map((a) => (a.auditSeq !== null && expired.has(a.auditSeq) ? { ...a, expired: true } : a)));
+    const warning = claimWarning(result.text, result.actions);
     let text = result.text || (result.error ? result.error.message : '(no answer)');
-    const plain = footer ? `${text}\n\n${footer}` : text;
-    const html = `${llmTextToHtml(text)}${footer ? `<br><br><small>${escapeHtml(footer)}</small>` : ''}`;
-    await this.o.chat.sendHtml(msg.roomId, plain, html);
+    const plain = `${text}\n\n${warning ? `${warning}\n` : ''}${footer}`;
+    const html = `${llmTextToHtml(text)}<br><br>${warning ? `<b>${escapeHtml(warning)}</b><br>` : ''}<small>${escapeHtml(footer)}</small>`;
+    await this.chat.sendHtml(msg.roomId, plain, html);
     if (result.actions.length) await this.anchorAuditHead(msg.roomId, result.actions);
   }
 
@@ -315,12 +376,17 @@ export class DeviceBot {
   }
 
   private async reply(roomId: string, text: string): Promise<void> {
-    await this.o.chat.sendText(roomId, text);
+    await this.chat.sendText(roomId, text);
+  }
+
+  /** Posts text where only operators will read it (this room, or the one the room guard moves to). */
+  sendText(roomId: string, text: string): Promise<string> {
+    return this.chat.sendText(roomId, text);
   }
 
   async sendReply(roomId: string, reply: ChatReply): Promise<void> {
-    await this.o.chat.sendHtml(roomId, reply.plain, reply.html);
-    if (reply.attachment) await this.o.chat.sendFile(roomId, reply.attachment.name, reply.attachment.bytes, reply.attachment.mimetype);
+    await this.chat.sendHtml(roomId, reply.plain, reply.html);
+    if (reply.attachment) await this.chat.sendFile(roomId, reply.attachment.name, reply.attachment.bytes, reply.attachment.mimetype);
   }
 
   private auditStranger(sender: string, what: string, roomId: string): void {
@@ -341,14 +407,14 @@ export class DeviceBot {
       if (!def) return this.reply(msg.roomId, `Unknown capability ${name}.`);
       const allowed = this.o.invoker.allowedCapabilities(this.o.device).some((d) => d.name === name);
       const lines = describeArgs(def);
-      return this.o.chat.sendHtml(msg.roomId, `${def.name} (${def.risk})${allowed ? '' : ' — not enabled on this device'}\n${def.description}\n${lines.join('\n')}`,
+      return this.chat.sendHtml(msg.roomId, `${def.name} (${def.risk})${allowed ? '' : ' — not enabled on this device'}\n${def.description}\n${lines.join('\n')}`,
         `<b>${escapeHtml(def.name)}</b> (${def.risk})${allowed ? '' : ' — <i>not enabled on this device</i>'}<br>${escapeHtml(def.description)}<pre><code>${escapeHtml(lines.join('\n') || 'no arguments')}</code></pre>`).then(() => undefined);
     }
     const caps = this.o.invoker.allowedCapabilities(this.o.device).map((d) => d.name);
     const cmdLines = COMMANDS.map((c) => `!${c.name}${c.args ? ' ' + c.args : ''} — ${c.help}`);
     const plain = `Commands:\n${cmdLines.join('\n')}\n\nCapabilities here: ${caps.join(', ') || 'none'}\nOr just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     const html = `<b>Commands</b><br>${cmdLines.map((l) => escapeHtml(l)).join('<br>')}<br><br><b>Capabilities here</b>: ${escapeHtml(caps.join(', ') || 'none')}<br>Or just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
-    await this.o.chat.sendHtml(msg.roomId, plain, html);
+    await this.chat.sendHtml(msg.roomId, plain, html);
   }
 
   async cmdStatus(msg: ChatMessage): Promise<void> {
@@ -358,7 +424,7 @@ export class DeviceBot {
     const refs = [info, health].map(auditRef).filter(Boolean).join(' · ');
     const plain = `🖥 ${this.o.device}\n${parts.join('\n')}\n${refs}`;
     const html = `🖥 <b>${escapeHtml(this.o.device)}</b><pre><code>${escapeHtml(parts.join('\n'))}</code></pre><small>${escapeHtml(refs)}</small>`;
-    await this.o.chat.sendHtml(msg.roomId, plain, html);
+    await this.chat.sendHtml(msg.roomId, plain, html);
     await this.anchorAuditHead(msg.roomId);
   }
 
@@ -382,7 +448,7 @@ export class DeviceBot {
     const entries = tail.call(this.o.audit, n, this.o.device);
     const lines = entries.map((e) => `#${e.seq} ${e.ts.slice(5, 19).replace('T', ' ')} ${e.capability} ${e.decision}/${e.outcome}${e.exit_code !== null ? ` exit ${e.exit_code}` : ''} · ${e.actor}`);
     const text = lines.join('\n') || 'The audit log is empty.';
-    await this.o.chat.sendHtml(msg.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
+    await this.chat.sendHtml(msg.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
   }
 
   async cmdDecide(msg: ChatMessage, rest: string, approve: boolean): Promise<void> {
@@ -407,3 +473,4 @@ export class DeviceBot {
     await Promise.allSettled([...this.queues.values()]);
   }
 }
+

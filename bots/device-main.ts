@@ -96,7 +96,11 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
           },
         });
         creds = { ...creds, accessToken: r.accessToken, deviceId: r.deviceId };
-        return { storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(password ? { password } : {}) };
+        return {
+          storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(password ? { password } : {}),
+          // Room keys go to operators only: a stranger invited into a DM cannot read it (keys are shared after start, once bot exists).
+          keyRecipients: (u: string) => bot.isOperator(u),
+        };
       } catch (err) {
         const e = toMpError(err);
         // The homeserver is down: wait for it like the session would, rather than start without encryption.
@@ -130,6 +134,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       joinRoom: async (r) => { await session.joinRoom(r); },
       leaveRoom: (r) => session.leaveRoom(r),
       isEncryptedRoom: (r) => session.isEncryptedRoom(r),
+      roomMembers: (r) => session.roomMembers(r),
     },
     ...(apiKey ? {
       llm: {
@@ -148,7 +153,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     manifest: () => devices.get(device),
     allowed: () => invoker.allowedCapabilities(device).map((d) => d.name),
     download: (mxc, o) => session.downloadMedia(mxc, o),
-    sendText: (r, t) => session.sendText(r, t),
+    sendText: (r, t) => bot.sendText(r, t), // guarded: never into a room with a non-operator
     dir: path.join(home.bots, device, 'voice'),
     logger: log,
   });

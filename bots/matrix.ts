@@ -57,6 +57,11 @@ export interface MatrixSessionOptions {
     password?: string;
     /** Where the cross-signing private keys are kept (0600) so a replacement device keeps the same identity. */
     crossSigningFile?: string;
+    /**
+     * Who may receive this bot's room keys (besides the bot itself): a non-operator invited into a DM
+     * must not be able to decrypt what the bot says there. Default: every joined or invited member.
+     */
+    keyRecipients?: (userId: string) => boolean;
   };
 }
 
@@ -156,6 +161,8 @@ export interface MatrixSession {
   downloadMedia(mxc: string, opts?: { maxBytes?: number }): Promise<DownloadedMedia>;
   whoami(): Promise<{ userId: string; deviceId?: string }>;
   isEncryptedRoom(roomId: string): Promise<boolean>;
+  /** The room's members with their membership (joined, invited, left…); cached until a sync brings a membership change. */
+  roomMembers(roomId: string): Promise<Array<{ userId: string; membership: string }>>;
   cryptoAvailable(): boolean;
   /** True once end-to-end encryption is set up for this session (after start()). */
   encryptionEnabled(): boolean;
@@ -524,7 +531,12 @@ class SessionClient extends MatrixClient {
    */
   override async getJoinedRoomMembers(roomId: string): Promise<string[]> {
     const members = await this.getAllRoomMembers(roomId);
-    return members.filter((m) => m.membership === 'join' || m.membership === 'invite').map((m) => m.membershipFor);
+    const self = await this.getUserId();
+    const may = this.keyRecipients;
+    return members
+      .filter((m) => m.membership === 'join' || m.membership === 'invite')
+      .map((m) => m.membershipFor)
+      .filter((u) => !may || u === self || may(u));
   }
 }
 
@@ -565,6 +577,9 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     mkdirSync(e2ee.storeDir, { recursive: true, mode: 0o700 });
   }
   const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new FileCryptoStorage(e2ee.storeDir) : undefined);
+  client.keyRecipients = e2ee?.keyRecipients;
+  // roomId → its members, until a sync shows a membership change there (the bot checks them before every post).
+  const memberCache = new Map<string, Promise<Array<{ userId: string; membership: string }>>>();
   const cryptoClient = (): CryptoClientLike | undefined => {
     const c = (client as unknown as { crypto?: CryptoClientLike }).crypto;
     return c?.isReady ? c : undefined;
@@ -719,6 +734,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       failures = 0;
       state = 'syncing';
       const next = (raw as { next_batch?: unknown } | null)?.next_batch;
+      forgetChangedMembers(raw);
       try {
         await client.processRaw(token === null ? withoutInitialTimelines(raw) : raw);
       } catch (err) {
@@ -731,6 +747,18 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       }
       caughtUp = true;
       firstBatch?.resolve();
+    }
+  }
+
+  /** Drops cached member lists of rooms where this sync shows a membership event (timeline or state) or a gap. */
+  function forgetChangedMembers(raw: unknown): void {
+    if (memberCache.size === 0) return;
+    const rooms = (raw as { rooms?: { join?: Record<string, unknown>; leave?: Record<string, unknown> } } | null)?.rooms;
+    for (const roomId of Object.keys(rooms?.leave ?? {})) memberCache.delete(roomId);
+    for (const [roomId, room] of Object.entries(rooms?.join ?? {})) {
+      const r = room as { timeline?: { limited?: unknown; events?: unknown }; state?: { events?: unknown } };
+      const events = [...(Array.isArray(r.timeline?.events) ? r.timeline.events : []), ...(Array.isArray(r.state?.events) ? r.state.events : [])] as Array<{ type?: unknown }>;
+      if (r.timeline?.limited === true || events.some((e) => e?.type === 'm.room.member')) memberCache.delete(roomId);
     }
   }
 
@@ -1074,6 +1102,19 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
         return w.device_id ? { userId: w.user_id, deviceId: w.device_id } : { userId: w.user_id };
       }),
     isEncryptedRoom: async (roomId) => (await session.getState(roomId, 'm.room.encryption', '')) !== null,
+    roomMembers: async (roomId) => {
+      checkRoom(roomId);
+      let members = memberCache.get(roomId);
+      if (!members) {
+        const fetched = call('member list', async () => (await client.getAllRoomMembers(roomId)).map((m) => ({ userId: m.membershipFor, membership: m.membership })));
+        memberCache.set(roomId, fetched);
+        fetched.catch(() => {
+          if (memberCache.get(roomId) === fetched) memberCache.delete(roomId);
+        });
+        members = fetched;
+      }
+      return members;
+    },
     cryptoAvailable,
     encryptionEnabled: () => cryptoClient() !== undefined,
     async encryptionStatus() {
@@ -1138,6 +1179,13 @@ function validLocalpart(localpart: string): void {
   }
 }
 
+const USER_IN_USE = 'M_USER_IN_USE';
+
+/** True when registerWithSharedSecret failed because the account exists already (an earlier install, say). */
+export function isUserInUse(err: unknown): boolean {
+  return err instanceof MeshpilotError && err.cause === USER_IN_USE;
+}
+
 /** Registers a user through Synapse's shared-secret admin API (nonce + HMAC-SHA1). */
 export async function registerWithSharedSecret(o: {
   homeserverUrl: string;
@@ -1173,7 +1221,7 @@ export async function registerWithSharedSecret(o: {
     if (err instanceof MeshpilotError) throw err;
     const i = errInfo(err);
     if (i.errcode === 'M_USER_IN_USE') {
-      throw new MeshpilotError('config', `The Matrix user name "${o.localpart}" is already taken on ${base}; pick another name or reuse that account's access token`);
+      throw new MeshpilotError('config', `The Matrix user name "${o.localpart}" is already taken on ${base}; pick another name or reuse that account's access token`, { cause: USER_IN_USE });
     }
     if (i.errcode === 'M_FORBIDDEN' || i.status === 403) {
       throw new MeshpilotError('auth', 'The homeserver rejected the registration shared secret (check registration_shared_secret in homeserver.yaml)');
