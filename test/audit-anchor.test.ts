@@ -13,7 +13,9 @@ import type { AuditInput } from '../capabilities/audit.js';
 import { openDatabase } from '../capabilities/db.js';
 import { ensureHome } from '../capabilities/home.js';
 import { writeConfig } from '../launcher/config.js';
-import { AUDIT_HEAD_EVENT, readDeviceAnchor } from '../launcher/audit-anchors.js';
+import { AUDIT_HEAD_EVENT, readDeviceAnchor, type AnchorRead } from '../launcher/audit-anchors.js';
+import { HealthMonitor } from '../launcher/health.js';
+import { openRuntime } from '../launcher/runtime.js';
 import { forgeAuditEntry } from './helpers/forge-audit.js';
 import { startTestHomeserver, type TestHomeserver } from './helpers/test-homeserver.js';
 import { tempDir } from './helpers/tmp.js';
@@ -95,6 +97,66 @@ describe('compareWithAnchors', () => {
     const db = c.open();
     expect(compareWithAnchors(db.log, 'box', [{ seq: 3, hash: 'c'.repeat(64) }])).toMatchObject({ ok: false, badSeq: 3 });
     db.close();
+  });
+});
+
+describe('the health monitor checks controller chains against their anchors', () => {
+  it('online while the chain holds the anchor; corrupted with the seq once it was rewritten and re-hashed; the anchor is cached', async () => {
+    const root = tempDir('mp-anchor-health-');
+    let rt = openRuntime({ root });
+    expect(rt.devices.get('local')).toBeDefined();
+    for (let i = 1; i <= 5; i++) rt.audit.append(input(i, 'local'));
+    const anchor = rt.audit.head('local')!;
+    const reads: string[] = [];
+    let answer: AnchorRead = { status: 'read', anchor: { ...anchor, roomId: '!dm:example.org' }, rooms: 1 };
+    const settings = { schedule: '* * * * *', stale_after_s: 600, unreachable_after: 2, remind_after_s: 21600 };
+    const monitor = (): HealthMonitor => new HealthMonitor({
+      db: rt.db, audit: rt.audit, devices: rt.devices, settings, home: root, anchorEvery: 60,
+      controllerAnchors: async (d) => { reads.push(d); return d === 'local' ? answer : { status: 'no_account', message: 'none' }; },
+    });
+    let m = monitor();
+    let r = await m.runCycle();
+    let local = r.devices.find((d) => d.device === 'local');
+    expect(local).toMatchObject({ state: 'online', controllerChain: { ok: true, seq: 5 } });
+    await m.stop();
+    await rt.close();
+
+    forgeAuditEntry(path.join(root, 'meshpilot.db'), 'local', 2, (e) => { e.reason = 'nothing to see'; });
+    rt = openRuntime({ root });
+    expect(rt.audit.verify('local').ok).toBe(true);
+    m = monitor();
+    reads.length = 0;
+    r = await m.runCycle();
+    local = r.devices.find((d) => d.device === 'local');
+    expect(local?.state).toBe('corrupted');
+    expect(local?.detail).toContain('controller audit chain: first bad seq 5');
+    expect(local?.controllerChain).toMatchObject({ ok: false, badSeq: 5 });
+    expect(r.queued).toEqual([expect.stringMatching(/^\[ALERT\] device_id=local status=corrupted/)]);
+    // The next cycle uses the cached anchor (not due for a re-read), and a homeserver that cannot be read keeps it.
+    answer = { status: 'unreadable', message: 'homeserver down' };
+    r = await m.runCycle();
+    expect(r.devices.find((d) => d.device === 'local')?.state).toBe('corrupted');
+    expect(reads.filter((d) => d === 'local')).toEqual(['local']);
+    await m.stop();
+    await rt.close();
+  });
+
+  it('an entry after the anchor edited without re-hashing is corrupted too (verified from the anchor)', async () => {
+    const root = tempDir('mp-anchor-health-');
+    const rt = openRuntime({ root });
+    for (let i = 1; i <= 3; i++) rt.audit.append(input(i, 'local'));
+    const anchor = rt.audit.head('local')!;
+    for (let i = 4; i <= 6; i++) rt.audit.append(input(i, 'local'));
+    rt.db.prepare("UPDATE audit SET body = replace(body, '/srv/5', '/srv/X') WHERE device = 'local' AND seq = 5").run();
+    const m = new HealthMonitor({
+      db: rt.db, audit: rt.audit, devices: rt.devices, home: root,
+      settings: { schedule: '* * * * *', stale_after_s: 600, unreachable_after: 2, remind_after_s: 21600 },
+      controllerAnchors: async () => ({ status: 'read', anchor: { ...anchor, roomId: '!dm:example.org' }, rooms: 1 }),
+    });
+    const r = await m.runCycle();
+    expect(r.devices.find((d) => d.device === 'local')?.controllerChain).toMatchObject({ ok: false, badSeq: 5 });
+    await m.stop();
+    await rt.close();
   });
 });
 
