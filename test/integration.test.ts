@@ -1,8 +1,9 @@
 /**
- * The device bot end to end against a REAL homeserver (Synapse or any server with shared-secret
- * registration). Runs when MESHPILOT_TEST_HOMESERVER (base URL) and MESHPILOT_TEST_REGISTRATION_SECRET
- * are set; `npm run test:integration` runs only this file. It creates its own users and rooms, so it
- * can run repeatedly against one server. The LLM side uses the Anthropic fixture.
+ * The device bot end to end as a user first meets it: encryption on (the default config), a phone
+ * with crypto, the bot process started the way a developer would (tsx). Against the real homeserver
+ * when MESHPILOT_TEST_HOMESERVER and MESHPILOT_TEST_REGISTRATION_SECRET are set (`.ci/run` does), else
+ * the fixture; `npm run test:integration` runs only this file. Users and rooms are unique per run, so
+ * it can run repeatedly against one server. The LLM side uses the Anthropic fixture.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,18 +11,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeCredentials } from '../bots/credentials.js';
-import { registerWithSharedSecret } from '../bots/matrix.js';
 import { ensureHome } from '../capabilities/home.js';
 import { writeConfig } from '../launcher/config.js';
 import { startAnthropicFixture, textReply, toolReply, type AnthropicFixture } from './fixtures/anthropic.js';
 import { DEVICE_MAIN, waitReady } from './helpers/bot-env.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';
+import { startTestHomeserver, type TestHomeserver } from './helpers/test-homeserver.js';
 
-const url = process.env['MESHPILOT_TEST_HOMESERVER'];
-const secret = process.env['MESHPILOT_TEST_REGISTRATION_SECRET'];
-const reason = 'MESHPILOT_TEST_HOMESERVER and MESHPILOT_TEST_REGISTRATION_SECRET are not set';
-
-describe.skipIf(!url || !secret)(`real homeserver integration (skipped unless ${reason.replace(' are not set', ' are set')})`, () => {
+describe('device bot integration, encrypted, as a user first runs it', () => {
+  let hs: TestHomeserver;
   let root: string;
   let work: string;
   let llm: AnthropicFixture;
@@ -38,11 +36,12 @@ describe.skipIf(!url || !secret)(`real homeserver integration (skipped unless ${
     writeFileSync(path.join(work, 'integration.txt'), 'x');
     const home = ensureHome(path.join(root, 'home')).home;
     llm = await startAnthropicFixture();
-    const operator = await registerWithSharedSecret({ homeserverUrl: url!, sharedSecret: secret!, localpart: `mp-op-${run}`, password: `pw-${run}` });
-    const botAccount = await registerWithSharedSecret({ homeserverUrl: url!, sharedSecret: secret!, localpart: `meshpilot-it${run}`, password: `pw-${run}-b` });
+    hs = await startTestHomeserver();
+    const operator = await hs.registerUser(`mp-op-${run}`, `pw-${run}`);
+    const botAccount = await hs.registerUser(`meshpilot-it${run}`, `pw-${run}-b`);
     botUser = botAccount.userId;
     writeConfig(home.config, {
-      matrix: { homeserver_url: url, registration_shared_secret: secret },
+      matrix: { homeserver_url: hs.url, server_name: hs.serverName, registration_shared_secret: hs.registrationSharedSecret },
       operators: [operator.userId],
       llm: { api_key: 'sk-test', base_url: llm.url, model: 'claude-test' },
     });
@@ -50,7 +49,7 @@ describe.skipIf(!url || !secret)(`real homeserver integration (skipped unless ${
     writeCredentials(home.keys, device, { userId: botAccount.userId, accessToken: botAccount.accessToken, deviceId: botAccount.deviceId, password: `pw-${run}-b` });
     writeFileSync(path.join(home.manifests, `${device}.yaml`), `device: ${device}\ncapabilities:\n  sys.info: {}\n  sys.health: {}\n  fs.list: { paths_allowed: ["${work}/**"] }\n`);
     // The default config has end-to-end encryption on, so the phone runs crypto like Element does.
-    phone = await startPhone({ url: url! }, operator, { crypto: true });
+    phone = await startPhone(hs, operator, { crypto: true });
     bot = fork(DEVICE_MAIN, [], { execArgv: ['--import', 'tsx'], env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: home.root, MESHPILOT_DEVICE: device, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     await waitReady(bot, 60_000);
     const live = await phone.waitFor((e) => e.sender === botUser && /live/.test(bodyOf(e)), 60_000);
@@ -65,6 +64,7 @@ describe.skipIf(!url || !secret)(`real homeserver integration (skipped unless ${
     }
     phone?.stop();
     await llm?.close();
+    await hs?.stop();
     if (root) rmSync(root, { recursive: true, force: true });
   });
 
