@@ -10,12 +10,13 @@
  *   (median of several runs; min-max printed), with `node -e 0` on the same machine beside them.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SETTLE_IDLE_MS } from '../bots/memory-settle.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { buildBundles, bundlesFresh } from '../scripts/bundle-fresh.mjs';
+import { processTree } from './proc-tree.js';
 import { textReply } from '../test/fixtures/anthropic.js';
 import { createBotEnv } from '../test/helpers/bot-env.js';
 import { bodyOf } from '../test/helpers/phone.js';
@@ -25,50 +26,6 @@ export const figures = ['launcher.tree_rss', 'cli.help', 'cli.cap_sys_info'];
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
 const say = (line: string): void => void process.stderr.write(`# ${line}\n`);
-
-export interface ProcMemory { pid: number; name: string; rssKb: number; pssKb: number }
-
-/** The pid and every descendant (from each /proc/<pid>/stat's parent pid), with RSS and PSS. */
-export function processTree(root: number): ProcMemory[] {
-  const children = new Map<number, number[]>();
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(e)]);
-    } catch {
-      // exited meanwhile
-    }
-  }
-  const out: ProcMemory[] = [];
-  const visit = (pid: number): void => {
-    const m = memoryOf(pid);
-    if (m) out.push(m);
-    for (const c of children.get(pid) ?? []) visit(c);
-  };
-  visit(root);
-  return out;
-}
-
-function memoryOf(pid: number): ProcMemory | undefined {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0);
-    let pssKb = rssKb;
-    try {
-      pssKb = Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? rssKb);
-    } catch {
-      // no smaps_rollup (kernel < 4.14): PSS = RSS
-    }
-    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-    const script = argv.find((a, i) => i > 0 && !a.startsWith('-') && /\.(m?js|ts)$/.test(a));
-    return { pid, name: script ? path.basename(script) : path.basename(argv[0] ?? '?'), rssKb, pssKb };
-  } catch {
-    return undefined;
-  }
-}
 
 const mb = (kb: number): number => Math.round(kb / 1024);
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
