@@ -7,13 +7,63 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { readBotPassword, readCredentials, writeCredentials } from '../../bots/credentials.js';
-import { cryptoAvailable, cryptoBackendName, homeserverVersions, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
-import { toMpError } from '../../capabilities/errors.js';
+import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
+import { MeshpilotError, toMpError } from '../../capabilities/errors.js';
 import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../config.js';
 import { UsageError, type CommandContext } from '../cli.js';
 import type { Runtime } from '../runtime.js';
 
 const MXID = /^@[^:\s]+:\S+$/;
+const BOT_PREFIX = /^[a-z0-9._=-]{0,32}$/;
+/** keys/<name> of the operator bot: bots/operator-bot.ts OPERATOR_CREDENTIALS (not imported: it would load the health monitor into every CLI start). */
+const OPERATOR_KEYS = '_operator';
+
+/** One bot account: where its credentials go, its user id, and how the person knows it. */
+interface BotAccount { keys: string; userId: string; label: string; displayname: string; deviceName: string }
+
+const deviceAccount = (config: Config, device: string): BotAccount =>
+  ({ keys: device, userId: botUserId(config, device), label: device, displayname: `🖥 ${device}`, deviceName: `meshpilot ${device}` });
+const operatorAccount = (config: Config): BotAccount =>
+  ({ keys: OPERATOR_KEYS, userId: `@${config.matrix.operator_bot}:${serverNameOf(config)}`, label: 'the operator room', displayname: 'meshpilot', deviceName: 'meshpilot operator room' });
+
+/** `exists`: the account is on the homeserver already and this install could not log in to it. */
+type AccountResult = { ok: true; line: string } | { ok: false; exists: boolean; message: string };
+
+/**
+ * Sets up one bot account: keeps this install's working credentials, else registers the account through
+ * the shared secret; one that exists already (an earlier install) is logged in with `password`.
+ */
+async function setupAccount(rt: Runtime, config: Config, a: BotAccount, o: { secret?: string; password?: string }): Promise<AccountResult> {
+  const url = config.matrix.homeserver_url;
+  const have = readCredentials(rt.home.keys, a.keys);
+  if (have?.userId === a.userId) {
+    const working = await whoamiWithToken({ homeserverUrl: have.homeserverUrl ?? url, accessToken: have.accessToken }).then(() => true, () => false);
+    if (working) return { ok: true, line: `${a.label} already has a working Matrix account (${a.userId})` };
+  }
+  if (o.secret) {
+    const localpart = a.userId.slice(1, a.userId.indexOf(':'));
+    // The password is kept (0600) so a bot whose encryption store is lost can log in as a new device.
+    const password = randomBytes(24).toString('base64url');
+    try {
+      const reg = await registerWithSharedSecret({ homeserverUrl: url, sharedSecret: o.secret, localpart, password, displayname: a.displayname });
+      writeCredentials(rt.home.keys, a.keys, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId, password });
+      await setDisplayNameWithToken({ homeserverUrl: url, accessToken: reg.accessToken, userId: reg.userId, displayname: a.displayname }).catch(() => undefined);
+      return { ok: true, line: `registered ${reg.userId} for ${a.label}` };
+    } catch (err) {
+      if (!isUserInUse(err)) return { ok: false, exists: false, message: `could not register ${a.userId} for ${a.label}: ${toMpError(err).message}` };
+    }
+  }
+  // This install's stale credentials may still hold the password.
+  const password = o.password ?? (have?.userId === a.userId ? have.password : undefined);
+  if (!password) return { ok: false, exists: true, message: `${a.userId} already exists on ${url} (the account for ${a.label}), from an earlier install perhaps, and meshpilot does not have its password` };
+  try {
+    const login = await loginWithPassword({ homeserverUrl: url, user: a.userId, password, deviceName: a.deviceName });
+    writeCredentials(rt.home.keys, a.keys, { userId: login.userId, accessToken: login.accessToken, deviceId: login.deviceId, password });
+    return { ok: true, line: `logged in as ${login.userId} for ${a.label} (the account existed already)` };
+  } catch (err) {
+    return { ok: false, exists: true, message: `${a.userId} exists on ${url} (the account for ${a.label}), and the password${o.password ? ' given with --password' : ' this install kept'} was refused (${toMpError(err).message})` };
+  }
+}
 
 function configOrExplain(rt: Runtime): Config {
   const r = loadConfig(rt.home.config);
@@ -47,12 +97,10 @@ export async function registerBot(rt: Runtime, config: Config, device: string, o
   if (!secret) {
     throw new UsageError(`no registration_shared_secret in the config: create ${userId} on your homeserver yourself, then run \`meshpilot bot register ${device} --password <pw>\` (or --token <access token>)`);
   }
-  const localpart = userId.slice(1, userId.indexOf(':'));
-  const password = randomBytes(24).toString('base64url');
-  const reg = await registerWithSharedSecret({ homeserverUrl: url, sharedSecret: secret, localpart, password, displayname: `🖥 ${device}` });
-  writeCredentials(rt.home.keys, device, { userId: reg.userId, accessToken: reg.accessToken, deviceId: reg.deviceId, password });
-  await setDisplayNameWithToken({ homeserverUrl: url, accessToken: reg.accessToken, userId: reg.userId, displayname: `🖥 ${device}` }).catch(() => undefined);
-  return `registered ${reg.userId} for ${device}`;
+  const r = await setupAccount(rt, config, deviceAccount(config, device), { secret });
+  if (r.ok) return r.line;
+  if (!r.exists) throw new MeshpilotError('exec_failed', r.message);
+  throw new MeshpilotError('config', `${r.message}: run \`meshpilot bot register ${device} --password <its password>\`, or choose another matrix.bot_prefix in ${rt.home.config}`);
 }
 
 export function register(program: Command, ctx: CommandContext): void {
@@ -62,13 +110,16 @@ export function register(program: Command, ctx: CommandContext): void {
     .option('--server-name <name>', 'the server name in user IDs, if it differs from the URL host')
     .option('--operator <mxid...>', 'operator Matrix IDs (who may command the bots)')
     .option('--registration-secret <secret>', "Synapse registration_shared_secret (lets meshpilot create bot accounts)")
+    .option('--bot-prefix <prefix>', 'bot user names: @<prefix><device> and the operator bot @<prefix without its trailing -> (default meshpilot-)')
+    .option('--password <password>', 'the password of bot accounts that exist already (an earlier install): log in to them')
     .option('--anthropic-key <key>', 'Anthropic API key (or set ANTHROPIC_API_KEY)')
     .option('--model <model>', 'Anthropic model')
     .option('--force', 'overwrite an existing config')
     .option('-y, --yes', 'do not ask: fail on anything missing')
-    .action(async (o: { homeserver?: string; serverName?: string; operator?: string[]; registrationSecret?: string; anthropicKey?: string; model?: string; force?: boolean; yes?: boolean }) => {
+    .action(async (o: { homeserver?: string; serverName?: string; operator?: string[]; registrationSecret?: string; botPrefix?: string; password?: string; anthropicKey?: string; model?: string; force?: boolean; yes?: boolean }) => {
       const rt = ctx.runtime();
       const { io } = ctx;
+      if (o.botPrefix !== undefined && !BOT_PREFIX.test(o.botPrefix)) throw new UsageError('--bot-prefix may only hold a-z, 0-9 and . _ = - (at most 32 characters), e.g. --bot-prefix mp2-');
       if (existsSync(rt.home.config) && !o.force) throw new UsageError(`${rt.home.config} exists; pass --force to overwrite it`);
       const ask = async (q: string, fallback?: string): Promise<string> => {
         if (o.yes || !io.isTTY || !io.ask) return fallback ?? '';
@@ -80,8 +131,13 @@ export function register(program: Command, ctx: CommandContext): void {
       if (operators.length === 0 || operators.some((x) => !MXID.test(x))) throw new UsageError('at least one operator Matrix ID like @you:example.org is needed: --operator @you:example.org');
       const secret = o.registrationSecret ?? (await ask('Synapse registration_shared_secret (Enter to skip; then you register bot accounts yourself): '));
       const key = o.anthropicKey ?? (process.env['ANTHROPIC_API_KEY'] ? '' : await ask('Anthropic API key (Enter to skip: bots then only understand !commands): '));
+      // The operator bot follows the prefix (meshpilot- → meshpilot), so a new prefix means all-new accounts.
+      const operatorBot = o.botPrefix?.replace(/[-._=]+$/, '');
       const config: Record<string, unknown> = {
-        matrix: { homeserver_url: homeserver, ...(o.serverName ? { server_name: o.serverName } : {}), ...(secret ? { registration_shared_secret: secret } : {}) },
+        matrix: {
+          homeserver_url: homeserver, ...(o.serverName ? { server_name: o.serverName } : {}), ...(secret ? { registration_shared_secret: secret } : {}),
+          ...(o.botPrefix !== undefined ? { bot_prefix: o.botPrefix } : {}), ...(operatorBot ? { operator_bot: operatorBot } : {}),
+        },
         operators,
         ...(key || o.model ? { llm: { ...(key ? { api_key: key } : {}), ...(o.model ? { model: o.model } : {}) } } : {}),
       };
@@ -89,13 +145,34 @@ export function register(program: Command, ctx: CommandContext): void {
       const check = loadConfig(rt.home.config);
       if (!check.ok) throw new UsageError(check.missing ? 'config was not written' : check.errors.join('\n'));
       io.out(`wrote ${rt.home.config} (mode 0600)\n`);
-      if (secret) {
-        for (const device of rt.devices.list().filter((l) => l.manifest).map((l) => l.device)) {
-          try {
-            io.out(`${await registerBot(rt, check.config, device)}\n`);
-          } catch (err) {
-            io.err(`could not register the bot for ${device}: ${toMpError(err).message}\n`);
+      if (secret || o.password) {
+        const accounts = [...rt.devices.list().filter((l) => l.manifest).map((l) => deviceAccount(check.config, l.device)), operatorAccount(check.config)];
+        const failed: Array<{ exists: boolean }> = [];
+        for (const a of accounts) {
+          const r = await setupAccount(rt, check.config, a, { ...(secret ? { secret } : {}), ...(o.password ? { password: o.password } : {}) });
+          if (r.ok) io.out(`${r.line}\n`);
+          else {
+            failed.push(r);
+            io.err(`error: ${r.message}\n`);
           }
+        }
+        if (failed.length > 0) {
+          const prefix = check.config.matrix.bot_prefix;
+          const other = `${prefix.replace(/[-._=]+$/, '') || 'meshpilot'}2-`;
+          io.err([
+            '',
+            `The bots cannot start without their Matrix accounts (${failed.length} of ${accounts.length} not set up). ${rt.home.config} is written.`,
+            ...(failed.some((f) => f.exists) ? [
+              'Either:',
+              '  - give the password of the existing accounts: run this `meshpilot init` again with --force --password <password>',
+              '    (one device at a time: `meshpilot bot register <device> --password <password>`; an earlier install',
+              '    kept each bot\'s password in its MESHPILOT_HOME/keys/<device>/matrix.json)',
+              `  - or choose another prefix, for new accounts: run it again with --force --bot-prefix <prefix> (now "${prefix}"; e.g. --bot-prefix ${other})`,
+            ] : ['Fix the problem above, then run this `meshpilot init` again with --force.']),
+            '',
+          ].join('\n'));
+          ctx.setExit(1);
+          return;
         }
       } else {
         io.out(`next: create a Matrix account per device bot (e.g. ${botUserId(check.config, 'local')}) and run \`meshpilot bot register local --password <pw>\`\n`);
