@@ -390,7 +390,14 @@ async function prepareEncryption(rt: Runtime, config: Config, creds: OperatorCre
     log.error({ error: e.message }, 'end-to-end encryption is off for the operator room this run');
     return { creds: current, problem: e.message };
   }
-  return { creds: current, encryption: { storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(current.password ? { password: current.password } : {}) } };
+  return {
+    creds: current,
+    encryption: {
+      storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(current.password ? { password: current.password } : {}),
+      // Alerts and fleet commands are for operators: anyone else let into the room gets no room keys.
+      keyRecipients: (userId) => config.operators.includes(userId),
+    },
+  };
 }
 
 /** The operator room: config matrix.operator_room, else the one created on a previous run, else a new one. */

@@ -108,17 +108,33 @@ describe(`operator room (${process.env['MESHPILOT_TEST_HOMESERVER'] ? 'real Syna
     expect(mine.length).toBeGreaterThan(0);
     expect(mine.every((e) => e.type === 'm.room.encrypted')).toBe(true);
 
-    // A health alert reaches the phone, readable, and encrypted on the wire.
-    from = phone.events.length;
-    botState = 'crash-looping';
+    // Someone who is not an operator, let into the room by the operator, gets no room keys from the bot.
+    const stranger = await hs.registerUser('mallory', 'pw-mallory');
+    const strangerPhone = await startPhone(hs, stranger, { crypto: true });
     try {
-      await svc.monitor.runCycle();
+      await phone.client.invite(room, stranger.userId);
+      await strangerPhone.waitFor(joined(room, stranger.userId), 20_000);
+
+      // A health alert reaches the phone, readable, and encrypted on the wire.
+      from = phone.events.length;
+      botState = 'crash-looping';
+      try {
+        await svc.monitor.runCycle();
+      } finally {
+        botState = 'running';
+      }
+      await svc.monitor.flush();
+      const alert = await phoneSaw(room, svc.userId, (t) => t.startsWith('[ALERT] device_id=local bot=crash-looping'), from);
+      expect(wire(alert.event_id)?.type).toBe('m.room.encrypted');
+      // The stranger's client received it, and cannot read it.
+      const deadline = Date.now() + 10_000;
+      while (!strangerPhone.raw.some((e) => e.event_id === alert.event_id) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      expect(strangerPhone.raw.find((e) => e.event_id === alert.event_id)?.type).toBe('m.room.encrypted');
+      await new Promise((r) => setTimeout(r, 1_000)); // time for a decryption that should not happen
+      expect(strangerPhone.events.some((e) => e.event_id === alert.event_id)).toBe(false);
     } finally {
-      botState = 'running';
+      strangerPhone.stop();
     }
-    await svc.monitor.flush();
-    const alert = await phoneSaw(room, svc.userId, (t) => t.startsWith('[ALERT] device_id=local bot=crash-looping'), from);
-    expect(wire(alert.event_id)?.type).toBe('m.room.encrypted');
     // Nothing the bot said in the room went out in clear.
     const botWire = phone.raw.filter((e) => e.room_id === room && e.sender === svc.userId && (e.type === 'm.room.message' || e.type === 'm.room.encrypted'));
     expect(botWire.length).toBeGreaterThanOrEqual(2);
