@@ -30,7 +30,8 @@ const say = (line: string): void => void process.stderr.write(`# ${line}\n`);
 const mb = (kb: number): number => Math.round(kb / 1024);
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 
-async function treeRss(): Promise<BenchFigure> {
+/** `nodeArgs` / `extraEnv`: for trying launcher settings (bench/run.ts uses neither). */
+export async function treeRss(nodeArgs: string[] = [], extraEnv: Record<string, string> = {}): Promise<BenchFigure> {
   ensureBundles();
   const env = await createBotEnv({ encryption: 'auto', phoneCrypto: true });
   let launcher: ChildProcess | undefined;
@@ -45,8 +46,8 @@ async function treeRss(): Promise<BenchFigure> {
     say(`homeserver: ${env.hs.kind} ${env.hs.url}`);
     await env.registerBot('bench');
     env.writeManifest('bench', '  sys.info: {}\n  sys.health: {}\n');
-    launcher = spawn(process.execPath, [BIN, 'up'], {
-      env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: 'warn' },
+    launcher = spawn(process.execPath, [...nodeArgs, BIN, 'up'], {
+      env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: 'warn', ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     launcher.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
