@@ -19,7 +19,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { createHash, createHmac } from 'node:crypto';
+import { createHash, createHmac, randomInt } from 'node:crypto';
 import { LogLevel, LogService, MatrixClient, RustSdkCryptoStorageProvider, type ICryptoStorageProvider, type ILogger, type IStorageProvider } from 'matrix-bot-sdk';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -710,7 +710,11 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       let raw: unknown;
       // The first sync after (re)start must not long-poll: start() waits for it, and with nothing new
       // a long poll would hold a restarted bot back for the whole timeout.
-      client.syncingTimeout = caughtUp ? syncTimeout : 0;
+      // An initial sync (no token) returns at once whatever the timeout, and Synapse caches /sync answers for
+      // 2 min keyed by (user, device, since, filter, timeout): a session that lost its store and starts
+      // again on the same token would get the earlier initial sync's old next_batch and replay every
+      // message since. A random timeout makes that key its own.
+      client.syncingTimeout = caughtUp ? syncTimeout : token === null ? randomInt(1, 5000) : 0;
       try {
         raw = await Promise.race([client.syncOnce(token), stopped]);
       } catch (err) {

@@ -21,9 +21,11 @@ import {
   type MatrixSession,
 } from '../bots/matrix.js';
 import { MeshpilotError } from '../capabilities/errors.js';
-import { startHomeserver, type Homeserver, type RegisteredUser } from './fixtures/homeserver.js';
+import { startHomeserver, type Homeserver } from './fixtures/homeserver.js';
+import { startTestHomeserver, type RegisteredUser, type TestHomeserver } from './helpers/test-homeserver.js';
 
-let hs: Homeserver;
+/** The real Synapse (behind the fault proxy) when MESHPILOT_TEST_HOMESERVER is set, else the fixture. */
+let hs: TestHomeserver;
 const dirs: string[] = [];
 const sessions: MatrixSession[] = [];
 const logLines: string[] = [];
@@ -110,7 +112,7 @@ async function until(cond: () => boolean, ms = 8_000): Promise<void> {
 }
 
 beforeAll(async () => {
-  hs = await startHomeserver({ authenticatedMedia: true, freezeLegacyMedia: true });
+  hs = await startTestHomeserver();
 });
 
 afterEach(async () => {
@@ -124,8 +126,8 @@ afterAll(async () => {
 
 describe('bots/matrix.ts session', () => {
   it('creates a DM with is_direct and records it in m.direct; findDm finds it; invites reach onInvite', async () => {
-    const operator = hs.registerUser('op-dm', 'pw');
-    const botUser = hs.registerUser('bot-dm', 'pw');
+    const operator = await hs.registerUser('op-dm', 'pw');
+    const botUser = await hs.registerUser('bot-dm', 'pw');
     const bot = session(botUser);
     const invites = collector<MatrixInvite>();
     bot.onInvite(invites.push);
@@ -135,14 +137,14 @@ describe('bots/matrix.ts session', () => {
     const invite = await hs.waitFor((e) => e.room_id === roomId && e.type === 'm.room.member' && e.state_key === operator.userId);
     expect(invite.content['membership']).toBe('invite');
     expect(invite.content['is_direct']).toBe(true);
-    expect(hs.events(roomId).find((e) => e.type === 'm.room.name')?.content['name']).toBe('laptop');
+    expect((await hs.events(roomId)).find((e) => e.type === 'm.room.name')?.content['name']).toBe('laptop');
     const direct = await op(botUser, 'GET', `/_matrix/client/v3/user/${enc(botUser.userId)}/account_data/m.direct`);
     expect(direct[operator.userId]).toEqual([roomId]);
     expect(await bot.findDm(operator.userId)).toBe(roomId);
     expect(await bot.findDm('@nobody:' + hs.serverName)).toBeNull();
 
     // the operator opens a DM to the bot: onInvite(isDirect) and, after joining, findDm via SDK's m.direct upkeep
-    const other = hs.registerUser('op-dm2', 'pw');
+    const other = await hs.registerUser('op-dm2', 'pw');
     const created = (await op(other, 'POST', '/_matrix/client/v3/createRoom', { invite: [botUser.userId], is_direct: true, preset: 'trusted_private_chat' }))[
       'room_id'
     ] as string;
@@ -162,8 +164,8 @@ describe('bots/matrix.ts session', () => {
   });
 
   it('normalises messages (text, html, file, voice, reply) and reactions; ignores its own events', async () => {
-    const operator = hs.registerUser('op-msg', 'pw');
-    const botUser = hs.registerUser('bot-msg', 'pw');
+    const operator = await hs.registerUser('op-msg', 'pw');
+    const botUser = await hs.registerUser('bot-msg', 'pw');
     const bot = session(botUser);
     const msgs = collector<MatrixMessage>();
     const reactions = collector<MatrixReaction>();
@@ -216,7 +218,7 @@ describe('bots/matrix.ts session', () => {
     await msgs.waitFor((m) => m.eventId === marker);
     expect(msgs.items.some((m) => m.eventId === mine)).toBe(false);
     expect(reactions.items.some((x) => x.sender === botUser.userId)).toBe(false);
-    expect(hs.events(roomId).find((e) => e.type === 'm.reaction' && e.sender === botUser.userId)?.content['m.relates_to']).toEqual({
+    expect((await hs.events(roomId)).find((e) => e.type === 'm.reaction' && e.sender === botUser.userId)?.content['m.relates_to']).toEqual({
       rel_type: 'm.annotation',
       event_id: textId,
       key: '👀',
@@ -224,20 +226,20 @@ describe('bots/matrix.ts session', () => {
   });
 
   it('sends html, files, typing and state; reads state; isEncryptedRoom; cryptoAvailable matches the shim', async () => {
-    const operator = hs.registerUser('op-send', 'pw');
-    const botUser = hs.registerUser('bot-send', 'pw');
+    const operator = await hs.registerUser('op-send', 'pw');
+    const botUser = await hs.registerUser('bot-send', 'pw');
     const bot = session(botUser);
     await bot.start();
     const roomId = await bot.createDm(operator.userId, {});
     await op(operator, 'POST', `/_matrix/client/v3/join/${enc(roomId)}`, {});
 
     const htmlId = await bot.sendHtml(roomId, 'plain', '<i>plain</i>');
-    const html = hs.events(roomId).find((e) => e.event_id === htmlId)!;
+    const html = (await hs.events(roomId)).find((e) => e.event_id === htmlId)!;
     expect(html.content).toEqual({ msgtype: 'm.text', body: 'plain', format: 'org.matrix.custom.html', formatted_body: '<i>plain</i>' });
 
     const bytes = Buffer.from('log line 1\nlog line 2\n');
     const { eventId, mxc } = await bot.sendFile(roomId, 'syslog.txt', bytes, 'text/plain');
-    const f = hs.events(roomId).find((e) => e.event_id === eventId)!;
+    const f = (await hs.events(roomId)).find((e) => e.event_id === eventId)!;
     expect(f.content).toMatchObject({ msgtype: 'm.file', body: 'syslog.txt', url: mxc, info: { mimetype: 'text/plain', size: bytes.length } });
     expect((await bot.downloadMedia(mxc)).bytes.toString()).toBe(bytes.toString());
 
@@ -271,13 +273,16 @@ describe('bots/matrix.ts session', () => {
     expect((await bot.encryptionStatus()).problem).toMatch(/turned off/);
 
     // errors are values with person-readable messages
-    const stranger = hs.registerUser('stranger-send', 'pw');
+    const stranger = await hs.registerUser('stranger-send', 'pw');
     const s2 = session(stranger);
     await expect(s2.sendText(roomId, 'let me in')).rejects.toMatchObject({ code: 'permission' });
     await expect(bot.sendText('not-a-room', 'x')).rejects.toBeInstanceOf(MeshpilotError);
   });
 
   it('downloads media via authenticated v1 when /versions advertises v1.11, else via v3; enforces the size limit', async () => {
+    // Switching the media endpoints on and off is the fixture's: a real server is what it is (below).
+    const hs = await startHomeserver({ authenticatedMedia: true, freezeLegacyMedia: true });
+    try {
     const botUser = hs.registerUser('bot-media', 'pw');
     const payload = Buffer.alloc(50_000, 7);
     const up = await fetch(`${hs.url}/_matrix/media/v3/upload?filename=blob.bin`, {
@@ -288,7 +293,7 @@ describe('bots/matrix.ts session', () => {
     const mxc = ((await up.json()) as { content_uri: string }).content_uri;
 
     // this fixture advertises v1.11 and freezes legacy downloads: only the authenticated endpoint works
-    const a = session(botUser);
+    const a = session(botUser, tmp(), { homeserverUrl: hs.url });
     const got = await a.downloadMedia(mxc);
     expect(got.endpoint).toBe('authenticated');
     expect(got.contentType).toBe('application/x-test');
@@ -301,7 +306,7 @@ describe('bots/matrix.ts session', () => {
     // an older homeserver: no v1.11, no /client/v1/media; a new session falls back to /_matrix/media/v3
     hs.setMediaOptions({ authenticatedMedia: false, freezeLegacyMedia: false });
     try {
-      const b = session(botUser);
+      const b = session(botUser, tmp(), { homeserverUrl: hs.url });
       const got2 = await b.downloadMedia(mxc);
       expect(got2.endpoint).toBe('legacy');
       expect(Buffer.compare(got2.bytes, payload)).toBe(0);
@@ -309,11 +314,29 @@ describe('bots/matrix.ts session', () => {
     } finally {
       hs.setMediaOptions({ authenticatedMedia: true, freezeLegacyMedia: true });
     }
+    } finally {
+      await hs.stop();
+    }
+  });
+
+  it('downloads media from the test homeserver through the endpoint it advertises', async () => {
+    const botUser = await hs.registerUser('bot-media', 'pw');
+    const payload = Buffer.alloc(20_000, 9);
+    const up = await fetch(`${hs.url}/_matrix/media/v3/upload?filename=blob.bin`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${botUser.accessToken}`, 'Content-Type': 'application/x-test' },
+      body: payload,
+    });
+    const mxc = ((await up.json()) as { content_uri: string }).content_uri;
+    const got = await session(botUser).downloadMedia(mxc);
+    expect(got.endpoint).toBe(hs.kind === 'fixture' ? 'authenticated' : 'legacy'); // Synapse 1.67 predates v1.11
+    expect(Buffer.compare(got.bytes, payload)).toBe(0);
+    await expect(session(botUser).downloadMedia(`mxc://${hs.serverName}/missing`)).rejects.toMatchObject({ code: 'not_found' });
   });
 
   it('resumes from the stored sync token after a restart without replaying; a fresh store does not replay history', async () => {
-    const operator = hs.registerUser('op-resume', 'pw');
-    const botUser = hs.registerUser('bot-resume', 'pw');
+    const operator = await hs.registerUser('op-resume', 'pw');
+    const botUser = await hs.registerUser('bot-resume', 'pw');
     const store = tmp();
     const a = session(botUser, store);
     const seenA = collector<MatrixMessage>();
@@ -350,8 +373,8 @@ describe('bots/matrix.ts session', () => {
   });
 
   it('survives the homeserver going down (warn logs without stacks), reconnects, and stop() works while down', async () => {
-    const operator = hs.registerUser('op-down', 'pw');
-    const botUser = hs.registerUser('bot-down', 'pw');
+    const operator = await hs.registerUser('op-down', 'pw');
+    const botUser = await hs.registerUser('bot-down', 'pw');
     const bot = session(botUser);
     const seen = collector<MatrixMessage>();
     bot.onMessage(seen.push);
@@ -444,7 +467,7 @@ describe('bots/matrix.ts session with end-to-end encryption', () => {
       return false;
     });
     try {
-      const botUser = hs.registerUser('bot-e2ee-retry', 'pw');
+      const botUser = await hs.registerUser('bot-e2ee-retry', 'pw');
       const s = encryptedSession(botUser, proxy.url);
       logLines.length = 0;
       await Promise.race([s.start(), new Promise((_, reject) => setTimeout(() => reject(new Error(`start did not finish: ${logLines.filter((l) => l.includes('retrying')).join('')}`)), 10_000))]);
@@ -454,15 +477,15 @@ describe('bots/matrix.ts session with end-to-end encryption', () => {
       expect(s.encryptionEnabled()).toBe(true);
       expect((await s.encryptionStatus()).deviceId).toBe(botUser.deviceId);
       // the keys the retry uploaded are on the server
-      expect(hs.devices(botUser.userId).find((d) => d.deviceId === botUser.deviceId)?.keys).not.toBeNull();
+      expect((await hs.devices(botUser.userId)).find((d) => d.deviceId === botUser.deviceId)?.keys).not.toBeNull();
     } finally {
       proxy.close();
     }
   });
 
   it('shares the room key with an operator who accepts the DM invite while the bot looks up the members', async () => {
-    const operatorUser = hs.registerUser('op-e2ee-race', 'pw');
-    const botUser = hs.registerUser('bot-e2ee-race', 'pw');
+    const operatorUser = await hs.registerUser('op-e2ee-race', 'pw');
+    const botUser = await hs.registerUser('bot-e2ee-race', 'pw');
     const operator = encryptedSession(operatorUser);
     const seen = collector<MatrixMessage>();
     operator.onMessage(seen.push);
@@ -498,16 +521,16 @@ describe('bots/matrix.ts registration helpers', () => {
     const admin = await registerWithSharedSecret({
       homeserverUrl: hs.url,
       sharedSecret: hs.registrationSharedSecret,
-      localpart: 'meshpilot-admin',
+      localpart: hs.unique('meshpilot-admin'),
       password: 'admin-pw',
       admin: true,
       displayname: 'meshpilot admin',
     });
-    expect(admin.userId).toBe(`@meshpilot-admin:${hs.serverName}`);
+    expect(admin.userId).toBe(`@${hs.unique('meshpilot-admin')}:${hs.serverName}`);
     expect(admin.accessToken.length).toBeGreaterThan(10);
     expect(admin.deviceId.length).toBeGreaterThan(0);
 
-    const dup = registerWithSharedSecret({ homeserverUrl: hs.url, sharedSecret: hs.registrationSharedSecret, localpart: 'meshpilot-admin', password: 'x' });
+    const dup = registerWithSharedSecret({ homeserverUrl: hs.url, sharedSecret: hs.registrationSharedSecret, localpart: hs.unique('meshpilot-admin'), password: 'x' });
     await expect(dup).rejects.toMatchObject({ code: 'config' });
     await expect(dup).rejects.toThrow(/already taken/);
 
@@ -518,7 +541,7 @@ describe('bots/matrix.ts registration helpers', () => {
       code: 'usage',
     });
 
-    const victim = await registerWithSharedSecret({ homeserverUrl: hs.url, sharedSecret: hs.registrationSharedSecret, localpart: 'victim-bot', password: 'pw' });
+    const victim = await registerWithSharedSecret({ homeserverUrl: hs.url, sharedSecret: hs.registrationSharedSecret, localpart: hs.unique('victim-bot'), password: 'pw' });
     const vs = session(victim);
     expect((await vs.whoami()).userId).toBe(victim.userId);
     await expect(deactivateUser({ homeserverUrl: hs.url, adminToken: victim.accessToken, userId: admin.userId })).rejects.toMatchObject({

@@ -148,7 +148,8 @@ async function startSynapseProxy(upstream: string, secret: string): Promise<Test
     const badGateway = (): void => {
       log(502);
       if (res.headersSent) { res.destroy(); return; }
-      res.writeHead(502, { 'content-type': 'application/json' }).end(JSON.stringify({ errcode: 'M_UNKNOWN', error: 'Bad gateway' }));
+      // What nginx in front of a dead Synapse answers: HTML, not a Matrix error.
+      res.writeHead(502, { 'content-type': 'text/html' }).end('<html><body><h1>502 Bad Gateway</h1></body></html>');
     };
     if (down) { req.resume(); badGateway(); return; }
     const up = http.request({
