@@ -188,12 +188,12 @@ export async function run(): Promise<BenchFigure[]> {
       const reply = await p.waitFor((e) => p.events.indexOf(e) >= from && e.sender === botUser && e.type === 'm.room.message' && match.test(String((e.content as { body?: string }).body)));
       return reply.origin_server_ts - mine.origin_server_ts;
     };
-    for (let i = 0; i < 5; i++) await roundTrip(`warm ${i}`, /^ok$/);
+    for (let i = 0; i < 5; i++) await roundTrip(`warm ${i}`, /^ok\n/);
     const llm: number[] = [];
     const bot0 = cpuMs(child.pid ?? 0);
     const bench0 = process.cpuUsage();
     const wall0 = performance.now();
-    for (let i = 0; i < 40; i++) llm.push(await roundTrip(`hello ${i}`, /^ok$/));
+    for (let i = 0; i < 40; i++) llm.push(await roundTrip(`hello ${i}`, /^ok\n/));
     const bench = process.cpuUsage(bench0);
     process.stderr.write(`# per message: ${((performance.now() - wall0) / 40).toFixed(1)} ms wall, bot CPU ${((cpuMs(child.pid ?? 0) - bot0) / 40).toFixed(1)} ms, ` +
       `bench process (phone) CPU ${((bench.user + bench.system) / 40_000).toFixed(1)} ms\n`);

@@ -88,7 +88,7 @@ export class ApprovalManager {
         .all(this.opts.device) as Array<{ id: string; room_id: string; event_id: string | null; request_id: string; capability: string; args: string; requester: string; created_at: number }>;
       this.db.prepare("UPDATE approvals SET state = 'expired', decided_by = 'restart' WHERE device = ? AND state = 'pending'").run(this.opts.device);
       return rows.map((r) => ({ id: r.id, roomId: r.room_id, eventId: r.event_id, requestId: r.request_id, capability: r.capability, args: parseArgs(r.args), requester: r.requester, createdAt: r.created_at }));
-    })();
+    }).immediate(); // the write lock first: a read upgraded to a write fails at once (SQLITE_BUSY) when another bot wrote meanwhile
   }
 
   /** How the approval of a request ended ('approved', 'rejected', 'expired'), or undefined when none was asked. */
