@@ -528,6 +528,8 @@ class SessionClient extends MatrixClient {
    * first message; invited members get the keys too (as Element does). One /members answer, filtered
    * here: asking for joined and invited members in two requests missed an operator whose phone
    * accepted the invite between them (in neither list), and the bot's first message stayed unreadable.
+   * With `keyRecipients` (the bots pass "is an operator"), only those members (and this account) get
+   * keys: a stranger invited into a DM sees ciphertext.
    */
   override async getJoinedRoomMembers(roomId: string): Promise<string[]> {
     const members = await this.getAllRoomMembers(roomId);
