@@ -68,14 +68,14 @@ const PATTERNS = KINDS.map((k) => {
     // "I killed it and then restarted the worker", "I deleted the file, restarted nginx": the same subject.
     continued: new RegExp(String.raw`(?:,|\band\b|\bthen\b|&)\s+${ADVERBS}(${verbs})\b`, 'i'),
     passive: new RegExp(String.raw`\b(?:has|have|had|was|were|is\s+now|are\s+now|got|'s|is|are)\s+${ADVERBS}(${verbs})\b`, 'gi'),
-    opening: new RegExp(String.raw`^(?:(?:ok(?:ay)?|done|all\s+done|sure|great|right)[\s,.:;!—–-]*)?(?:i\s+)?${ADVERBS}(${verbs})\b`, 'i'),
+    opening: new RegExp(String.raw`^(?:(?:ok(?:ay)?|done|all\s+done|sure|great|right)[\s,.:;!\u2014\u2013-]*)?(?:i\s+)?${ADVERBS}(${verbs})\b`, 'i'),
   };
 });
 
 /** Sentences, roughly: on ., !, ?, newlines and dashes that join clauses; code spans are dropped. */
 function sentences(text: string): string[] {
   const prose = text.replace(/```[\s\S]*?(?:```|$)/g, ' ').replace(/`[^`\n]*`/g, 'X');
-  return prose.split(/(?<=[.!?;])\s+|\n+|\s+[—–]\s+|,\s+(?:but|and|so)\s+|\s+but\s+/i).map((s) => s.trim()).filter(Boolean);
+  return prose.split(/(?<=[.!?;])\s+|\n+|\s+[\u2014\u2013]\s+|,\s+(?:but|and|so)\s+|\s+but\s+/i).map((s) => s.trim()).filter(Boolean);
 }
 
 /** The words before a match in its sentence: a negated subject or a condition cancels the claim. */
