@@ -56,7 +56,10 @@ export class RoomGuard {
    */
   async roomFor(roomId: string, operator?: string): Promise<string> {
     const outsiders = await this.outsiders(roomId);
-    if (outsiders.length === 0) return roomId;
+    if (outsiders.length === 0) {
+      this.told.delete(roomId); // the stranger is gone: a later one is explained again
+      return roomId;
+    }
     const running = this.inFlight.get(roomId);
     if (running) return running;
     const p = this.redirect(roomId, outsiders, operator).finally(() => this.inFlight.delete(roomId));
