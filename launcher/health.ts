@@ -98,7 +98,7 @@ export interface SupervisorLike {
   status(): Array<{ device: string; state: string }>;
 }
 
-/** Agent-chain heads anchored in Matrix, and a way to anchor new ones (bots/operator-bot.ts). */
+/** Agent-chain heads anchored in Matrix, and a way to anchor new ones (launcher/operator-room.ts). */
 export interface AnchorSource {
   /** Anchored heads of the agents' chains, per device (devices without anchors may be absent). */
   agentAnchors(devices: string[]): Promise<Map<string, AuditHead[]>>;

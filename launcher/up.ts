@@ -3,7 +3,7 @@
  * is configured: one bot process per device under the supervisor, the health monitor and the
  * operator room bot. Without a config it says exactly what to configure next.
  */
-import type { AddPcFn, RevokeFn } from '../bots/operator-bot.js';
+import type { AddPcFn, RevokeFn } from './operator-room.js';
 import type { AddPcOptions, EnrollEvent } from './enroll.js';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
@@ -105,7 +105,7 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
   try {
     await supervisor.start();
     try {
-      const { startOperatorServices } = await import('../bots/operator-bot.js');
+      const { startOperatorServices } = await import('./operator-room.js');
       const enroll = await loadEnrollment(rt);
       ops = await startOperatorServices({ runtime: rt, config, supervisor, logger: log.child({ component: 'operator' }), ...enroll });
       io.out('operator room: health alerts and !devices, !health, !audit, !revoke, !add-pc\n');

@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startOperatorServices, type OperatorServices } from '../bots/operator-bot.js';
+import { startOperatorServices, type OperatorServices } from '../launcher/operator-room.js';
 import { ConfigSchema } from '../launcher/config.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { freePort } from './fixtures/agent-proc.js';

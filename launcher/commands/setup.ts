@@ -15,7 +15,7 @@ import type { Runtime } from '../runtime.js';
 
 const MXID = /^@[^:\s]+:\S+$/;
 const BOT_PREFIX = /^[a-z0-9._=-]{0,32}$/;
-/** keys/<name> of the operator bot: bots/operator-bot.ts OPERATOR_CREDENTIALS (not imported: it would load the health monitor into every CLI start). */
+/** keys/<name> of the operator bot: launcher/operator-room.ts OPERATOR_CREDENTIALS (not imported: it would load the health monitor into every CLI start). */
 const OPERATOR_KEYS = '_operator';
 
 /** One bot account: where its credentials go, its user id, and how the person knows it. */
