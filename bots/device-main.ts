@@ -4,7 +4,6 @@
  * (ready, heartbeat with the audit head, fatal), and shuts down gracefully on request.
  */
 import * as path from 'node:path';
-import { z } from 'zod';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase } from '../capabilities/db.js';
 import { toMpError } from '../capabilities/errors.js';
@@ -16,6 +15,7 @@ import { loadConfig } from '../launcher/config.js';
 import { DeviceRegistry } from '../launcher/registry.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
+import { ParentMessageSchema, type ChildMessageInput } from './ipc.js';
 import type { LlmCaller, LlmClientOptions } from './llm.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
 import { createMemorySettler, SETTLE_IDLE_MS } from './memory-settle.js';
@@ -24,12 +24,7 @@ import { createVoiceHandler } from './voice.js';
 /** A stop that takes longer ends the process anyway (past the launcher's own 15-s grace, which normally acts first). */
 const SELF_EXIT_MS = 30_000;
 
-const ParentMessage = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('init'), device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/), heartbeatMs: z.number().int().min(100).max(600_000).optional() }),
-  z.object({ type: z.literal('shutdown') }),
-]);
-
-function send(msg: Record<string, unknown>): void {
+function send(msg: ChildMessageInput): void {
   if (process.send) process.send(msg);
 }
 
@@ -38,7 +33,7 @@ class FatalSent extends Error {}
 
 function fatal(code: string, message: string): never {
   process.stderr.write(`${message}\n`);
-  if (process.send) process.send({ type: 'fatal', code, message }, () => process.exit(78));
+  if (process.send) process.send({ type: 'fatal', code, message } satisfies ChildMessageInput, () => process.exit(78));
   else process.exit(78);
   throw new FatalSent(message);
 }
@@ -48,7 +43,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   // ends the process at once, also while it waits for a homeserver that is down. Never an orphan.
   const exitNow = (): void => process.exit(0);
   const stopNow = (raw: unknown): void => {
-    if (ParentMessage.safeParse(raw).data?.type === 'shutdown') exitNow();
+    if (ParentMessageSchema.safeParse(raw).data?.type === 'shutdown') exitNow();
   };
   process.on('disconnect', exitNow);
   process.on('message', stopNow);
@@ -194,7 +189,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   process.off('disconnect', exitNow);
   process.off('message', stopNow);
   process.on('message', (raw) => {
-    const p = ParentMessage.safeParse(raw);
+    const p = ParentMessageSchema.safeParse(raw);
     if (p.success && p.data.type === 'shutdown') void shutdown();
   });
   process.on('SIGTERM', () => void shutdown());
@@ -242,7 +237,7 @@ if (direct) {
   main(direct).catch(onError);
 } else {
   process.once('message', (raw) => {
-    const p = ParentMessage.safeParse(raw);
+    const p = ParentMessageSchema.safeParse(raw);
     if (!p.success || p.data.type !== 'init') {
       process.stderr.write('device bot: expected an init message from the launcher\n');
       process.exit(2);

@@ -2,15 +2,8 @@
  * The supervisor: one child process per device bot, so one device's crash stays there.
  *
  * Children are forked from `entry` (a .ts module runs through tsx's loader, resolved to an absolute
- * path so the launcher's cwd does not matter) and talk to the launcher over Node's IPC channel:
- *
- *   parent → child  {type:'init', device, heartbeatMs}   right after fork
- *                   {type:'shutdown'}                   finish the current call, then exit
- *   child → parent  {type:'ready'}                      connected, serving
- *                   {type:'heartbeat', busy, auditHead?} at least every heartbeatMs
- *                   {type:'fatal', code, message}       a configuration problem: not restarted until
- *                                                       reload (SIGHUP) or a manifest change
- *                   {type:'log', level, msg}            optional, goes to the launcher's log
+ * path so the launcher's cwd does not matter) and talk to the launcher over Node's IPC channel, in the
+ * protocol of bots/ipc.ts (init/shutdown down; ready/heartbeat/fatal/log up).
  *
  * Every message is zod-validated and bounded both ways. A child must exit when its IPC channel
  * disconnects (the launcher is gone) and on SIGTERM.
@@ -39,62 +32,12 @@ import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Logger } from 'pino';
-import { z } from 'zod';
 import { MeshpilotError } from '../capabilities/errors.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { DeviceNameSchema } from '../capabilities/manifest.js';
+import { heartbeatIntervalFor, parseChildMessage, ParentMessageSchema, type AuditHead, type ParentMessage } from '../bots/ipc.js';
 
-// ---------------------------------------------------------------------------------------------
-// IPC protocol
-
-/** The largest IPC message accepted from a child, as JSON text. */
-export const MAX_IPC_MESSAGE_CHARS = 64 * 1024;
-
-export const ParentMessageSchema = z.discriminatedUnion('type', [
-  z.object({
-    type: z.literal('init'),
-    device: DeviceNameSchema,
-    /** Send a heartbeat at least this often (a quarter of the launcher's heartbeat timeout). */
-    heartbeatMs: z.number().int().min(10).max(3_600_000),
-  }).strict(),
-  z.object({ type: z.literal('shutdown') }).strict(),
-]);
-export type ParentMessage = z.infer<typeof ParentMessageSchema>;
-
-// Child → parent objects strip unknown keys instead of rejecting them (the size is bounded first):
-// a bot that adds a field must not have its heartbeats dropped and be killed as hung.
-export const AuditHeadSchema = z.object({
-  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  hash: z.string().regex(/^[0-9a-f]{64}$/),
-});
-export type AuditHead = z.infer<typeof AuditHeadSchema>;
-
-const cut = (max: number) => (t: string): string => (t.length > max ? `${t.slice(0, max)}…` : t);
-
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
-
-export const ChildMessageSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('ready') }),
-  z.object({ type: z.literal('heartbeat'), busy: z.boolean(), auditHead: AuditHeadSchema.optional() }),
-  // Long texts are cut, not rejected: a fatal message must not be lost for being long.
-  z.object({ type: z.literal('fatal'), code: z.string().min(1).max(64), message: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(2000)) }),
-  z.object({ type: z.literal('log'), level: z.enum(LOG_LEVELS), msg: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(4000)) }),
-]);
-export type ChildMessage = z.infer<typeof ChildMessageSchema>;
-
-/** Validates a message received from a child: size first, then shape. */
-export function parseChildMessage(raw: unknown): { ok: true; msg: ChildMessage } | { ok: false; reason: string } {
-  let size: number;
-  try {
-    size = JSON.stringify(raw)?.length ?? 0;
-  } catch {
-    return { ok: false, reason: 'not JSON' };
-  }
-  if (size > MAX_IPC_MESSAGE_CHARS) return { ok: false, reason: `message of ${size} characters (limit ${MAX_IPC_MESSAGE_CHARS})` };
-  const parsed = ChildMessageSchema.safeParse(raw);
-  if (!parsed.success) return { ok: false, reason: parsed.error.issues.map((i) => `${i.path.join('.') || 'message'}: ${i.message}`).join('; ').slice(0, 300) };
-  return { ok: true, msg: parsed.data };
-}
+// The IPC protocol (messages, bounds, parseChildMessage) is declared once in bots/ipc.ts, shared with the bot.
 
 // ---------------------------------------------------------------------------------------------
 // Child environment
@@ -667,7 +610,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       this.log.info({ device: b.device, pid, restarts: b.spawns - 1 }, 'bot started');
       this.emit('spawn', { device: b.device, pid, restarts: b.spawns - 1 });
     }
-    this.send(b, { type: 'init', device: b.device, heartbeatMs: Math.max(10, Math.floor(this.s.heartbeatTimeoutMs / 4)) });
+    this.send(b, { type: 'init', device: b.device, heartbeatMs: heartbeatIntervalFor(this.s.heartbeatTimeoutMs) });
     b.readyTimer = setTimeout(() => {
       if (b.gen !== gen || b.state !== 'starting') return;
       this.log.warn({ device: b.device, pid, readyTimeoutMs: this.s.readyTimeoutMs }, 'bot did not become ready in time; killing it');

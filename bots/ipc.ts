@@ -1,0 +1,80 @@
+/**
+ * The IPC protocol between the launcher's supervisor (launcher/supervisor.ts) and a device bot process
+ * (bots/device-main.ts), declared once and imported by both sides:
+ *
+ *   parent → child  {type:'init', device, heartbeatMs}   right after fork
+ *                   {type:'shutdown'}                   finish the current call, then exit
+ *   child → parent  {type:'ready'}                      connected, serving
+ *                   {type:'heartbeat', busy, auditHead?} at least every heartbeatMs
+ *                   {type:'fatal', code, message}       a configuration problem: not restarted until
+ *                                                       reload (SIGHUP) or a manifest change
+ *                   {type:'log', level, msg}            optional, goes to the launcher's log
+ *
+ * It lives in bots/ because bots/ may import only capabilities/ and bots/, while launcher/ may import
+ * bots/. Every message is zod-validated and bounded both ways.
+ */
+import { z } from 'zod';
+import { DeviceNameSchema } from '../capabilities/manifest.js';
+
+/** The largest IPC message accepted from a child, as JSON text. */
+export const MAX_IPC_MESSAGE_CHARS = 64 * 1024;
+
+/**
+ * Bounds of the heartbeat interval a bot is told. The bot's side was the stricter one (the launcher
+ * allowed 10 ms … 1 h): under 100 ms a bot would do little but beat, and past 10 min a hung bot
+ * goes unnoticed too long.
+ */
+export const HEARTBEAT_MS = { min: 100, max: 600_000 } as const;
+
+/** The interval to ask of a bot whose silence for `timeoutMs` counts as hung: a quarter, within bounds. */
+export function heartbeatIntervalFor(timeoutMs: number): number {
+  return Math.min(HEARTBEAT_MS.max, Math.max(HEARTBEAT_MS.min, Math.floor(timeoutMs / 4)));
+}
+
+export const ParentMessageSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('init'),
+    device: DeviceNameSchema,
+    /** Send a heartbeat at least this often (a quarter of the launcher's heartbeat timeout). */
+    heartbeatMs: z.number().int().min(HEARTBEAT_MS.min).max(HEARTBEAT_MS.max),
+  }).strict(),
+  z.object({ type: z.literal('shutdown') }).strict(),
+]);
+export type ParentMessage = z.infer<typeof ParentMessageSchema>;
+
+// Child → parent objects strip unknown keys instead of rejecting them (the size is bounded first):
+// a bot that adds a field must not have its heartbeats dropped and be killed as hung.
+export const AuditHeadSchema = z.object({
+  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  hash: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type AuditHead = z.infer<typeof AuditHeadSchema>;
+
+const cut = (max: number) => (t: string): string => (t.length > max ? `${t.slice(0, max)}…` : t);
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+
+export const ChildMessageSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('ready') }),
+  z.object({ type: z.literal('heartbeat'), busy: z.boolean(), auditHead: AuditHeadSchema.optional() }),
+  // Long texts are cut, not rejected: a fatal message must not be lost for being long.
+  z.object({ type: z.literal('fatal'), code: z.string().min(1).max(64), message: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(2000)) }),
+  z.object({ type: z.literal('log'), level: z.enum(LOG_LEVELS), msg: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(4000)) }),
+]);
+export type ChildMessage = z.infer<typeof ChildMessageSchema>;
+/** What a bot may send (before the parent's transforms). */
+export type ChildMessageInput = z.input<typeof ChildMessageSchema>;
+
+/** Validates a message received from a child: size first, then shape. */
+export function parseChildMessage(raw: unknown): { ok: true; msg: ChildMessage } | { ok: false; reason: string } {
+  let size: number;
+  try {
+    size = JSON.stringify(raw)?.length ?? 0;
+  } catch {
+    return { ok: false, reason: 'not JSON' };
+  }
+  if (size > MAX_IPC_MESSAGE_CHARS) return { ok: false, reason: `message of ${size} characters (limit ${MAX_IPC_MESSAGE_CHARS})` };
+  const parsed = ChildMessageSchema.safeParse(raw);
+  if (!parsed.success) return { ok: false, reason: parsed.error.issues.map((i) => `${i.path.join('.') || 'message'}: ${i.message}`).join('; ').slice(0, 300) };
+  return { ok: true, msg: parsed.data };
+}
