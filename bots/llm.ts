@@ -13,7 +13,8 @@ import type { AnyCapability, Risk } from '../capabilities/capability.js';
 import { toJsonSchema } from '../capabilities/capability.js';
 import { MeshpilotError, toMpError, type ErrorCode, type MpError } from '../capabilities/errors.js';
 import type { InvokeResult } from '../capabilities/invoke.js';
-import { defaultApproval, type CapabilityOptions, type DeviceOs, type TransportConfig } from '../capabilities/manifest.js';
+import { type CapabilityOptions, type DeviceOs, type TransportConfig } from '../capabilities/manifest.js';
+import { needsApproval } from '../capabilities/policy.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
 import { httpFetch } from './http.js';
@@ -239,9 +240,7 @@ function list(xs: readonly string[] | undefined, max = 24): string {
 function capabilityLine(name: string, o: CapabilityOptions, risk: Risk | undefined): string {
   const parts: string[] = [];
   if (risk) parts.push(risk);
-  // Mirrors policy.decide: 'always' asks for every call, 'risky' for anything that is not a read.
-  const approval = o.approval ?? (risk ? defaultApproval(risk) : undefined);
-  if (approval === 'always' || (approval === 'risky' && risk !== 'read')) parts.push('needs operator approval');
+  if (needsApproval(risk, o.approval)) parts.push('needs operator approval');
   if (o.paths_allowed?.length) parts.push(`paths: ${list(o.paths_allowed)}`);
   if (o.paths_denied?.length) parts.push(`never: ${list(o.paths_denied)}`);
   if (o.binaries?.length) parts.push(`binaries: ${list(o.binaries, 48)}`);

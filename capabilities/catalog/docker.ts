@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { defineCapability, fromExec, okResult, type AnyCapability, type CapabilityContext, type CapabilityResult } from '../capability.js';
 import type { ExecOutcome } from '../transports/types.js';
-import { execFailure, execOn, guarded, keyLine } from './shell.js';
+import { execFailure, execOn, guarded, keyLine } from './shared.js';
 
 const CONTAINER = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
 const containerArg = z

@@ -1,6 +1,8 @@
 /**
  * `fs.*`: list, inspect, read, write and delete files through the Host.
  * invoke() has already checked the manifest's path globs and passes absolute, normalised paths.
+ * Expected failures (missing path, symlink, permission) are answered with a clear failResult; guarded()
+ * catches anything else a Host throws, as in the other families.
  */
 import { z } from 'zod';
 import {
@@ -14,30 +16,9 @@ import {
 } from '../capability.js';
 import { toMpError, type MpError } from '../errors.js';
 import type { FileStat, FileType } from '../transports/types.js';
+import { capText, formatBytes, guarded } from './shared.js';
 
-// ---- helpers shared with sys/proc ------------------------------------------------------------
-
-/** Cuts text to at most `maxBytes` of UTF-8 without splitting a character. */
-export function capText(text: string, maxBytes: number): { text: string; truncated: boolean } {
-  const buf = Buffer.from(text, 'utf8');
-  if (buf.length <= maxBytes) return { text, truncated: false };
-  let end = Math.max(0, maxBytes);
-  // Back off continuation bytes (10xxxxxx) so the cut lands on a character boundary.
-  while (end > 0 && ((buf[end] ?? 0) & 0xc0) === 0x80) end--;
-  return { text: buf.subarray(0, end).toString('utf8'), truncated: true };
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'K', 'M', 'G', 'T', 'P'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  const digits = i === 0 || v >= 10 ? 0 : 1;
-  return `${v.toFixed(digits)}${units[i]}`;
-}
+// ---- helpers -----------------------------------------------------------------------------------
 
 function elapsed(started: number): number {
   return Math.round(performance.now() - started);
@@ -113,7 +94,7 @@ const fsList = defineCapability({
     .strict(),
   risk: 'read',
   scope: { kind: 'paths', args: ['path'] },
-  async run(args, ctx) {
+  run: (args, ctx) => guarded(async () => {
     const started = performance.now();
     const st = await lstatOrFail(ctx, args.path);
     if (isError(st)) return failResult(st, elapsed(started));
@@ -147,7 +128,7 @@ const fsList = defineCapability({
       durationMs: elapsed(started),
       data: { path: args.path, total: visible.length, entries },
     });
-  },
+  }),
 });
 
 // ---- fs.stat ------------------------------------------------------------------------------------
@@ -160,7 +141,7 @@ const fsStat = defineCapability({
   input: z.object({ path: pathArg }).strict(),
   risk: 'read',
   scope: { kind: 'paths', args: ['path'] },
-  async run(args, ctx) {
+  run: (args, ctx) => guarded(async () => {
     const started = performance.now();
     const st = await lstatOrFail(ctx, args.path);
     if (isError(st)) return failResult(st, elapsed(started));
@@ -177,7 +158,7 @@ const fsStat = defineCapability({
     const stdout = `${st.path}${arrow}\n${st.type} · ${formatBytes(st.size)} (${st.size} B) · mode ${data.modeOctal} · uid ${st.uid} gid ${st.gid} · modified ${when} UTC`;
     const out = capText(stdout, ctx.limits.maxOutputBytes);
     return okResult({ stdout: out.text, truncated: out.truncated, durationMs: elapsed(started), data });
-  },
+  }),
 });
 
 // ---- fs.read ------------------------------------------------------------------------------------
@@ -211,7 +192,7 @@ const fsRead = defineCapability({
     .strict(),
   risk: 'read',
   scope: { kind: 'paths', args: ['path'] },
-  async run(args, ctx) {
+  run: (args, ctx) => guarded(async () => {
     const started = performance.now();
     const st = await lstatOrFail(ctx, args.path);
     if (isError(st)) return failResult(st, elapsed(started));
@@ -256,7 +237,7 @@ const fsRead = defineCapability({
       durationMs: elapsed(started),
       data: { path: args.path, size: st.size, offset: args.offset, bytesRead, encoding: enc.encoding },
     });
-  },
+  }),
 });
 
 // ---- fs.write -----------------------------------------------------------------------------------
@@ -283,7 +264,7 @@ const fsWrite = defineCapability({
     .strict(),
   risk: 'write',
   scope: { kind: 'paths', args: ['path'] },
-  async run(args, ctx): Promise<CapabilityResult> {
+  run: (args, ctx) => guarded(async (): Promise<CapabilityResult> => {
     const started = performance.now();
     let data: Buffer;
     if (args.encoding === 'base64') {
@@ -309,7 +290,7 @@ const fsWrite = defineCapability({
       durationMs: elapsed(started),
       data: { path: args.path, bytesWritten: data.length },
     });
-  },
+  }),
 });
 
 // ---- fs.delete ----------------------------------------------------------------------------------
@@ -322,7 +303,7 @@ const fsDelete = defineCapability({
   input: z.object({ path: pathArg }).strict(),
   risk: 'write',
   scope: { kind: 'paths', args: ['path'] },
-  async run(args, ctx) {
+  run: (args, ctx) => guarded(async () => {
     const started = performance.now();
     const st = await lstatOrFail(ctx, args.path);
     if (isError(st)) return failResult(st, elapsed(started));
@@ -342,7 +323,7 @@ const fsDelete = defineCapability({
       durationMs: elapsed(started),
       data: { path: args.path, type: st.type, size: st.size },
     });
-  },
+  }),
 });
 
 export const fsCapabilities: AnyCapability[] = [fsList, fsStat, fsRead, fsWrite, fsDelete];

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { defineCapability, failResult, fromExec, okResult, type AnyCapability, type CapabilityContext, type CapabilityResult } from '../capability.js';
 import type { ExecOutcome } from '../transports/types.js';
-import { PathArg, execFailure, execOn, guarded, keyLine } from './shell.js';
+import { PathArg, execFailure, execOn, guarded, keyLine } from './shared.js';
 
 // GIT_TERMINAL_PROMPT/GCM_INTERACTIVE: never ask for credentials; LC_ALL=C: stable messages to match on.
 const GIT_ENV = { GIT_TERMINAL_PROMPT: '0', GCM_INTERACTIVE: 'never', LC_ALL: 'C' };

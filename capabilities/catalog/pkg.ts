@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { defineCapability, failResult, fromExec, okResult, type AnyCapability, type CapabilityContext, type CapabilityResult } from '../capability.js';
 import { MeshpilotError } from '../errors.js';
 import type { ExecOutcome, Host } from '../transports/types.js';
-import { execFailure, execOn, guarded, keyLine } from './shell.js';
+import { execFailure, execOn, guarded, keyLine } from './shared.js';
 
 export type PackageManager = 'apt' | 'dnf' | 'pacman' | 'apk' | 'brew';
 

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { defineCapability, failResult, fromExec, okResult, type AnyCapability } from '../capability.js';
-import { capText, formatBytes } from './fs.js';
+import { capText, formatBytes } from './shared.js';
 
 export interface ProcRow {
   pid: number;

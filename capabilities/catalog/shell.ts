@@ -1,55 +1,11 @@
 /**
  * shell.exec runs an argv directly (no shell, so metacharacters stay literal); shell.eval is the
  * one capability that hands a string to `sh -c`, which is why it is 'admin' and needs `eval` enabled.
- *
- * Also holds the small exec helpers the other exec-backed families (git, docker, svc, pkg) share.
  */
 import { z } from 'zod';
-import { defineCapability, failResult, fromExec, type AnyCapability, type CapabilityContext, type CapabilityResult } from '../capability.js';
-import { toMpError, type ErrorCode } from '../errors.js';
-import type { ExecOutcome, ExecRequest } from '../transports/types.js';
-
-// ---- shared helpers ---------------------------------------------------------------------------
-
-/** Runs argv on the device with the context's limits; `timeoutMs` may only shorten them. */
-export function execOn(
-  ctx: CapabilityContext,
-  argv: string[],
-  opts: Omit<Partial<ExecRequest>, 'argv' | 'maxOutputBytes'> = {},
-): Promise<ExecOutcome> {
-  const timeoutMs = Math.min(opts.timeoutMs ?? ctx.limits.timeoutMs, ctx.limits.timeoutMs);
-  return ctx.host.exec({ ...opts, argv, timeoutMs, maxOutputBytes: ctx.limits.maxOutputBytes });
-}
-
-/**
- * Turns anything `run` throws (tool_missing from host.exec, an unreachable ssh host) into a failed
- * result whose message a person can read, rather than a stack trace.
- */
-export async function guarded(run: () => Promise<CapabilityResult>): Promise<CapabilityResult> {
-  const started = performance.now();
-  try {
-    return await run();
-  } catch (err) {
-    return failResult(toMpError(err, 'exec_failed'), Math.round(performance.now() - started));
-  }
-}
-
-/** The stderr line most worth showing: the first error-looking one, else the first non-empty one. */
-export function keyLine(stderr: string): string {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
-  const line = lines.find((l) => /^(e:|error|fatal|failed)/i.test(l)) ?? lines[0] ?? '';
-  return line.slice(0, 300);
-}
-
-/** A failed process outcome, with our own code and message in place of the generic one. */
-export function execFailure(outcome: ExecOutcome, code: ErrorCode, message: string): CapabilityResult {
-  const base = fromExec(outcome);
-  return { ...base, ok: false, error: { code, message } };
-}
-
-const noNul = (s: string): boolean => !s.includes('\0');
-/** A path argument: invoke() has already made it absolute and normalised. */
-export const PathArg = z.string().min(1).max(4096).refine(noNul, 'must not contain NUL bytes');
+import { defineCapability, fromExec, type AnyCapability } from '../capability.js';
+import type { ExecRequest } from '../transports/types.js';
+import { execOn, guarded, noNul, PathArg } from './shared.js';
 
 // ---- shell.exec / shell.eval ------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { defineCapability, failResult, fromExec, okResult, type AnyCapability, type CapabilityContext, type CapabilityResult } from '../capability.js';
 import type { ExecOutcome } from '../transports/types.js';
-import { execFailure, execOn, guarded, keyLine } from './shell.js';
+import { execFailure, execOn, guarded, keyLine } from './shared.js';
 
 const SERVICE = /^[a-zA-Z0-9][a-zA-Z0-9@._:-]{0,127}$/;
 const serviceArg = z

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { defineCapability, okResult, type AnyCapability, type CapabilityContext } from '../capability.js';
 import type { MountUsage, SystemInfo } from '../transports/types.js';
-import { capText, formatBytes } from './fs.js';
+import { capText, formatBytes } from './shared.js';
 
 /** One disk as sys.info reports it (the same shape a Host's diskUsage() returns). */
 export type DiskUsage = MountUsage;
