@@ -3,7 +3,9 @@
  *
  *   invoke(device, capability, args, actor)
  *     1. validate args       (the capability's zod schema)
- *     2. policy              (the device manifest: allow | deny(reason) | needs approval)
+ *     2. policy              (the device manifest: allow | deny(reason) | needs approval); the checks
+ *                            that need nothing from the device run before it is contacted, the path
+ *                            checks (home, realpath on the device) after
  *     3. approval            (a hook: the bot asks the operator; the CLI asks on the TTY)
  *     4. transport           (local | ssh | mesh)
  *     5. audit               (a `started` entry before the call, the outcome after; denials too)
@@ -17,7 +19,7 @@ import { canonicalJson, redactArgs, sha256Hex, type AuditEntry, type Decision, t
 import type { AuditSink } from './audit-sqlite.js';
 import { toMpError, type ErrorCode, type MpError } from './errors.js';
 import type { Manifest } from './manifest.js';
-import { decide, type PathResolver } from './policy.js';
+import { decide, precheck, type PathResolver } from './policy.js';
 import { builtinRegistry, type CapabilityRegistry } from './registry.js';
 import { DefaultTransports, hostResolver, type TransportProvider } from './transports/index.js';
 import { logger as makeLogger } from './log.js';
@@ -145,6 +147,11 @@ export class Invoker {
       return deny('invalid_args', `${def.name}: ${msg}`);
     }
     const args = parsed.data as Record<string, unknown>;
+
+    // Everything that needs nothing from the device first: a call the manifest denies is audited as
+    // denied even when the device cannot be reached.
+    const early = precheck(manifest, def, args);
+    if (early) return deny('policy_denied', early.reason);
 
     let endpoint;
     let resolver: PathResolver;

@@ -8,7 +8,7 @@
 import * as path from 'node:path';
 import picomatch from 'picomatch';
 import type { AnyCapability, Risk } from './capability.js';
-import { defaultApproval, type CapabilityOptions, type DeviceOs, type Manifest } from './manifest.js';
+import { defaultApproval, type Approval, type CapabilityOptions, type DeviceOs, type Manifest } from './manifest.js';
 
 export type PolicyDecision =
   | { kind: 'allow'; args: Record<string, unknown>; approval: false; risk: Risk }
@@ -133,57 +133,63 @@ export async function checkPath(
 
 // ---- the decision ---------------------------------------------------------------------------
 
+/**
+ * The approval rule, the one place it is written (the LLM's system prompt shows it too):
+ * 'always' asks for every call, 'risky' for anything that is not a read, 'never' never.
+ * Without a setting in the manifest the risk class decides (defaultApproval).
+ */
+export function needsApproval(risk: Risk | undefined, configured: Approval | undefined): boolean {
+  const approval = configured ?? (risk ? defaultApproval(risk) : undefined);
+  return approval === 'always' || (approval === 'risky' && risk !== 'read');
+}
+
 /** Effective per-call risk: the declared class of the capability. */
 function riskOf(def: AnyCapability): Risk {
   return def.risk;
 }
 
-export async function decide(
-  manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, resolver: PathResolver,
-): Promise<PolicyDecision> {
+/**
+ * Every check that needs nothing from the device: the capability is enabled, argv[0] is a listed
+ * binary, env keys are allowed, names match their globs. invoke() runs this before it contacts the
+ * device, so an unreachable device still records a denial as a denial. Null: nothing denies (yet).
+ */
+export function precheck(manifest: Manifest, def: AnyCapability, args: Record<string, unknown>): { kind: 'deny'; reason: string } | null {
   const opts = manifest.capabilities[def.name];
   if (!opts) {
     return { kind: 'deny', reason: `${def.name} is not enabled on ${manifest.device} (not listed in its manifest)` };
   }
-  const out: Record<string, unknown> = { ...args };
   const scope = def.scope;
 
-  if (scope?.kind === 'paths') {
-    for (const key of scope.args) {
-      const value = args[key];
-      if (value === undefined) continue;
-      if (typeof value !== 'string') return { kind: 'deny', reason: `${def.name}: ${key} must be a path` };
-      const r = await checkPath(def.name, value, opts, resolver);
-      if (!r.ok) return { kind: 'deny', reason: r.reason };
-      out[key] = r.path;
+  if (scope?.kind === 'binary') {
+    const argv = args['argv'];
+    const bin = Array.isArray(argv) && typeof argv[0] === 'string' ? argv[0] : undefined;
+    if (!bin) return { kind: 'deny', reason: `${def.name}: argv[0] is missing` };
+    if (!(opts.binaries ?? []).includes(bin)) {
+      return { kind: 'deny', reason: `${def.name} ${bin} denied: not in binaries ${listText(opts.binaries)}` };
+    }
+    const env = args['env'];
+    if (env && typeof env === 'object') {
+      for (const key of Object.keys(env)) {
+        if (FORBIDDEN_ENV.test(key)) return { kind: 'deny', reason: `${def.name}: setting ${key} is never allowed` };
+        if (!(opts.env_allowed ?? []).includes(key)) {
+          return { kind: 'deny', reason: `${def.name}: env ${key} denied: not in env_allowed ${listText(opts.env_allowed)}` };
+        }
+      }
     }
   }
 
   if (scope?.kind === 'binary' || scope?.kind === 'eval') {
-    if (scope.kind === 'binary') {
-      const argv = args['argv'];
-      const bin = Array.isArray(argv) && typeof argv[0] === 'string' ? argv[0] : undefined;
-      if (!bin) return { kind: 'deny', reason: `${def.name}: argv[0] is missing` };
-      if (!(opts.binaries ?? []).includes(bin)) {
-        return { kind: 'deny', reason: `${def.name} ${bin} denied: not in binaries ${listText(opts.binaries)}` };
-      }
-      const env = args['env'];
-      if (env && typeof env === 'object') {
-        for (const key of Object.keys(env)) {
-          if (FORBIDDEN_ENV.test(key)) return { kind: 'deny', reason: `${def.name}: setting ${key} is never allowed` };
-          if (!(opts.env_allowed ?? []).includes(key)) {
-            return { kind: 'deny', reason: `${def.name}: env ${key} denied: not in env_allowed ${listText(opts.env_allowed)}` };
-          }
-        }
-      }
-    }
     const cwd = args['cwd'];
     if (cwd !== undefined) {
       if (typeof cwd !== 'string') return { kind: 'deny', reason: `${def.name}: cwd must be a path` };
       if (!opts.paths_allowed?.length) return { kind: 'deny', reason: `${def.name}: cwd denied: the manifest sets no paths_allowed for it` };
-      const r = await checkPath(def.name, cwd, opts, resolver);
-      if (!r.ok) return { kind: 'deny', reason: r.reason };
-      out['cwd'] = r.path;
+    }
+  }
+
+  if (scope?.kind === 'paths') {
+    for (const key of scope.args) {
+      const value = args[key];
+      if (value !== undefined && typeof value !== 'string') return { kind: 'deny', reason: `${def.name}: ${key} must be a path` };
     }
   }
 
@@ -202,10 +208,31 @@ export async function decide(
       }
     }
   }
+  return null;
+}
+
+/** precheck, then the path checks (they need the device: its home for ~ and its realpath), then approval. */
+export async function decide(
+  manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, resolver: PathResolver,
+): Promise<PolicyDecision> {
+  const denied = precheck(manifest, def, args);
+  if (denied) return denied;
+  const opts = manifest.capabilities[def.name]!; // precheck denies a capability the manifest does not list
+  const out: Record<string, unknown> = { ...args };
+  const scope = def.scope;
+
+  const pathArgs = scope?.kind === 'paths' ? scope.args : scope?.kind === 'binary' || scope?.kind === 'eval' ? ['cwd'] : [];
+  for (const key of pathArgs) {
+    const value = args[key];
+    if (typeof value !== 'string') continue; // absent (precheck denied any other type)
+    const r = await checkPath(def.name, value, opts, resolver);
+    if (!r.ok) return { kind: 'deny', reason: r.reason };
+    out[key] = r.path;
+  }
 
   const risk = riskOf(def);
   const approval = opts.approval ?? defaultApproval(risk);
-  if (approval === 'always' || (approval === 'risky' && risk !== 'read')) {
+  if (needsApproval(risk, approval)) {
     return { kind: 'approval', args: out, approval: true, risk, reason: `${def.name} is ${risk} and the manifest asks for approval (${approval})` };
   }
   return { kind: 'allow', args: out, approval: false, risk };

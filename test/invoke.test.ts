@@ -1,4 +1,6 @@
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
@@ -7,6 +9,9 @@ import { Invoker, type ApprovalHook } from '../capabilities/invoke.js';
 import { parseManifest } from '../capabilities/manifest.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { tempDir } from './helpers/tmp.js';
+// The ssh and mesh transports register themselves when loaded (as launcher/runtime.ts loads them).
+import '../capabilities/transports/ssh.js';
+import '../capabilities/transports/mesh.js';
 
 function setup(approve?: ApprovalHook) {
   const dir = tempDir('mp-invoke-');
@@ -90,12 +95,54 @@ describe('invoke: the one path', () => {
   });
 });
 
+describe('invoke: the policy decides before the device is contacted', () => {
+  // A closed port: nothing listens there, so any contact with the "device" fails.
+  async function closedPort(): Promise<number> {
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const port = (srv.address() as AddressInfo).port;
+    await new Promise<void>((r) => srv.close(() => r()));
+    return port;
+  }
+
+  for (const kind of ['ssh', 'mesh'] as const) {
+    it(`an unreachable ${kind} device audits a call its manifest denies as denied, and only an allowed call as error`, async () => {
+      const dir = tempDir('mp-invoke-unreach-');
+      const port = await closedPort();
+      // A real key, so that the ssh transport gets as far as the (closed) port.
+      if (kind === 'ssh') execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', `${dir}/id`]);
+      const transport = kind === 'ssh'
+        ? `{ kind: ssh, host: 127.0.0.1, port: ${port}, user: nobody, key: "${dir}/id", trust_on_first_use: true }`
+        : `{ kind: mesh, address: 127.0.0.1, port: ${port} }`;
+      const r = parseManifest(`device: far\ntransport: ${transport}\ncapabilities:\n  sys.info: {}\n  shell.exec: { binaries: ["echo"], approval: never }\n  docker.restart: { containers: ["web-*"] }\n`, 'far.yaml');
+      if (!r.ok) throw new Error('bad manifest');
+      const audit = new SqliteAuditLog(openDatabase(path.join(dir, 'meshpilot.db')));
+      const invoker = new Invoker({ manifests: { get: (d) => (d === 'far' ? r.manifest : undefined) }, audit });
+      try {
+        const notEnabled = await invoker.invoke({ device: 'far', capability: 'proc.list', args: {}, actor: 'a' });
+        expect(notEnabled).toMatchObject({ ok: false, decision: 'denied', error: { code: 'policy_denied' } });
+        const badBinary = await invoker.invoke({ device: 'far', capability: 'shell.exec', args: { argv: ['rm', '-rf', '/'] }, actor: 'a' });
+        expect(badBinary).toMatchObject({ decision: 'denied', error: { code: 'policy_denied' } });
+        const badName = await invoker.invoke({ device: 'far', capability: 'docker.restart', args: { container: 'db' }, actor: 'a' });
+        expect(badName).toMatchObject({ decision: 'denied', error: { code: 'policy_denied' } });
+        const allowed = await invoker.invoke({ device: 'far', capability: 'sys.info', args: {}, actor: 'a' });
+        expect(allowed).toMatchObject({ ok: false, decision: 'allowed', error: { code: 'unreachable' } });
+        expect(audit.tail(10, 'far').map((e) => `${e.capability} ${e.decision}/${e.outcome}`)).toEqual([
+          'proc.list denied/not_run', 'shell.exec denied/not_run', 'docker.restart denied/not_run', 'sys.info allowed/error',
+        ]);
+      } finally {
+        await invoker.close();
+      }
+    }, 20_000);
+  }
+});
+
 describe('architecture', () => {
   // What runs things on a device. Only invoke() (through the transport registry) and the device
   // agent (which wraps LocalHost in its own Invoker) may hold one of these.
   const EXECUTING = /^(LocalHost|runLocalProcess|SshHost|sshHostFor|SshPool|sshPool|PooledConnection|sshHandshake|MeshRunner|DefaultTransports|registerTransport)$/;
-  // launcher/enroll.ts installs WireGuard and the agent over ssh (add-pc): no capability may, and it audits each enrollment.
-  const ALLOWED = new Set(['capabilities/invoke.ts', 'capabilities/agent/server.ts', 'launcher/enroll.ts']);
+  // launcher/enroll/remote.ts installs WireGuard and the agent over ssh (add-pc): no capability may, and it audits each enrollment.
+  const ALLOWED = new Set(['capabilities/invoke.ts', 'capabilities/agent/server.ts', 'launcher/enroll/remote.ts']);
 
   it('no module outside invoke and the device agent imports what executes on a device', () => {
     const offenders: string[] = [];

@@ -2,7 +2,7 @@ import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseManifest, type Manifest } from '../capabilities/manifest.js';
-import { decide, normalisePath, type PathResolver } from '../capabilities/policy.js';
+import { decide, needsApproval, normalisePath, precheck, type PathResolver } from '../capabilities/policy.js';
 import { builtinRegistry } from '../capabilities/registry.js';
 import { LocalHost } from '../capabilities/transports/local.js';
 import { hostResolver } from '../capabilities/transports/index.js';
@@ -178,5 +178,20 @@ describe('approval defaults', () => {
     expect((await decide(m, def('fs.delete'), { path: '~/ok.txt' }, resolver)).kind).toBe('approval');
     expect((await decide(m, def('fs.write'), { path: '~/x.txt', content: '' }, resolver)).kind).toBe('allow'); // approval: never
     expect((await decide(m, def('pkg.install'), { packages: ['curl'] }, resolver)).kind).toBe('approval');
+  });
+
+  it('the approval rule is one function (policy and the LLM prompt both use it)', () => {
+    expect([needsApproval('read', undefined), needsApproval('write', undefined), needsApproval('exec', undefined), needsApproval('admin', undefined)]).toEqual([false, true, true, true]);
+    expect([needsApproval('read', 'always'), needsApproval('admin', 'never'), needsApproval('read', 'risky'), needsApproval(undefined, 'risky')]).toEqual([true, false, false, true]);
+  });
+});
+
+describe('precheck: what needs nothing from the device', () => {
+  it('denies what is not enabled, binaries, env and names without a resolver; paths wait for the device', () => {
+    expect(precheck(m, def('proc.list'), {})).toEqual({ kind: 'deny', reason: `proc.list is not enabled on ${m.device} (not listed in its manifest)` });
+    expect(precheck(m, def('shell.exec'), { argv: ['rm'] })?.reason).toMatch(/^shell\.exec rm denied: not in binaries/);
+    expect(precheck(m, def('shell.exec'), { argv: ['echo'], env: { LD_PRELOAD: 'x' } })?.reason).toMatch(/LD_PRELOAD is never allowed/);
+    expect(precheck(m, def('docker.restart'), { container: 'db' })?.reason).toMatch(/not in containers/);
+    expect(precheck(m, def('fs.read'), { path: '/etc/shadow' })).toBeNull();
   });
 });
