@@ -19,6 +19,11 @@ function shapeOf(def: AnyCapability): Record<string, z.ZodType> {
   return input instanceof z.ZodObject ? (input.shape as Record<string, z.ZodType>) : {};
 }
 
+/** A string from chat or the command line, turned into what the field's schema expects (then validated). */
+export function coerceArg(schema: z.ZodType, raw: string): unknown {
+  return convert(schema, raw);
+}
+
 function convert(schema: z.ZodType, raw: string): unknown {
   const t = unwrap(schema);
   if (t instanceof z.ZodNumber) {

@@ -1,0 +1,238 @@
+/**
+ * Commands are declared once, as capabilities are (capabilities/capability.ts): name, help, zod
+ * arguments, who may run them, the surfaces they appear on, and a handler that gets a typed context.
+ * Every surface derives from the declarations: the chat parser, dispatch and `!help` (here, used by the
+ * device bot and the operator room), the CLI's commander registration and `--help`
+ * (launcher/commands/program.ts), and next the HTTP API and the dashboard. A new command family is one
+ * file of declarations plus its tests. Modelled on matrix-hookshot's BotCommands.ts, with a zod schema
+ * where hookshot has decorators and argument-name lists.
+ *
+ * Arguments: the fields of `args` named in `positional` are taken by position (the last one may be an
+ * array: it takes the remaining words); the other fields are `key=value` words in chat and `--key`
+ * options in the CLI. Values arrive as strings and are coerced by the field's schema (numbers,
+ * booleans, lists as a,b,c: capabilities/args.ts), then the whole object is validated.
+ */
+import { z } from 'zod';
+import { coerceArg } from './args.js';
+
+/** Who may run a command. Only operators today; a value (not a boolean) so trust levels can come later. */
+export const PermissionSchema = z.enum(['operator']);
+export type Permission = z.infer<typeof PermissionSchema>;
+
+/** Where a command appears. */
+export const SurfaceSchema = z.enum(['device-chat', 'operator-chat', 'cli', 'http']);
+export type Surface = z.infer<typeof SurfaceSchema>;
+
+/** Every command's arguments are one object; a command without arguments has `z.object({})`. */
+export type ArgsSchema = z.ZodObject;
+
+/** Options only the CLI needs to render a command the way its users know it. */
+export interface CliHints<S extends ArgsSchema> {
+  /** commander flags for a field when `--<kebab-name> <kebab-name>` is not it, e.g. `-n <count>`, `-y, --yes`. */
+  readonly flags?: Partial<Record<keyof z.input<S> & string, string>>;
+  readonly aliases?: readonly string[];
+  /** Text printed after the generated `--help` (exit codes, examples). */
+  readonly helpAfter?: string;
+}
+
+export interface CommandDefinition<S extends ArgsSchema, C> {
+  /** The words that call it: `status`, `add-pc`, `audit tail` (a group, then its subcommand). */
+  readonly name: string;
+  /** One line for help: what it does. */
+  readonly summary: string;
+  readonly args: S;
+  /** Fields taken by position, in order; only the last may be an array (it takes the remaining words). */
+  readonly positional?: ReadonlyArray<keyof z.input<S> & string>;
+  /** The usage shown after the name when the derived one is not what users should read, e.g. `<capability> key=value …`. */
+  readonly usage?: string;
+  readonly permission: Permission;
+  readonly surfaces: readonly Surface[];
+  readonly cli?: CliHints<S>;
+  /** Runs after the arguments validated and the caller's permission was checked. */
+  run(args: z.output<S>, ctx: C): Promise<void> | void;
+}
+
+/** A group of subcommands with no action of its own (`meshpilot audit …`): a name and its help. */
+export interface CommandGroup {
+  readonly group: true;
+  readonly name: string;
+  readonly summary: string;
+  readonly surfaces: readonly Surface[];
+}
+
+/** Identity helper that keeps `args` typed from the schema inside `run`. */
+export function defineCommand<S extends ArgsSchema, C>(def: CommandDefinition<S, C>): CommandDefinition<S, C> {
+  return def;
+}
+
+export function defineGroup(name: string, summary: string, surfaces: readonly Surface[] = ['cli']): CommandGroup {
+  return { group: true, name, summary, surfaces };
+}
+
+/** The erased form a surface's table holds; `run` receives arguments that already passed `args`. */
+export type AnyCommand<C> = CommandDefinition<ArgsSchema, C>;
+export type CommandEntry<C> = AnyCommand<C> | CommandGroup;
+
+export function isGroup<C>(e: CommandEntry<C>): e is CommandGroup {
+  return 'group' in e;
+}
+
+export function forSurface<C>(entries: readonly CommandEntry<C>[], surface: Surface): CommandEntry<C>[] {
+  return entries.filter((e) => e.surfaces.includes(surface));
+}
+
+// ---- schema introspection ---------------------------------------------------------------------
+
+function unwrap(s: z.ZodType): z.ZodType {
+  let t: z.ZodType = s;
+  while (t instanceof z.ZodOptional || t instanceof z.ZodDefault || t instanceof z.ZodNullable || t instanceof z.ZodPrefault) t = t.unwrap() as z.ZodType;
+  return t;
+}
+
+/** What a surface needs to know about one argument. */
+export interface ArgInfo {
+  name: string;
+  positional: boolean;
+  required: boolean;
+  list: boolean;
+  boolean: boolean;
+  choices?: readonly string[];
+  default?: unknown;
+  description?: string;
+}
+
+export function argInfos(def: AnyCommand<unknown>): ArgInfo[] {
+  const shape = def.args.shape as Record<string, z.ZodType>;
+  const positional = new Set<string>(def.positional ?? []);
+  const order = [...(def.positional ?? []), ...Object.keys(shape).filter((k) => !positional.has(k))];
+  return order.map((name) => {
+    const field = shape[name];
+    if (!field) throw new Error(`command ${def.name}: positional "${name}" is not a field of its args`);
+    const inner = unwrap(field);
+    const info: ArgInfo = {
+      name,
+      positional: positional.has(name),
+      required: !field.safeParse(undefined).success,
+      list: inner instanceof z.ZodArray,
+      boolean: inner instanceof z.ZodBoolean,
+    };
+    if (inner instanceof z.ZodEnum) info.choices = inner.options.map(String);
+    if (field instanceof z.ZodDefault) info.default = (field as z.ZodDefault<z.ZodType>).def.defaultValue;
+    const description = field.description ?? inner.description;
+    if (description) info.description = description;
+    return info;
+  });
+}
+
+/** `<device> [n]`: positional arguments, required in <>, optional in [], lists with …; then `key=value` ones. */
+export function usageOf(def: AnyCommand<unknown>): string {
+  if (def.usage !== undefined) return def.usage;
+  return argInfos(def).map((a) => {
+    const inner = a.positional ? `${a.name}${a.list ? '…' : ''}` : `${a.name}=…`;
+    return a.required ? `<${inner}>` : `[${inner}]`;
+  }).join(' ');
+}
+
+// ---- validation -----------------------------------------------------------------------------------
+
+/** Marks messages zod wrote itself (the schema gave none), so surfaces can name the argument they are about. */
+const GENERIC = '\u0000';
+
+export interface ArgIssue {
+  /** The argument it is about ('' for the whole object). */
+  arg: string;
+  /** A required argument is missing. */
+  missing: boolean;
+  /** The schema's own message (written to be read as is) or zod's, which needs the argument's name beside it. */
+  message: string;
+  custom: boolean;
+}
+
+export type Validated<T> = { ok: true; args: T } | { ok: false; issue: ArgIssue };
+
+/** Validates raw arguments (strings from chat or commander, or JSON from HTTP) against the declaration. */
+export function validateArgs<S extends ArgsSchema>(def: CommandDefinition<S, never> | AnyCommand<unknown>, raw: Record<string, unknown>): Validated<z.output<S>> {
+  const r = def.args.safeParse(raw, { error: (iss) => {
+    const msg = z.config().localeError?.(iss);
+    return `${GENERIC}${typeof msg === 'string' ? msg : msg?.message ?? iss.message ?? 'invalid'}`;
+  } });
+  if (r.success) return { ok: true, args: r.data as z.output<S> };
+  const iss = r.error.issues[0]!;
+  const arg = String(iss.path[0] ?? '');
+  const custom = !iss.message.startsWith(GENERIC);
+  const missing = arg !== '' && raw[arg] === undefined && iss.code === 'invalid_type';
+  return { ok: false, issue: { arg, missing, custom, message: custom ? iss.message : iss.message.slice(GENERIC.length) } };
+}
+
+// ---- chat: parser, dispatch, help -------------------------------------------------------------------
+
+export type ChatParse = { ok: true; args: Record<string, unknown> } | { ok: false; message: string };
+
+/**
+ * Parses the words after `!name` by the declaration. Words beyond the positional ones are ignored, as
+ * the hand-written parsers did. A failure is one line: `Usage: !audit <device> [n]`, followed by what
+ * was wrong unless a required argument was simply missing.
+ */
+export function parseChatArgs(def: AnyCommand<unknown>, words: readonly string[], prefix = '!'): ChatParse {
+  const shape = def.args.shape as Record<string, z.ZodType>;
+  const infos = argInfos(def);
+  const keyed = new Map(infos.filter((a) => !a.positional).map((a) => [a.name, a]));
+  const positional = infos.filter((a) => a.positional);
+  const raw: Record<string, unknown> = {};
+  const rest: string[] = [];
+  for (const w of words) {
+    const eq = w.indexOf('=');
+    const key = eq > 0 ? w.slice(0, eq) : '';
+    if (keyed.has(key)) raw[key] = coerceArg(shape[key]!, w.slice(eq + 1));
+    else rest.push(w);
+  }
+  positional.forEach((a, i) => {
+    if (a.list && i === positional.length - 1) raw[a.name] = rest.slice(i).map((w) => coerceArg((unwrap(shape[a.name]!) as z.ZodArray<z.ZodType>).element, w));
+    else if (rest[i] !== undefined) raw[a.name] = coerceArg(shape[a.name]!, rest[i]);
+  });
+  const v = validateArgs(def, raw);
+  if (v.ok) return { ok: true, args: v.args };
+  const usage = `Usage: ${prefix}${def.name}${usageOf(def) ? ` ${usageOf(def)}` : ''}`;
+  if (v.issue.missing) return { ok: false, message: usage };
+  return { ok: false, message: v.issue.custom ? `${usage} ${v.issue.message}` : `${usage} (${v.issue.arg || 'arguments'}: ${v.issue.message})` };
+}
+
+/** One help line per command: `!audit [n] — the last n audit entries (default 10)`. */
+export function chatHelpLines(commands: readonly AnyCommand<never>[], prefix = '!'): string[] {
+  return commands.map((c) => {
+    const usage = usageOf(c as AnyCommand<unknown>);
+    return `${prefix}${c.name}${usage ? ` ${usage}` : ''} — ${c.summary}`;
+  });
+}
+
+export interface ChatCaller {
+  /** Whether the sender holds this permission (checked before the handler runs). */
+  may(p: Permission): boolean;
+  /** Where parse errors, refusals and unknown commands are answered. */
+  reply(text: string): Promise<unknown>;
+}
+
+/**
+ * Runs one `!command` message against a surface's table: finds the command by its first word, checks
+ * the permission, parses the arguments, then runs the handler. Returns false when the text is no command.
+ */
+export async function dispatchChat<C>(commands: readonly AnyCommand<C>[], text: string, caller: ChatCaller, ctx: C, prefix = '!'): Promise<boolean> {
+  if (!text.startsWith(prefix)) return false;
+  const [word = '', ...words] = text.slice(prefix.length).split(/\s+/).filter(Boolean);
+  const cmd = commands.find((c) => c.name === word.toLowerCase());
+  if (!cmd) {
+    await caller.reply(`Unknown command ${prefix}${word.slice(0, 40)}. Send ${prefix}help for the list.`);
+    return true;
+  }
+  if (!caller.may(cmd.permission)) {
+    await caller.reply(`${prefix}${cmd.name} needs the ${cmd.permission} permission.`);
+    return true;
+  }
+  const parsed = parseChatArgs(cmd as AnyCommand<unknown>, words, prefix);
+  if (!parsed.ok) {
+    await caller.reply(parsed.message);
+    return true;
+  }
+  await cmd.run(parsed.args, ctx);
+  return true;
+}
