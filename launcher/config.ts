@@ -10,7 +10,7 @@ import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
 
 const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
 
-/** WireGuard mesh settings used by `meshpilot add-pc --via wg` (launcher/enroll-wg.ts). */
+/** WireGuard mesh settings used by `meshpilot add-pc --via wg` (launcher/enroll/wg.ts). */
 export const MeshConfigSchema = z.object({
   hub: z.object({
     /** The hub's WireGuard interface (wg0). */

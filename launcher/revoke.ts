@@ -18,10 +18,13 @@ import * as path from 'node:path';
 import { toMpError } from '../capabilities/errors.js';
 import { DEVICE_NAME, loadManifest } from '../capabilities/manifest.js';
 import { credentialsFile } from '../bots/credentials.js';
-import {
-  auditEnrollment, ENROLL_EXIT, keysDir, makeContext, matrixStep, openSession, registerStep, stepsModule, undoSteps,
-  type EnrollResult, type EnrollRow, type OnEvent, type Session, type StepState,
-} from './enroll.js';
+import { registerStep } from './enroll/common-steps.js';
+import { keysDir } from './enroll/context.js';
+import { auditEnrollment, makeContext, openSession, undoSteps, type Session } from './enroll/engine.js';
+import { stepsFor } from './enroll/index.js';
+import { matrixStep } from './enroll/matrix.js';
+import type { EnrollRow } from './enroll/store.js';
+import { ENROLL_EXIT, type EnrollResult, type OnEvent, type StepState } from './enroll/types.js';
 
 export interface RevokeOptions {
   name: string;
@@ -72,7 +75,7 @@ export async function runRevoke(opts: RevokeOptions, onEvent: OnEvent = () => un
 
     let steps;
     if (rowActive && row) {
-      steps = (await stepsModule())(row.via, s.config);
+      steps = stepsFor(row.via, s.config);
       for (const st of steps) if ((row.steps[st.id] ?? 'pending') === 'pending' && st.id === 'register' && existsSync(manifestFile)) row.steps[st.id] = 'done';
     } else {
       // Enrolled by hand (or only leftovers): stop the bot, deactivate its user.

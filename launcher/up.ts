@@ -4,7 +4,7 @@
  * operator room bot. Without a config it says exactly what to configure next.
  */
 import type { AddPcFn, RevokeFn } from './operator-room.js';
-import type { AddPcOptions, EnrollEvent } from './enroll.js';
+import type { AddPcOptions, EnrollEvent } from './enroll/types.js';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { toMpError } from '../capabilities/errors.js';
@@ -152,7 +152,7 @@ async function botEntry(io: CliIo): Promise<string> {
 
 /** add-pc / revoke for the operator room (`!add-pc <name> --via wg|ssh --ssh <target> …`, `!revoke <name>`). */
 async function loadEnrollment(rt: Runtime): Promise<{ addPc: AddPcFn; revoke: RevokeFn }> {
-  const { runAddPc } = await import('./enroll.js');
+  const { runAddPc } = await import('./enroll/index.js');
   const { runRevoke } = await import('./revoke.js');
   const progressLine = (e: EnrollEvent): string | undefined => {
     if (e.type === 'step' && e.status !== 'running') return `[${e.index}/${e.total}] ${e.title} ${e.status === 'failed' ? `FAILED: ${e.error?.message ?? ''}` : e.status === 'skipped' ? '(already done)' : `${((e.ms ?? 0) / 1000).toFixed(1)} s`}`;

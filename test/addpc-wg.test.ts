@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ifaceFor } from '../launcher/enroll-wg.js';
+import { ifaceFor } from '../launcher/enroll/mesh.js';
 import { createLab, labAvailable, type Lab } from './fixtures/netns-lab.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';

@@ -1,5 +1,5 @@
 /**
- * `meshpilot add-pc` and `meshpilot revoke` (engine: launcher/enroll.ts, revoke.ts).
+ * `meshpilot add-pc` and `meshpilot revoke` (engine: launcher/enroll/, revoke.ts).
  *
  *   meshpilot add-pc <name> --via wg  --ssh <alias|user@host[:port]> [--ssh-key F] [--os linux|darwin] [--arch A]
  *                           [--profile readonly|operator] [--dry-run] [--accept-host-key SHA256:…] [--json]
@@ -14,7 +14,8 @@
  */
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { ENROLL_EXIT, runAddPc, type EnrollEvent, type OnEvent } from '../enroll.js';
+import { runAddPc } from '../enroll/index.js';
+import { ENROLL_EXIT, type EnrollEvent, type OnEvent } from '../enroll/types.js';
 import { runRevoke } from '../revoke.js';
 import type { CommandContext } from '../cli.js';
 

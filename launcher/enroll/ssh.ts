@@ -3,17 +3,19 @@
  * with the ssh transport, and the audit stays on the controller.
  *
  *   1 preflight  ssh in BatchMode (key only), host key recorded with the operator's confirmation
- *                (terminal) or --accept-host-key, OS detection with `uname -sm`   (enroll.ts)
+ *                (terminal) or --accept-host-key, OS detection with `uname -sm`   (common-steps.ts)
  *   2 manifest   the ssh.readonly template: device, os, transport {kind: ssh, host, port, user, key}
- *   3 matrix     the bot's Matrix user                                           (enroll.ts)
- *   4 register   MESHPILOT_HOME/manifests/<device>.yaml, then wait for the bot's "✓ live" (enroll.ts)
+ *   3 matrix     the bot's Matrix user                                           (matrix.ts)
+ *   4 register   MESHPILOT_HOME/manifests/<device>.yaml, then wait for the bot's "✓ live" (common-steps.ts)
  */
 import { parseDocument } from 'yaml';
-import { MeshpilotError } from '../capabilities/errors.js';
-import { templateText } from '../capabilities/home.js';
-import { parseManifest, renderTemplate } from '../capabilities/manifest.js';
-import { resolveTarget } from '../capabilities/transports/ssh.js';
-import { matrixStep, preflightStep, registerStep, type EnrollContext, type Step } from './enroll.js';
+import { MeshpilotError } from '../../capabilities/errors.js';
+import { templateText } from '../../capabilities/home.js';
+import { parseManifest, renderTemplate } from '../../capabilities/manifest.js';
+import { resolveTarget } from '../../capabilities/transports/ssh.js';
+import { preflightStep, registerStep } from './common-steps.js';
+import type { EnrollContext, Step } from './context.js';
+import { matrixStep } from './matrix.js';
 
 export function sshManifestText(ctx: EnrollContext): string {
   const t = resolveTarget(ctx.device, ctx.targetTransport, {});

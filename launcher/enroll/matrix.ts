@@ -1,0 +1,192 @@
+/**
+ * The bot's Matrix user: created (or reactivated) with the homeserver's registration shared secret
+ * and meshpilot's own Synapse admin account, deactivated on undo; and the wait for the bot's
+ * "✓ <device> live" once the launcher has started it.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
+import { z } from 'zod';
+import { MeshpilotError } from '../../capabilities/errors.js';
+import type { HomeLayout } from '../../capabilities/home.js';
+import { readCredentials, writeCredentials, credentialsFile } from '../../bots/credentials.js';
+import { deactivateUser, registerWithSharedSecret } from '../../bots/matrix.js';
+import { botUserId, type Config } from '../config.js';
+import { keysDir, writeSecret, type Step } from './context.js';
+import type { LiveWait } from './types.js';
+
+function matrixSecret(config: Config): string {
+  const s = config.matrix.registration_shared_secret;
+  if (!s) throw new MeshpilotError('config', 'matrix.registration_shared_secret is not set (config.yaml or MESHPILOT_REGISTRATION_SECRET): add-pc creates the bot user with it');
+  return s;
+}
+
+async function matrixFetch(url: string, init: { method?: string; token?: string; body?: unknown; timeoutMs?: number }): Promise<{ status: number; json: unknown }> {
+  let res: Response;
+  try {
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (init.token) headers['authorization'] = `Bearer ${init.token}`;
+    res = await fetch(url, { method: init.method ?? 'GET', headers, body: init.body === undefined ? null : JSON.stringify(init.body), signal: AbortSignal.timeout(init.timeoutMs ?? 15_000) });
+  } catch (err) {
+    throw new MeshpilotError('unreachable', `cannot reach the Matrix homeserver: ${(err as Error).message}`);
+  }
+  const text = await res.text();
+  if (text.length > 4 * 1024 * 1024) throw new MeshpilotError('output_limit', 'the homeserver answered with more than 4 MiB');
+  let json: unknown = null;
+  try { json = text ? JSON.parse(text) : null; } catch { json = null; }
+  return { status: res.status, json };
+}
+
+const AdminFileSchema = z.object({ userId: z.string().max(255), accessToken: z.string().min(1).max(4096), password: z.string().min(1).max(512).optional() }).strict();
+
+function hsUrl(config: Config): string {
+  return config.matrix.homeserver_url.replace(/\/+$/, '');
+}
+
+async function whoami(config: Config, token: string): Promise<string | undefined> {
+  const r = await matrixFetch(`${hsUrl(config)}/_matrix/client/v3/account/whoami`, { token });
+  if (r.status !== 200) return undefined;
+  const p = z.object({ user_id: z.string().max(255) }).safeParse(r.json);
+  return p.success ? p.data.user_id : undefined;
+}
+
+async function login(config: Config, userId: string, password: string): Promise<{ userId: string; accessToken: string; deviceId?: string }> {
+  const r = await matrixFetch(`${hsUrl(config)}/_matrix/client/v3/login`, { method: 'POST', body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: userId }, password, initial_device_display_name: 'meshpilot' } });
+  const p = z.object({ user_id: z.string().max(255), access_token: z.string().min(1).max(4096), device_id: z.string().max(255).optional() }).safeParse(r.json);
+  if (r.status !== 200 || !p.success) throw new MeshpilotError(r.status >= 500 ? 'unreachable' : 'auth', `Matrix login as ${userId} failed (HTTP ${r.status})`);
+  return { userId: p.data.user_id, accessToken: p.data.access_token, ...(p.data.device_id ? { deviceId: p.data.device_id } : {}) };
+}
+
+/** meshpilot's own Synapse admin account (keys/matrix-admin.json), created with the shared secret on first use. */
+export async function adminToken(home: HomeLayout, config: Config): Promise<string> {
+  const file = path.join(home.keys, 'matrix-admin.json');
+  let saved: z.infer<typeof AdminFileSchema> | undefined;
+  if (existsSync(file)) {
+    const p = AdminFileSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
+    if (p.success) saved = p.data;
+  }
+  if (saved && (await whoami(config, saved.accessToken)) === saved.userId) return saved.accessToken;
+  if (saved?.password) {
+    const l = await login(config, saved.userId, saved.password);
+    writeSecret(file, JSON.stringify({ ...saved, accessToken: l.accessToken }));
+    return l.accessToken;
+  }
+  const password = randomBytes(24).toString('base64url');
+  const localpart = `${config.matrix.operator_bot.replace(/[^a-z0-9._=-]/g, '')}_admin`;
+  const r = await registerWithSharedSecret({ homeserverUrl: hsUrl(config), sharedSecret: matrixSecret(config), localpart, password, admin: true, displayname: 'meshpilot admin' });
+  writeSecret(file, JSON.stringify({ userId: r.userId, accessToken: r.accessToken, password }));
+  return r.accessToken;
+}
+
+async function adminUser(config: Config, admin: string, userId: string): Promise<{ deactivated: boolean } | undefined> {
+  const r = await matrixFetch(`${hsUrl(config)}/_synapse/admin/v2/users/${encodeURIComponent(userId)}`, { token: admin });
+  if (r.status === 404) return undefined;
+  // Synapse before 1.7x answers `deactivated` as 0/1 (its database column), later ones as a boolean.
+  const p = z.object({ deactivated: z.union([z.boolean(), z.number().int().min(0).max(1)]).transform(Boolean) }).loose().safeParse(r.json);
+  if (r.status !== 200 || !p.success) throw new MeshpilotError('unreachable', `Matrix admin lookup of ${userId} failed (HTTP ${r.status})`);
+  return { deactivated: p.data.deactivated };
+}
+
+export const matrixStep: Step = {
+  id: 'matrix', title: 'creating the Matrix bot user',
+  async check(ctx) {
+    const creds = readCredentials(ctx.home.keys, ctx.device);
+    if (!creds || creds.userId !== botUserId(ctx.config, ctx.device)) return false;
+    return (await whoami(ctx.config, creds.accessToken)) === creds.userId;
+  },
+  async apply(ctx) {
+    const config = ctx.config;
+    const userId = botUserId(config, ctx.device);
+    const localpart = `${config.matrix.bot_prefix}${ctx.device}`;
+    const pwFile = path.join(keysDir(ctx), 'matrix.password');
+    const hadPassword = existsSync(pwFile);
+    const password = hadPassword ? readFileSync(pwFile, 'utf8').trim() : randomBytes(24).toString('base64url');
+    if (!hadPassword) writeSecret(pwFile, password);
+    const admin = await adminToken(ctx.home, config);
+    ctx.data.matrixTouched = true;
+    ctx.data.botUserId = userId;
+    ctx.save();
+    const displayname = `🖥 ${ctx.device}`;
+    let creds: { userId: string; accessToken: string; deviceId?: string };
+    const existing = await adminUser(config, admin, userId);
+    if (!existing) {
+      const r = await registerWithSharedSecret({ homeserverUrl: hsUrl(config), sharedSecret: matrixSecret(config), localpart, password, displayname });
+      creds = { userId: r.userId, accessToken: r.accessToken, ...(r.deviceId ? { deviceId: r.deviceId } : {}) };
+    } else if (existing.deactivated) {
+      // Synapse never frees a deactivated name: a device enrolled again (after revoke or a rollback) gets it back.
+      const r = await matrixFetch(`${hsUrl(config)}/_synapse/admin/v2/users/${encodeURIComponent(userId)}`, { method: 'PUT', token: admin, body: { deactivated: false, password, displayname } });
+      if (r.status !== 200) throw new MeshpilotError('exec_failed', `reactivating the Matrix user ${userId} failed (HTTP ${r.status})`);
+      creds = await login(config, userId, password);
+      ctx.info(`the Matrix user ${userId} was deactivated by an earlier revoke or rollback: reactivated it`);
+    } else if (hadPassword) {
+      creds = await login(config, userId, password);
+    } else {
+      throw new MeshpilotError('config', `the Matrix user ${userId} already exists and meshpilot has no credentials for it: pick another device name, or remove that user`);
+    }
+    const setName = await matrixFetch(`${hsUrl(config)}/_matrix/client/v3/profile/${encodeURIComponent(userId)}/displayname`, { method: 'PUT', token: creds.accessToken, body: { displayname } });
+    if (setName.status !== 200) ctx.warn(`could not set the display name of ${userId} (HTTP ${setName.status})`);
+    writeCredentials(ctx.home.keys, ctx.device, { ...creds, homeserverUrl: config.matrix.homeserver_url });
+    chmodSync(credentialsFile(ctx.home.keys, ctx.device), 0o600);
+    ctx.data.registeredAt = Date.now();
+    return userId;
+  },
+  async undo(ctx) {
+    const userId = ctx.data.botUserId ?? botUserId(ctx.config, ctx.device);
+    const hasCreds = existsSync(credentialsFile(ctx.home.keys, ctx.device));
+    if (!ctx.data.matrixTouched && !hasCreds) {
+      if (!ctx.revoking) {
+        rmSync(path.join(keysDir(ctx), 'matrix.password'), { force: true });
+        try { if (readdirSync(keysDir(ctx)).length === 0) rmSync(keysDir(ctx), { recursive: true, force: true }); } catch { /* gone */ }
+      }
+      return undefined;
+    }
+    const admin = await adminToken(ctx.home, ctx.config);
+    const u = await adminUser(ctx.config, admin, userId);
+    if (u && !u.deactivated) await deactivateUser({ homeserverUrl: hsUrl(ctx.config), adminToken: admin, userId });
+    if (!ctx.revoking) {
+      rmSync(credentialsFile(ctx.home.keys, ctx.device), { force: true });
+      rmSync(path.join(keysDir(ctx), 'matrix.password'), { force: true });
+      // the bot's end-to-end encryption keys belong to the deactivated account: useless, and secret
+      rmSync(path.join(keysDir(ctx), 'crypto'), { recursive: true, force: true });
+      rmSync(path.join(keysDir(ctx), 'cross-signing.json'), { force: true });
+      try { if (readdirSync(keysDir(ctx)).length === 0) rmSync(keysDir(ctx), { recursive: true, force: true }); } catch { /* gone */ }
+    }
+    ctx.data.matrixTouched = false;
+    return `${userId} deactivated`;
+  },
+};
+
+/** Polls the bot's own view of its rooms until it has posted "✓ <device> live" (after sinceTs). */
+export async function waitForLiveMessage(w: LiveWait): Promise<void> {
+  // Never /sync as the bot: its to-device messages (encryption keys) would be acknowledged here and
+  // lost to the bot. Instead poll the bot's DMs (m.direct) for the `dev.meshpilot.live` state event it
+  // sets next to its "live" message (state is never encrypted), then check that message exists.
+  const deadline = Date.now() + w.timeoutMs;
+  const want = `✓ ${w.device} live`;
+  const base = w.homeserverUrl.replace(/\/+$/, '');
+  const Direct = z.record(z.string().max(255), z.array(z.string().max(255)).max(100));
+  const Live = z.object({ device: z.string().max(64), ts: z.number(), event_id: z.string().max(255) }).loose();
+  const Event = z.object({ sender: z.string().max(255), type: z.string().max(255), content: z.object({ body: z.unknown().optional() }).loose() }).loose();
+  const enc = encodeURIComponent;
+  while (Date.now() < deadline) {
+    if (w.signal?.aborted) throw new MeshpilotError('internal', 'interrupted');
+    try {
+      const d = await matrixFetch(`${base}/_matrix/client/v3/user/${enc(w.botUserId)}/account_data/m.direct`, { token: w.botToken });
+      const direct = d.status === 200 ? Direct.safeParse(d.json) : undefined;
+      for (const room of new Set(Object.values(direct?.success ? direct.data : {}).flat())) {
+        const st = await matrixFetch(`${base}/_matrix/client/v3/rooms/${enc(room)}/state/dev.meshpilot.live/`, { token: w.botToken });
+        const live = st.status === 200 ? Live.safeParse(st.json) : undefined;
+        if (!live?.success || live.data.device !== w.device || live.data.ts < w.sinceTs - 1000) continue;
+        const ev = await matrixFetch(`${base}/_matrix/client/v3/rooms/${enc(room)}/event/${enc(live.data.event_id)}`, { token: w.botToken });
+        const e = ev.status === 200 ? Event.safeParse(ev.json) : undefined;
+        if (!e?.success || e.data.sender !== w.botUserId) continue;
+        // An encrypted DM: the body is ciphertext; that the bot sent it is what can be checked here.
+        if (e.data.type === 'm.room.encrypted' || (e.data.type === 'm.room.message' && typeof e.data.content.body === 'string' && e.data.content.body.startsWith(want))) return;
+      }
+    } catch {
+      // homeserver briefly unreachable: keep polling until the deadline
+    }
+    await new Promise((res) => setTimeout(res, 500));
+  }
+  throw new MeshpilotError('timeout', `the bot of ${w.device} did not post "${want}" within ${Math.round(w.timeoutMs / 1000)} s: check the launcher's log (is the homeserver reachable from it?)`);
+}
