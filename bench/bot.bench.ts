@@ -13,7 +13,7 @@ import { writeCredentials } from '../bots/credentials.js';
 import { SETTLE_IDLE_MS } from '../bots/memory-settle.js';
 import { ensureHome } from '../capabilities/home.js';
 import { buildBotBundle } from '../launcher/bundle.js';
-import { writeConfig } from '../launcher/config.js';
+import { writeConfig } from '../capabilities/config.js';
 import { botEnv, botExecArgv, execArgvFor } from '../launcher/supervisor.js';
 import { textReply } from '../test/fixtures/anthropic.js';
 import type { RegisteredUser } from '../test/fixtures/homeserver.js';

@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parse } from 'yaml';
 import { parseManifest } from '../capabilities/manifest.js';
-import { writeConfig } from '../launcher/config.js';
+import { writeConfig } from '../capabilities/config.js';
 import { buildCommandGrammar } from '../bots/voice-grammar.js';
 import { decodeToWav, detectAudioFormat, PocketsphinxEngine } from '../bots/voice.js';
 import { speakOgg } from '../test/fixtures/whisper-http.js';

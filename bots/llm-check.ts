@@ -6,7 +6,7 @@
 import Anthropic, { APIConnectionError, APIError } from '@anthropic-ai/sdk';
 import { toMpError } from '../capabilities/errors.js';
 import { KEY_SETTING, MODEL_SETTING, llmConfigProblem, retiredModelLine } from './llm-errors.js';
-import { DEFAULT_LLM_MODEL } from './llm-model.js';
+import { DEFAULT_LLM_MODEL } from '../capabilities/llm-model.js';
 
 export interface LlmCheckInput {
   /** From config.yaml or ANTHROPIC_API_KEY (loadConfig applies the override). */

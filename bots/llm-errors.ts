@@ -4,7 +4,7 @@
  * (bots/llm.ts) and by `meshpilot doctor` (bots/llm-check.ts), so both say the same thing.
  */
 import { APIError } from '@anthropic-ai/sdk';
-import { DEFAULT_LLM_MODEL } from './llm-model.js';
+import { DEFAULT_LLM_MODEL } from '../capabilities/llm-model.js';
 
 export const KEY_SETTING = '`llm.api_key` in config.yaml (or ANTHROPIC_API_KEY)';
 export const MODEL_SETTING = '`llm.model` in config.yaml';

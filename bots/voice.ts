@@ -23,7 +23,7 @@ import type { Manifest } from '../capabilities/manifest.js';
 import type { ChatMessage, DeviceBot } from './device-bot.js';
 import type { MatrixMessage } from './matrix.js';
 import { buildCommandGrammar, normalizeTranscript, releaseCmuDict, type CommandGrammar } from './voice-grammar.js';
-import type { VoiceConfig } from '../launcher/config.js';
+import type { VoiceConfig } from '../capabilities/config.js';
 
 // ------------------------------------------------------------------------------------------- format detection
 

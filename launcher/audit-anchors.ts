@@ -13,7 +13,7 @@ import type { AuditHead } from '../capabilities/audit.js';
 import { layout } from '../capabilities/home.js';
 import { readCredentials } from '../bots/credentials.js';
 import { httpFetch } from '../bots/http.js';
-import { loadConfig } from './config.js';
+import { loadConfig } from '../capabilities/config.js';
 
 /** Same as bots/device-bot.ts AUDIT_HEAD_EVENT (not imported: that module pulls the bot's dependencies in). */
 export const AUDIT_HEAD_EVENT = 'dev.meshpilot.audit_head';

@@ -50,8 +50,8 @@ import type { Manifest } from '../capabilities/manifest.js';
 import { agentSecretPath } from '../capabilities/transports/mesh.js';
 import { sshPing as defaultSshPing } from '../capabilities/transports/ssh.js';
 import { readDeviceAnchor, type AnchorRead, type DeviceAnchor } from './audit-anchors.js';
-import type { Config } from './config.js';
-import type { DeviceListing } from './registry.js';
+import type { Config } from '../capabilities/config.js';
+import type { DeviceListing } from '../capabilities/device-registry.js';
 import { parseWgDump, peersByAddress, type WgDump, type WgDumpReader } from './wg.js';
 
 registerMigration('health-v1', `

@@ -36,7 +36,7 @@ import { z } from 'zod';
 import type { AuditHead } from '../capabilities/audit.js';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
 import { logger as makeLogger } from '../capabilities/log.js';
-import { serverNameOf, type Config } from './config.js';
+import { serverNameOf, type Config } from '../capabilities/config.js';
 import { ago, HealthMonitor, mirrorKey, type AnchorSource, type DeviceHealth, type SupervisorLike } from './health.js';
 import type { Runtime } from './runtime.js';
 import { hubDumpReader } from './wg.js';

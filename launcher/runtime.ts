@@ -9,7 +9,7 @@ import { openDatabase, type Db } from '../capabilities/db.js';
 import { ensureHome, resolveHome, type HomeLayout } from '../capabilities/home.js';
 import { Invoker, type ApprovalHook } from '../capabilities/invoke.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
-import { DeviceRegistry } from './registry.js';
+import { DeviceRegistry } from '../capabilities/device-registry.js';
 
 export interface Runtime {
   home: HomeLayout;

@@ -12,7 +12,7 @@ import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { logger } from '../capabilities/log.js';
 import { formatIssue } from '../capabilities/manifest.js';
 import type { CliIo } from './cli.js';
-import { loadConfig } from './config.js';
+import { loadConfig } from '../capabilities/config.js';
 import type { Runtime } from './runtime.js';
 import { BOT_BUNDLE, BOT_SOURCE, buildBotBundle } from './bundle.js';
 import { removePidFile, Supervisor, writePidFile } from './supervisor.js';

@@ -12,7 +12,7 @@ import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import type { AuditInput } from '../capabilities/audit.js';
 import { openDatabase } from '../capabilities/db.js';
 import { ensureHome } from '../capabilities/home.js';
-import { writeConfig } from '../launcher/config.js';
+import { writeConfig } from '../capabilities/config.js';
 import { AUDIT_HEAD_EVENT, readDeviceAnchor, type AnchorRead } from '../launcher/audit-anchors.js';
 import { HealthMonitor } from '../launcher/health.js';
 import { openRuntime } from '../launcher/runtime.js';

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
+import { DEFAULT_LLM_MODEL } from '../capabilities/llm-model.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { startAnthropicFixture, type AnthropicFixture } from './fixtures/anthropic.js';
 import { tempDir } from './helpers/tmp.js';

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeCredentials } from '../bots/credentials.js';
 import { ensureHome } from '../capabilities/home.js';
-import { writeConfig } from '../launcher/config.js';
+import { writeConfig } from '../capabilities/config.js';
 import { startAnthropicFixture, textReply, toolReply, type AnthropicFixture } from './fixtures/anthropic.js';
 import { DEVICE_MAIN, waitReady } from './helpers/bot-env.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';

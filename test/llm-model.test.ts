@@ -6,8 +6,8 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createLlmClient } from '../bots/llm.js';
-import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
-import { loadConfig } from '../launcher/config.js';
+import { DEFAULT_LLM_MODEL } from '../capabilities/llm-model.js';
+import { loadConfig } from '../capabilities/config.js';
 import { startAnthropicFixture, textReply, type AnthropicFixture } from './fixtures/anthropic.js';
 import { tempDir } from './helpers/tmp.js';
 

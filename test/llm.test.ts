@@ -9,7 +9,7 @@ import {
   auditFooter, buildSystemPrompt, buildTools, createLlmClient, isToolMappable, runTurn, serializeResult, toCapabilityName, toToolName,
   MAX_TOOL_RESULT_BYTES, type LlmClient, type LlmClientOptions, type MessageParam,
 } from '../bots/llm.js';
-import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
+import { DEFAULT_LLM_MODEL } from '../capabilities/llm-model.js';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase, type Db } from '../capabilities/db.js';
 import { MeshpilotError } from '../capabilities/errors.js';

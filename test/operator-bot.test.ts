@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startOperatorServices, type OperatorServices } from '../launcher/operator-room.js';
-import { ConfigSchema } from '../launcher/config.js';
+import { ConfigSchema } from '../capabilities/config.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { freePort } from './fixtures/agent-proc.js';
 import { uniqueBotNames } from './helpers/bot-env.js';

@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startOperatorServices, type OperatorServices } from '../launcher/operator-room.js';
-import { ConfigSchema, type Config } from '../launcher/config.js';
+import { ConfigSchema, type Config } from '../capabilities/config.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import type { ClientEvent, RegisteredUser } from './fixtures/homeserver.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';

@@ -5,7 +5,7 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { builtinRegistry } from '../capabilities/registry.js';
-import { DeviceRegistry } from '../launcher/registry.js';
+import { DeviceRegistry } from '../capabilities/device-registry.js';
 import {
   childEnv,
   pidFilePath,

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase } from '../capabilities/db.js';
-import { writeConfig } from '../launcher/config.js';
+import { writeConfig } from '../capabilities/config.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
 import { speakOgg, startWhisperFixture, type WhisperFixture } from './fixtures/whisper-http.js';
 import { createBotEnv, waitReady, type BotEnv } from './helpers/bot-env.js';

@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { ago, HealthMonitor, healthSettings } from '../health.js';
-import { loadConfig } from '../config.js';
+import { loadConfig } from '../../capabilities/config.js';
 import { EXIT, UsageError, type CommandContext } from '../cli.js';
 import { hubDumpReader } from '../wg.js';
 

@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { readBotPassword, readCredentials, writeCredentials } from '../../bots/credentials.js';
 import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
 import { MeshpilotError, toMpError } from '../../capabilities/errors.js';
-import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../config.js';
+import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../../capabilities/config.js';
 import { UsageError, type CommandContext } from '../cli.js';
 import type { Runtime } from '../runtime.js';
 

@@ -7,7 +7,7 @@ import { chmodSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { HomeLayout } from '../../capabilities/home.js';
 import type { TransportConfig } from '../../capabilities/manifest.js';
-import type { Config } from '../config.js';
+import type { Config } from '../../capabilities/config.js';
 import type { Remote } from './remote.js';
 import type { EnrollData, EnrollStore } from './store.js';
 import type { AddPcOptions, OnEvent, Via } from './types.js';

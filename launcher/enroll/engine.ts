@@ -32,7 +32,7 @@ import { MeshpilotError, toMpError, type ErrorCode } from '../../capabilities/er
 import { ensureHome, resolveHome, type HomeLayout } from '../../capabilities/home.js';
 import { logger } from '../../capabilities/log.js';
 import { DEVICE_NAME } from '../../capabilities/manifest.js';
-import { botUserId, loadConfigOrThrow, type Config } from '../config.js';
+import { botUserId, loadConfigOrThrow, type Config } from '../../capabilities/config.js';
 import type { EnrollContext, Step, StepsFor } from './context.js';
 import { parseSshSpec, sshRemote, type Remote } from './remote.js';
 import { EnrollStore, type EnrollRow } from './store.js';

@@ -11,7 +11,7 @@ import { MeshpilotError } from '../../capabilities/errors.js';
 import type { HomeLayout } from '../../capabilities/home.js';
 import { readCredentials, writeCredentials, credentialsFile } from '../../bots/credentials.js';
 import { deactivateUser, registerWithSharedSecret } from '../../bots/matrix.js';
-import { botUserId, type Config } from '../config.js';
+import { botUserId, type Config } from '../../capabilities/config.js';
 import { keysDir, writeSecret, type Step } from './context.js';
 import type { LiveWait } from './types.js';
 

@@ -6,7 +6,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:cry
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { MeshpilotError } from '../../capabilities/errors.js';
-import type { Config, MeshConfig } from '../config.js';
+import type { Config, MeshConfig } from '../../capabilities/config.js';
 import { keysDir, sha256, type EnrollContext } from './context.js';
 import { localRemote, parseSshSpec, sshRemote, type Remote } from './remote.js';
 

@@ -24,7 +24,7 @@ import * as path from 'node:path';
 import { MeshpilotError } from '../../capabilities/errors.js';
 import { loadManifest } from '../../capabilities/manifest.js';
 import { HealthResponseSchema } from '../../capabilities/agent/protocol.js';
-import type { MeshConfig } from '../config.js';
+import type { MeshConfig } from '../../capabilities/config.js';
 import { NODE_MIN_MAJOR, preflightStep, registerStep } from './common-steps.js';
 import { keysDir, sha256, writeSecret, type EnrollContext, type Step } from './context.js';
 import { matrixStep } from './matrix.js';

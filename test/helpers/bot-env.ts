@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeCredentials } from '../../bots/credentials.js';
 import { ensureHome, PACKAGE_ROOT } from '../../capabilities/home.js';
-import { writeConfig } from '../../launcher/config.js';
+import { writeConfig } from '../../capabilities/config.js';
 import { botEnv, botExecArgv } from '../../launcher/supervisor.js';
 import { startAnthropicFixture, type AnthropicFixture } from '../fixtures/anthropic.js';
 import { startTestHomeserver, type RegisteredUser, type TestHomeserver } from './test-homeserver.js';

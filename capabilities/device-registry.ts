@@ -1,12 +1,13 @@
 /**
  * The device registry follows the files: a device exists when MESHPILOT_HOME/manifests/<device>.yaml
  * exists. Manifests are re-read when their file changes, so edits apply without a restart.
+ * In capabilities/ because both the launcher and the bot process use it (bots/ import only capabilities/).
  */
 import { readdirSync, statSync } from 'node:fs';
 import * as path from 'node:path';
-import { formatIssue, loadManifest, DEVICE_NAME, type Manifest, type ManifestIssue } from '../capabilities/manifest.js';
-import type { ManifestSource } from '../capabilities/invoke.js';
-import type { CapabilityRegistry } from '../capabilities/registry.js';
+import { formatIssue, loadManifest, DEVICE_NAME, type Manifest, type ManifestIssue } from './manifest.js';
+import type { ManifestSource } from './invoke.js';
+import type { CapabilityRegistry } from './registry.js';
 
 export interface DeviceListing {
   device: string;

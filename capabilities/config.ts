@@ -1,12 +1,16 @@
 /**
  * MESHPILOT_HOME/config.yaml, zod-validated, with environment overrides. Secrets may live in the
  * file (0600) or come from the environment; they never reach logs (pino redaction) or argv.
+ *
+ * In capabilities/ because both the launcher and the bot process read it, and bots/ may import only
+ * capabilities/. Each default is stated once, on its field: an absent section is `.prefault({})`,
+ * which parses `{}` through the section's schema so the field defaults fill it.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { LineCounter, parseDocument, stringify } from 'yaml';
 import { z } from 'zod';
-import { MeshpilotError } from '../capabilities/errors.js';
-import { DEFAULT_LLM_MODEL } from '../bots/llm-model.js';
+import { MeshpilotError } from './errors.js';
+import { DEFAULT_LLM_MODEL } from './llm-model.js';
 
 const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
 
@@ -69,13 +73,13 @@ export const ConfigSchema = z.object({
     daily_token_budget: z.number().int().min(1000).max(100_000_000).default(1_000_000),
     timeout_s: z.number().int().min(5).max(600).default(60),
     system_prompt: z.string().max(4000).optional(),
-  }).strict().default({ model: DEFAULT_LLM_MODEL, max_tokens: 2048, max_steps: 8, daily_token_budget: 1_000_000, timeout_s: 60 }),
-  approvals: z.object({ timeout_s: z.number().int().min(1).max(3600).default(300) }).strict().default({ timeout_s: 300 }),
+  }).strict().prefault({}),
+  approvals: z.object({ timeout_s: z.number().int().min(1).max(3600).default(300) }).strict().prefault({}),
   supervisor: z.object({
     max_crashes: z.number().int().min(1).max(100).default(5),
     crash_window_s: z.number().int().min(10).max(86400).default(300),
     backoff_max_s: z.number().int().min(1).max(3600).default(60),
-  }).strict().default({ max_crashes: 5, crash_window_s: 300, backoff_max_s: 60 }),
+  }).strict().prefault({}),
   /** Voice messages → commands (bots/voice.ts). */
   voice: z.object({
     engine: z.enum(['pocketsphinx', 'whisper-http']).default('pocketsphinx'),
@@ -93,7 +97,7 @@ export const ConfigSchema = z.object({
     min_confidence: z.number().min(0).max(1).default(0.7),
   }).strict()
     .refine((v) => v.engine !== 'whisper-http' || v.whisper !== undefined, { message: 'engine whisper-http needs voice.whisper.url', path: ['whisper'] })
-    .default({ engine: 'pocketsphinx', max_bytes: 10 * 1024 * 1024, max_duration_s: 120, min_confidence: 0.7 }),
+    .prefault({}),
   health: z.object({
     schedule: z.string().max(64).default('* * * * *'),
     stale_after_s: z.number().int().min(30).max(86400).default(600),
@@ -104,7 +108,7 @@ export const ConfigSchema = z.object({
     hub_device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/).optional(),
     /** Alerts in one cycle at or above which one digest message is sent instead. */
     digest_min: z.number().int().min(2).max(1000).default(5),
-  }).strict().default({ schedule: '* * * * *', stale_after_s: 600, unreachable_after: 2, remind_after_s: 21600, digest_min: 5 }),
+  }).strict().prefault({}),
   mesh: MeshConfigSchema.optional(),
 }).strict();
 export type Config = z.infer<typeof ConfigSchema>;
