@@ -17,7 +17,7 @@ import { readBotPassword, readCredentials, writeCredentials, type MatrixCredenti
 import { DeviceBot } from './device-bot.js';
 import { ParentMessageSchema, type ChildMessageInput } from './ipc.js';
 import type { LlmCaller, LlmClientOptions } from './llm.js';
-import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix.js';
+import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix/index.js';
 import { createMemorySettler, SETTLE_IDLE_MS } from './memory-settle.js';
 import { createVoiceHandler } from './voice.js';
 
@@ -221,7 +221,7 @@ function lazyLlmClient(opts: LlmClientOptions): LlmCaller {
 }
 
 /** Set by the voice module when it is loaded (issue: voice messages to commands). */
-let voiceHandler: ((m: import('./matrix.js').MatrixMessage, bot: DeviceBot) => Promise<void>) | undefined;
+let voiceHandler: ((m: import('./matrix/index.js').MatrixMessage, bot: DeviceBot) => Promise<void>) | undefined;
 export function setVoiceHandler(h: typeof voiceHandler): void {
   voiceHandler = h;
 }

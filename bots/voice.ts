@@ -21,7 +21,7 @@ import { z } from 'zod';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
 import type { Manifest } from '../capabilities/manifest.js';
 import type { ChatMessage, DeviceBot } from './device-bot.js';
-import type { MatrixMessage } from './matrix.js';
+import type { MatrixMessage } from './matrix/index.js';
 import { buildCommandGrammar, normalizeTranscript, releaseCmuDict, type CommandGrammar } from './voice-grammar.js';
 import type { VoiceConfig } from '../capabilities/config.js';
 

@@ -44,7 +44,7 @@ import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import { AUDIT_HEAD_EVENT } from '../bots/device-bot.js';
 import { escapeHtml } from '../bots/format.js';
 import { httpFetch, type HttpResponse } from '../bots/http.js';
-import { checkCryptoDevice, createMatrixSession, cryptoAvailable, registerWithSharedSecret, type MatrixMessage, type MatrixSession, type MatrixSessionOptions } from '../bots/matrix.js';
+import { checkCryptoDevice, createMatrixSession, cryptoAvailable, registerWithSharedSecret, type MatrixMessage, type MatrixSession, type MatrixSessionOptions } from '../bots/matrix/index.js';
 
 export const OPERATOR_CREDENTIALS = '_operator';
 const CONFIRM_MS = 5 * 60_000;

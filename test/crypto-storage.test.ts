@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { RustSdkCryptoStorageProvider } from 'matrix-bot-sdk';
-import { FileCryptoStorage } from '../bots/matrix.js';
+import { FileCryptoStorage } from '../bots/matrix/index.js';
 import { tempDir } from './helpers/tmp.js';
 
 const room = (algorithm: string) => ({ algorithm, rotation_period_ms: 604800000, rotation_period_msgs: 100 });

@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readCredentials } from '../bots/credentials.js';
-import { registerWithSharedSecret, whoamiWithToken } from '../bots/matrix.js';
+import { registerWithSharedSecret, whoamiWithToken } from '../bots/matrix/index.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { startTestHomeserver, type TestHomeserver } from './helpers/test-homeserver.js';
 import { tempDir } from './helpers/tmp.js';

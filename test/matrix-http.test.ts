@@ -1,7 +1,7 @@
 /** bots/matrix-http.ts: the SDK's HTTP function on node:http, against real sockets. */
 import { afterEach, describe, expect, it } from 'vitest';
 import net from 'node:net';
-import { matrixRequest, type MatrixHttpResponse } from '../bots/matrix-http.js';
+import { matrixRequest, type MatrixHttpResponse } from '../bots/matrix/sdk-http.js';
 
 /**
  * A raw HTTP/1.1 server whose `answer(connectionNo, requestNo)` decides per request: true answers 200

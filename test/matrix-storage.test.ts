@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { openSyncStateStore } from '../bots/matrix-storage.js';
+import { openSyncStateStore } from '../bots/matrix/sync-store.js';
 import { tempDir } from './helpers/tmp.js';
 
 describe('sync state store', () => {

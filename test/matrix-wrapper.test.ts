@@ -19,7 +19,7 @@ import {
   type MatrixMessage,
   type MatrixReaction,
   type MatrixSession,
-} from '../bots/matrix.js';
+} from '../bots/matrix/index.js';
 import { MeshpilotError } from '../capabilities/errors.js';
 import { startHomeserver, type Homeserver } from './fixtures/homeserver.js';
 import { startTestHomeserver, type RegisteredUser, type TestHomeserver } from './helpers/test-homeserver.js';

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { readBotPassword, readCredentials, writeCredentials } from '../../bots/credentials.js';
-import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix.js';
+import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix/index.js';
 import { MeshpilotError, toMpError } from '../../capabilities/errors.js';
 import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../../capabilities/config.js';
 import { UsageError, type CommandContext } from '../cli.js';

@@ -17,7 +17,7 @@
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { registerWithSharedSecret } from '../../bots/matrix.js';
+import { registerWithSharedSecret } from '../../bots/matrix/index.js';
 import { startHomeserver, type ClientEvent, type RegisteredUser, type RequestLogEntry } from '../fixtures/homeserver.js';
 
 export type { ClientEvent, RegisteredUser } from '../fixtures/homeserver.js';

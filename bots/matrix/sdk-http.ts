@@ -23,7 +23,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { stringify } from 'node:querystring';
 import { setRequestFn } from 'matrix-bot-sdk';
-import { codedError, readBody, sendRequest } from './http.js';
+import { codedError, readBody, sendRequest } from '../http.js';
 
 /** The largest response body accepted (the SDK's own media and sync answers stay far below it). */
 export const MAX_RESPONSE_BYTES = 128 * 1024 * 1024;
