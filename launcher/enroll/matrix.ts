@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { MeshpilotError } from '../../capabilities/errors.js';
 import type { HomeLayout } from '../../capabilities/home.js';
 import { readCredentials, writeCredentials, credentialsFile } from '../../bots/credentials.js';
-import { deactivateUser, registerWithSharedSecret } from '../../bots/matrix/index.js';
+import { adminLookupUser, deactivateUser, HomeserverApi, loginWithPassword, reactivateUser, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix/index.js';
 import { botUserId, type Config } from '../../capabilities/config.js';
 import { keysDir, writeSecret, type Step } from './context.js';
 import type { LiveWait } from './types.js';
@@ -21,40 +21,25 @@ function matrixSecret(config: Config): string {
   return s;
 }
 
-async function matrixFetch(url: string, init: { method?: string; token?: string; body?: unknown; timeoutMs?: number }): Promise<{ status: number; json: unknown }> {
-  let res: Response;
-  try {
-    const headers: Record<string, string> = { 'content-type': 'application/json' };
-    if (init.token) headers['authorization'] = `Bearer ${init.token}`;
-    res = await fetch(url, { method: init.method ?? 'GET', headers, body: init.body === undefined ? null : JSON.stringify(init.body), signal: AbortSignal.timeout(init.timeoutMs ?? 15_000) });
-  } catch (err) {
-    throw new MeshpilotError('unreachable', `cannot reach the Matrix homeserver: ${(err as Error).message}`);
-  }
-  const text = await res.text();
-  if (text.length > 4 * 1024 * 1024) throw new MeshpilotError('output_limit', 'the homeserver answered with more than 4 MiB');
-  let json: unknown = null;
-  try { json = text ? JSON.parse(text) : null; } catch { json = null; }
-  return { status: res.status, json };
-}
-
 const AdminFileSchema = z.object({ userId: z.string().max(255), accessToken: z.string().min(1).max(4096), password: z.string().min(1).max(512).optional() }).strict();
 
 function hsUrl(config: Config): string {
   return config.matrix.homeserver_url.replace(/\/+$/, '');
 }
 
+/** Who the token belongs to; undefined when the homeserver refuses it (a network failure throws). */
 async function whoami(config: Config, token: string): Promise<string | undefined> {
-  const r = await matrixFetch(`${hsUrl(config)}/_matrix/client/v3/account/whoami`, { token });
-  if (r.status !== 200) return undefined;
-  const p = z.object({ user_id: z.string().max(255) }).safeParse(r.json);
-  return p.success ? p.data.user_id : undefined;
+  try {
+    return (await whoamiWithToken({ homeserverUrl: hsUrl(config), accessToken: token })).userId;
+  } catch (err) {
+    if (err instanceof MeshpilotError && err.code !== 'unreachable') return undefined;
+    throw err;
+  }
 }
 
 async function login(config: Config, userId: string, password: string): Promise<{ userId: string; accessToken: string; deviceId?: string }> {
-  const r = await matrixFetch(`${hsUrl(config)}/_matrix/client/v3/login`, { method: 'POST', body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: userId }, password, initial_device_display_name: 'meshpilot' } });
-  const p = z.object({ user_id: z.string().max(255), access_token: z.string().min(1).max(4096), device_id: z.string().max(255).optional() }).safeParse(r.json);
-  if (r.status !== 200 || !p.success) throw new MeshpilotError(r.status >= 500 ? 'unreachable' : 'auth', `Matrix login as ${userId} failed (HTTP ${r.status})`);
-  return { userId: p.data.user_id, accessToken: p.data.access_token, ...(p.data.device_id ? { deviceId: p.data.device_id } : {}) };
+  const l = await loginWithPassword({ homeserverUrl: hsUrl(config), user: userId, password });
+  return { userId: l.userId, accessToken: l.accessToken, ...(l.deviceId ? { deviceId: l.deviceId } : {}) };
 }
 
 /** meshpilot's own Synapse admin account (keys/matrix-admin.json), created with the shared secret on first use. */
@@ -79,12 +64,7 @@ export async function adminToken(home: HomeLayout, config: Config): Promise<stri
 }
 
 async function adminUser(config: Config, admin: string, userId: string): Promise<{ deactivated: boolean } | undefined> {
-  const r = await matrixFetch(`${hsUrl(config)}/_synapse/admin/v2/users/${encodeURIComponent(userId)}`, { token: admin });
-  if (r.status === 404) return undefined;
-  // Synapse before 1.7x answers `deactivated` as 0/1 (its database column), later ones as a boolean.
-  const p = z.object({ deactivated: z.union([z.boolean(), z.number().int().min(0).max(1)]).transform(Boolean) }).loose().safeParse(r.json);
-  if (r.status !== 200 || !p.success) throw new MeshpilotError('unreachable', `Matrix admin lookup of ${userId} failed (HTTP ${r.status})`);
-  return { deactivated: p.data.deactivated };
+  return (await adminLookupUser({ homeserverUrl: hsUrl(config), adminToken: admin, userId })) ?? undefined;
 }
 
 export const matrixStep: Step = {
@@ -114,8 +94,7 @@ export const matrixStep: Step = {
       creds = { userId: r.userId, accessToken: r.accessToken, ...(r.deviceId ? { deviceId: r.deviceId } : {}) };
     } else if (existing.deactivated) {
       // Synapse never frees a deactivated name: a device enrolled again (after revoke or a rollback) gets it back.
-      const r = await matrixFetch(`${hsUrl(config)}/_synapse/admin/v2/users/${encodeURIComponent(userId)}`, { method: 'PUT', token: admin, body: { deactivated: false, password, displayname } });
-      if (r.status !== 200) throw new MeshpilotError('exec_failed', `reactivating the Matrix user ${userId} failed (HTTP ${r.status})`);
+      await reactivateUser({ homeserverUrl: hsUrl(config), adminToken: admin, userId, password, displayname });
       creds = await login(config, userId, password);
       ctx.info(`the Matrix user ${userId} was deactivated by an earlier revoke or rollback: reactivated it`);
     } else if (hadPassword) {
@@ -123,8 +102,7 @@ export const matrixStep: Step = {
     } else {
       throw new MeshpilotError('config', `the Matrix user ${userId} already exists and meshpilot has no credentials for it: pick another device name, or remove that user`);
     }
-    const setName = await matrixFetch(`${hsUrl(config)}/_matrix/client/v3/profile/${encodeURIComponent(userId)}/displayname`, { method: 'PUT', token: creds.accessToken, body: { displayname } });
-    if (setName.status !== 200) ctx.warn(`could not set the display name of ${userId} (HTTP ${setName.status})`);
+    await setDisplayNameWithToken({ homeserverUrl: hsUrl(config), accessToken: creds.accessToken, userId, displayname }).catch((err: unknown) => ctx.warn(`could not set the display name of ${userId} (${(err as Error).message})`));
     writeCredentials(ctx.home.keys, ctx.device, { ...creds, homeserverUrl: config.matrix.homeserver_url });
     chmodSync(credentialsFile(ctx.home.keys, ctx.device), 0o600);
     ctx.data.registeredAt = Date.now();
@@ -163,23 +141,20 @@ export async function waitForLiveMessage(w: LiveWait): Promise<void> {
   // sets next to its "live" message (state is never encrypted), then check that message exists.
   const deadline = Date.now() + w.timeoutMs;
   const want = `✓ ${w.device} live`;
-  const base = w.homeserverUrl.replace(/\/+$/, '');
+  const api = new HomeserverApi(w.homeserverUrl, w.botToken);
   const Direct = z.record(z.string().max(255), z.array(z.string().max(255)).max(100));
   const Live = z.object({ device: z.string().max(64), ts: z.number(), event_id: z.string().max(255) }).loose();
   const Event = z.object({ sender: z.string().max(255), type: z.string().max(255), content: z.object({ body: z.unknown().optional() }).loose() }).loose();
-  const enc = encodeURIComponent;
   while (Date.now() < deadline) {
     if (w.signal?.aborted) throw new MeshpilotError('internal', 'interrupted');
     try {
-      const d = await matrixFetch(`${base}/_matrix/client/v3/user/${enc(w.botUserId)}/account_data/m.direct`, { token: w.botToken });
-      const direct = d.status === 200 ? Direct.safeParse(d.json) : undefined;
-      for (const room of new Set(Object.values(direct?.success ? direct.data : {}).flat())) {
-        const st = await matrixFetch(`${base}/_matrix/client/v3/rooms/${enc(room)}/state/dev.meshpilot.live/`, { token: w.botToken });
-        const live = st.status === 200 ? Live.safeParse(st.json) : undefined;
-        if (!live?.success || live.data.device !== w.device || live.data.ts < w.sinceTs - 1000) continue;
-        const ev = await matrixFetch(`${base}/_matrix/client/v3/rooms/${enc(room)}/event/${enc(live.data.event_id)}`, { token: w.botToken });
-        const e = ev.status === 200 ? Event.safeParse(ev.json) : undefined;
-        if (!e?.success || e.data.sender !== w.botUserId) continue;
+      const direct = Direct.safeParse(await api.accountData(w.botUserId, 'm.direct'));
+      for (const room of new Set(Object.values(direct.success ? direct.data : {}).flat())) {
+        // a room the bot cannot read (left, forbidden) is skipped, not the end of this round
+        const live = Live.safeParse(await api.stateEvent(room, 'dev.meshpilot.live', '').catch(() => null));
+        if (!live.success || live.data.device !== w.device || live.data.ts < w.sinceTs - 1000) continue;
+        const e = Event.safeParse(await api.event(room, live.data.event_id).catch(() => null));
+        if (!e.success || e.data.sender !== w.botUserId) continue;
         // An encrypted DM: the body is ciphertext; that the bot sent it is what can be checked here.
         if (e.data.type === 'm.room.encrypted' || (e.data.type === 'm.room.message' && typeof e.data.content.body === 'string' && e.data.content.body.startsWith(want))) return;
       }
