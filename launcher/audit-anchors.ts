@@ -6,13 +6,13 @@
  * Bounded: at most MAX_ROOMS rooms, a few requests at a time, small answers, a timeout per request.
  * Errors are values: the caller must be able to say "anchors not checked" rather than "ok".
  */
-import { z } from 'zod';
 import { existsSync } from 'node:fs';
 import { AnchorContentSchema, compareWithAnchors, type AnchoredChain } from '../capabilities/audit-anchor.js';
 import type { AuditHead } from '../capabilities/audit.js';
 import { layout } from '../capabilities/home.js';
 import { readCredentials } from '../bots/credentials.js';
-import { httpFetch } from '../bots/http.js';
+import { HomeserverApi } from '../bots/matrix/index.js';
+import { MeshpilotError } from '../capabilities/errors.js';
 import { loadConfig } from '../capabilities/config.js';
 
 /** Same as bots/device-bot.ts AUDIT_HEAD_EVENT (not imported: that module pulls the bot's dependencies in). */
@@ -34,26 +34,17 @@ export type AnchorRead =
   /** The homeserver could not be asked, or refused the bot's token. */
   | { status: 'unreadable'; message: string };
 
-const JoinedRoomsSchema = z.object({ joined_rooms: z.array(z.string().max(255)).max(100_000) });
-
 class ReadError extends Error {}
 
-async function getJson(base: string, token: string, p: string): Promise<{ status: number; json: unknown }> {
-  let res;
-  try {
-    res = await httpFetch(`${base}/_matrix/client/v3${p}`, { headers: { Authorization: `Bearer ${token}` }, timeoutMs: TIMEOUT_MS, maxBodyBytes: 1024 * 1024 });
-  } catch (err) {
-    throw new ReadError(`cannot reach the homeserver ${base}: ${(err as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = await res.json();
-  } catch {
-    json = undefined;
-  }
-  if (res.status === 401 || (res.status === 403 && p === '/joined_rooms')) throw new ReadError(`the homeserver refused the bot's access token (HTTP ${res.status})`);
-  if (res.status >= 500 || res.status === 429) throw new ReadError(`the homeserver answered HTTP ${res.status}`);
-  return { status: res.status, json };
+/**
+ * A failed read as what it means here: the homeserver refused the token or could not be asked
+ * (ReadError: anchors not checked), or only this room could not be read (undefined: skip it).
+ */
+function readFailure(err: unknown, whole: boolean): ReadError | undefined {
+  if (!(err instanceof MeshpilotError)) return undefined;
+  if (err.code === 'auth' || (whole && err.code === 'permission')) return new ReadError(`the homeserver refused the bot's access token (${err.message})`);
+  if (whole || err.code === 'unreachable') return new ReadError(err.message);
+  return undefined;
 }
 
 /** The homeserver URL for a device's bot: its credentials', else the config's. */
@@ -74,20 +65,24 @@ export async function readDeviceAnchor(home: string, device: string): Promise<An
   if (!creds) return { status: 'no_account', message: `${device} has no Matrix bot account` };
   const url = homeserverFor(home, creds.homeserverUrl);
   if (!url) return { status: 'no_account', message: 'no homeserver configured' };
-  const base = url.replace(/\/+$/, '');
+  const api = new HomeserverApi(url, creds.accessToken);
   try {
-    const joined = await getJson(base, creds.accessToken, '/joined_rooms');
-    const rooms = JoinedRoomsSchema.safeParse(joined.json);
-    if (joined.status !== 200 || !rooms.success) throw new ReadError(`the homeserver's /joined_rooms answer is not usable (HTTP ${joined.status})`);
-    const list = rooms.data.joined_rooms.slice(0, MAX_ROOMS);
+    const list = (await api.joinedRooms({ timeoutMs: TIMEOUT_MS }).catch((err: unknown) => { throw readFailure(err, true) ?? err; })).slice(0, MAX_ROOMS);
     let best: DeviceAnchor | null = null;
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < list.length) {
         const roomId = list[next++]!;
-        const r = await getJson(base, creds.accessToken, `/rooms/${encodeURIComponent(roomId)}/state/${encodeURIComponent(AUDIT_HEAD_EVENT)}/${encodeURIComponent(device)}`);
-        if (r.status !== 200) continue; // 404: no anchor in this room
-        const c = AnchorContentSchema.safeParse(r.json);
+        let content: Record<string, unknown> | null;
+        try {
+          content = await api.stateEvent(roomId, AUDIT_HEAD_EVENT, device, { timeoutMs: TIMEOUT_MS });
+        } catch (err) {
+          const f = readFailure(err, false);
+          if (f) throw f;
+          continue; // this room cannot be read (left, forbidden): no anchor from it
+        }
+        if (!content) continue; // no anchor in this room
+        const c = AnchorContentSchema.safeParse(content);
         if (!c.success || c.data.device !== device) continue;
         if (!best || c.data.seq > best.seq) best = { seq: c.data.seq, hash: c.data.hash, roomId, ...(c.data.ts ? { ts: c.data.ts } : {}) };
       }
