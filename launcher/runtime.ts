@@ -1,40 +1,7 @@
 import '../capabilities/transports/ssh.js';
 import '../capabilities/transports/mesh.js';
 /**
- * What every launcher command stands on: the data directory, the database, the audit log,
- * the device registry and the one Invoker.
+ * The runtime with every transport loaded (the launcher, tests, benches): see runtime-core.ts. The CLI
+ * imports runtime-core.ts and loads only the transports a command needs.
  */
-import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
-import { openDatabase, type Db } from '../capabilities/db.js';
-import { ensureHome, resolveHome, type HomeLayout } from '../capabilities/home.js';
-import { Invoker, type ApprovalHook } from '../capabilities/invoke.js';
-import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
-import { DeviceRegistry } from '../capabilities/device-registry.js';
-
-export interface Runtime {
-  home: HomeLayout;
-  created: boolean;
-  enrolledLocal: boolean;
-  db: Db;
-  audit: SqliteAuditLog;
-  capabilities: CapabilityRegistry;
-  devices: DeviceRegistry;
-  invoker: Invoker;
-  close(): Promise<void>;
-}
-
-export function openRuntime(opts: { root?: string; approve?: ApprovalHook } = {}): Runtime {
-  const { home, created, enrolledLocal } = ensureHome(opts.root ?? resolveHome());
-  const db = openDatabase(home.db);
-  const audit = new SqliteAuditLog(db);
-  const capabilities = builtinRegistry();
-  const devices = new DeviceRegistry(home.manifests, capabilities);
-  const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, ...(opts.approve ? { approve: opts.approve } : {}) });
-  return {
-    home, created, enrolledLocal, db, audit, capabilities, devices, invoker,
-    async close() {
-      await invoker.close();
-      db.close();
-    },
-  };
-}
+export { loadTransports, openRuntime, type Runtime } from './runtime-core.js';
