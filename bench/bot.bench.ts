@@ -14,7 +14,7 @@ import { SETTLE_IDLE_MS } from '../bots/memory-settle.js';
 import { ensureHome } from '../capabilities/home.js';
 import { buildBotBundle } from '../launcher/bundle.js';
 import { writeConfig } from '../capabilities/config.js';
-import { botEnv, botExecArgv, execArgvFor } from '../launcher/supervisor.js';
+import { botEnv, botExecArgv, execArgvFor } from '../launcher/bot-child.js';
 import { textReply } from '../test/fixtures/anthropic.js';
 import type { RegisteredUser } from '../test/fixtures/homeserver.js';
 import { createBotEnv, waitReady } from '../test/helpers/bot-env.js';

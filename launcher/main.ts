@@ -4,7 +4,7 @@ const argv = process.argv.slice(2);
 const longRunning = new Set(['up', 'agent']);
 process.env['MESHPILOT_LOG_LEVEL'] ??= longRunning.has(argv[0] ?? '') ? 'info' : 'warn';
 // A launcher runs for days beside its bots, I/O bound like them: it trades peak JavaScript speed for
-// memory with the bots' V8 settings that can still be set once node runs (launcher/supervisor.ts
+// memory with the bots' V8 settings that can still be set once node runs (launcher/bot-child.ts
 // BOT_NODE_ARGS says what each does). Measured with one bot, encryption on: launcher 127-132 MB RSS -> ~106.
 if (longRunning.has(argv[0] ?? '')) {
   const { setFlagsFromString } = await import('node:v8');

@@ -8,12 +8,14 @@
  * Every message is zod-validated and bounded both ways. A child must exit when its IPC channel
  * disconnects (the launcher is gone) and on SIGTERM.
  *
- * Secrets never travel in argv. Children get a scrubbed environment (see childEnv): PATH, HOME,
+ * Secrets never travel in argv. Children get a scrubbed environment (childEnv, bot-child.ts): PATH, HOME,
  * USER, LOGNAME, LANG, LC_ALL, TZ, TMPDIR, MESHPILOT_HOME, MESHPILOT_LOG_LEVEL and nothing else
  * from the launcher — not NODE_OPTIONS, not ANTHROPIC_API_KEY. Whatever a bot needs beyond that
  * (ANTHROPIC_API_KEY, tokens) the caller passes explicitly in `options.env`; the child reads the
  * rest from MESHPILOT_HOME itself. On top of that every child gets fixed memory settings
  * (BOT_RUNTIME_ENV, BOT_NODE_ARGS; botEnv / botExecArgv, which test/helpers/bot-env.ts uses too).
+ *
+ * States, status, settings and events are declared in supervisor-types.ts.
  *
  * Per device: starting → running (after 'ready') → restarting (unexpected exit; exponential backoff
  * with jitter, capped at backoffMaxS) → crash-looping (more than maxCrashes exits within
@@ -27,264 +29,15 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { mkdirSync, readFileSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
-import { createRequire } from 'node:module';
+import { watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { Logger } from 'pino';
 import { MeshpilotError } from '../capabilities/errors.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { DeviceNameSchema } from '../capabilities/manifest.js';
 import { heartbeatIntervalFor, parseChildMessage, ParentMessageSchema, type AuditHead, type ParentMessage } from '../bots/ipc.js';
-
-// The IPC protocol (messages, bounds, parseChildMessage) is declared once in bots/ipc.ts, shared with the bot.
-
-// ---------------------------------------------------------------------------------------------
-// Child environment
-
-/** The only variables a child inherits from the launcher's environment. */
-export const INHERITED_ENV = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'MESHPILOT_LOG_LEVEL'] as const;
-
-/**
- * The environment of a bot child: the INHERITED_ENV subset of `parent`, MESHPILOT_HOME = home,
- * then `extra` (what the caller hands over on purpose, e.g. ANTHROPIC_API_KEY).
- */
-export function childEnv(home: string, extra: Record<string, string> = {}, parent: NodeJS.ProcessEnv = process.env): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const k of INHERITED_ENV) {
-    const v = parent[k];
-    if (v !== undefined) env[k] = v;
-  }
-  env['MESHPILOT_HOME'] = home;
-  for (const [k, v] of Object.entries(extra)) env[k] = v;
-  return env;
-}
-
-let tsxLoaderUrl: string | undefined;
-/** execArgv for forking `entry`: tsx's loader (absolute file URL) for TypeScript, nothing for JS. */
-export function execArgvFor(entry: string): string[] {
-  if (!/\.(c|m)?ts$/.test(entry)) return [];
-  tsxLoaderUrl ??= pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
-  return ['--import', tsxLoaderUrl];
-}
-
-/*
- * Memory settings of every bot child (RSS per bot, `npx tsx bench/run.ts bot`). Bots are I/O bound and
- * many run side by side, so they trade peak JS speed for memory; WebAssembly stays on (ssh2's poly1305,
- * Matrix crypto), so no --jitless / --lite-mode.
- *
- * - glibc malloc: blocks of 32 KiB and up are mmapped and go back to the system when freed. Parsing and
- *   compiling the bundle churns through ~20-35 MB of V8 zone memory in 32 KiB segments; with glibc's
- *   default (dynamic) threshold they came from the main arena, which kept ~20 MB of freed memory per bot.
- *   GLIBC_TUNABLES is read by the dynamic loader: other C libraries ignore it.
- * - --no-opt --no-sparkplug: JavaScript runs in Ignition, V8's interpreter, only: no TurboFan code and
- *   zone memory, and no Sparkplug baseline code (1.5-2 MB of code space per bot, measured; CPU per
- *   message unchanged within noise). WebAssembly is compiled as before and still tiers up.
- * - --expose-gc: when a bot goes quiet it runs two compacting collections (bots/memory-settle.ts), which
- *   move live objects together so the emptied pages go back to the system (84-85 MB right after traffic, 78 MB at rest).
- * - --wasm-tiering-budget=100000000 (V8's default 1800000): the WebAssembly crypto starts on Liftoff, V8's
- *   baseline compiler, and a function moves to TurboFan once it has run ~this many bytes of code. At the
- *   default, the few hundred ms of key generation, signing and store loading at start already pushed
- *   hundreds of functions through TurboFan: ~0.45 s of CPU per bot start (measured, 20 bots on 2 cores:
- *   13 s up → 8 s up). A bot's crypto is a few calls per message; the truly hot functions still tier up
- *   over its lifetime.
- * - --wasm-lazy-validation: each WebAssembly function is validated when it is first compiled (compilation
- *   is lazy already) instead of all at load: compiling the crypto module takes 22 ms of CPU instead of 55.
- * - --max-semi-space-size=1: bots are I/O bound; a small young generation keeps their memory down.
- * - --max-old-space-size=512: a bound that also sizes V8's heap for a small process (measured: ~2 MB less
- *   than V8's default sizing for a machine's RAM); a bot's live heap is ~20 MB.
- */
-/** Environment every bot child gets in addition to childEnv (an explicit `extra` variable wins). */
-export const BOT_RUNTIME_ENV: Readonly<Record<string, string>> = { GLIBC_TUNABLES: 'glibc.malloc.mmap_threshold=32768' };
-/** Node/V8 flags every bot child gets, before the caller's nodeArgs (a later flag wins). */
-export const BOT_NODE_ARGS: readonly string[] = [
-  '--no-opt', '--no-sparkplug', '--wasm-tiering-budget=100000000', '--wasm-lazy-validation', '--max-old-space-size=512', '--max-semi-space-size=1',
-  '--expose-gc',
-];
-
-/** The environment a bot child starts with: BOT_RUNTIME_ENV, then childEnv(home, extra, parent). */
-export function botEnv(home: string, extra: Record<string, string> = {}, parent: NodeJS.ProcessEnv = process.env): Record<string, string> {
-  return { ...BOT_RUNTIME_ENV, ...childEnv(home, extra, parent) };
-}
-
-/** execArgv for a bot child: BOT_NODE_ARGS, the caller's nodeArgs, then execArgvFor(entry). */
-export function botExecArgv(entry: string, nodeArgs: readonly string[] = []): string[] {
-  return [...BOT_NODE_ARGS, ...nodeArgs, ...execArgvFor(entry)];
-}
-
-// ---------------------------------------------------------------------------------------------
-// Launcher pid file (MESHPILOT_HOME/launcher.pid): `<pid>\n[start=<ticks>\n]`
-
-export function pidFilePath(home: string): string {
-  return path.join(home, 'launcher.pid');
-}
-
-/** Process start time in clock ticks since boot (Linux /proc); undefined elsewhere or when gone. */
-function processStartTicks(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19]; // field 22, starttime
-  } catch {
-    return undefined;
-  }
-}
-
-/** True while a process with this pid exists (EPERM: it exists, owned by someone else). */
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-export interface PidFileInfo {
-  pid: number;
-  file: string;
-  /** The process exists and (on Linux) is the same process that wrote the file (not a reused pid). */
-  alive: boolean;
-}
-
-/** The launcher's pid file, or undefined when there is none (or it is unreadable/garbled). */
-export function readPidFile(home: string): PidFileInfo | undefined {
-  const file = pidFilePath(home);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-  if (text.length > 200) return undefined;
-  const [first, second] = text.split('\n');
-  const pid = Number(first?.trim());
-  if (!Number.isInteger(pid) || pid <= 1 || pid > 4_194_304) return undefined;
-  let alive = pidAlive(pid);
-  const recorded = /^start=(\d+)$/.exec(second?.trim() ?? '')?.[1];
-  if (alive && recorded !== undefined) {
-    const now = processStartTicks(pid);
-    if (now !== undefined && now !== recorded) alive = false; // the pid was reused by another process
-  }
-  return { pid, file, alive };
-}
-
-/**
- * Writes MESHPILOT_HOME/launcher.pid (0600, atomically). Throws MeshpilotError('config') when
- * another live launcher already holds it; a stale file is replaced.
- */
-export function writePidFile(home: string, pid: number = process.pid): string {
-  const existing = readPidFile(home);
-  if (existing && existing.alive && existing.pid !== pid) {
-    throw new MeshpilotError('config', `another launcher is already running (pid ${existing.pid}, ${existing.file}); stop it first or run \`meshpilot reload\``);
-  }
-  const file = pidFilePath(home);
-  mkdirSync(home, { recursive: true, mode: 0o700 });
-  const start = processStartTicks(pid);
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${pid}\n${start !== undefined ? `start=${start}\n` : ''}`, { mode: 0o600 });
-  renameSync(tmp, file);
-  return file;
-}
-
-/** Removes the pid file if it names `pid` (so a launcher never removes another one's file). */
-export function removePidFile(home: string, pid: number = process.pid): void {
-  const existing = readPidFile(home);
-  if (existing && existing.pid === pid) rmSync(existing.file, { force: true });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Supervisor
-
-export type BotState = 'starting' | 'running' | 'restarting' | 'crash-looping' | 'failed' | 'stopping' | 'stopped';
-
-/** Why a child exited: asked to (stop/restart/fatal) or not (crash, killed for a timeout). */
-export type ExitReason = 'stop' | 'restart' | 'fatal' | 'crash' | 'ready-timeout' | 'heartbeat-timeout';
-
-export interface ExitInfo {
-  pid: number;
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  reason: ExitReason;
-  at: string;
-}
-
-export interface BotStatus {
-  device: string;
-  state: BotState;
-  pid: number | null;
-  /** Spawns after the first one (crash restarts, manifest restarts, restart()). */
-  restarts: number;
-  crashesInWindow: number;
-  lastExit: ExitInfo | null;
-  /** When the bot entered its current state (ISO time). */
-  since: string;
-  busy: boolean;
-  auditHead: AuditHead | null;
-  /** Set in state 'failed': what the bot reported. */
-  fatal: { code: string; message: string } | null;
-}
-
-export interface SupervisorSettings {
-  maxCrashes: number;
-  crashWindowS: number;
-  backoffMaxS: number;
-  /** First restart delay; doubles per crash in the window. Default 500. */
-  backoffBaseMs?: number;
-  /** Default 30 000. */
-  readyTimeoutMs?: number;
-  /** How long stop()/restart() wait after 'shutdown' before SIGTERM. Default 15 000. */
-  shutdownGraceMs?: number;
-  /** Default 60 000. Children are told to beat every quarter of it. */
-  heartbeatTimeoutMs?: number;
-  /** SIGTERM → SIGKILL delay. Default 5 000. */
-  killGraceMs?: number;
-  /** Periodic reconcile (safety net for fs.watch). Default 5 000. */
-  reconcileIntervalMs?: number;
-  /** Debounce for manifest directory events. Default 250. */
-  watchDebounceMs?: number;
-  /** Lines of child stderr kept for the crash-loop report. Default 20. */
-  stderrTailLines?: number;
-}
-
-export interface SupervisorOptions {
-  /** Absolute path of the child module (.ts runs through tsx). */
-  entry: string;
-  /** MESHPILOT_HOME. Manifests are watched in <home>/manifests unless manifestsDir is given. */
-  home: string;
-  manifestsDir?: string;
-  /** The devices that should have a bot (e.g. the valid ones from DeviceRegistry). */
-  desiredDevices: () => string[];
-  /** A bot whose hash changes between reconciles is restarted. */
-  manifestHash?: (device: string) => string | undefined;
-  settings: SupervisorSettings;
-  logger?: Logger;
-  /** Extra environment for children (the only way secrets such as ANTHROPIC_API_KEY reach them). */
-  env?: Record<string, string>;
-  /** Extra node flags for children (e.g. V8 memory settings). */
-  nodeArgs?: string[];
-  /** Watch the manifests directory (default true; the periodic reconcile runs either way). */
-  watch?: boolean;
-  /** start() installs a SIGHUP handler running reconcile({retryFailed:true}); stop() removes it. */
-  handleSighup?: boolean;
-  /** Write child stdout/stderr through to the launcher's stderr (default true). */
-  forwardOutput?: boolean;
-}
-
-export interface SupervisorEvents {
-  /** Every state change. */
-  state: [BotStatus];
-  spawn: [{ device: string; pid: number; restarts: number }];
-  ready: [{ device: string; pid: number }];
-  exit: [{ device: string } & ExitInfo & { expected: boolean }];
-  'restart-scheduled': [{ device: string; delayMs: number; crashesInWindow: number }];
-  'crash-loop': [{ device: string; code: number | null; signal: NodeJS.Signals | null; reason: ExitReason; crashesInWindow: number; stderrTail: string[] }];
-  failed: [{ device: string; code: string; message: string }];
-  stopped: [{ device: string; removed: boolean }];
-  /** A manifest change (or reconcile) restarted this bot. */
-  reconciled: [{ started: string[]; stopped: string[]; restarted: string[]; retried: string[] }];
-}
+import { botEnv, botExecArgv } from './bot-child.js';
+import type { BotState, BotStatus, ExitInfo, ExitReason, SupervisorEvents, SupervisorOptions, SupervisorSettings } from './supervisor-types.js';
 
 interface Bot {
   device: string;

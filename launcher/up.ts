@@ -15,7 +15,8 @@ import type { CliIo } from './cli.js';
 import { loadConfig } from '../capabilities/config.js';
 import type { Runtime } from './runtime.js';
 import { BOT_BUNDLE, BOT_SOURCE, buildBotBundle } from './bundle.js';
-import { removePidFile, Supervisor, writePidFile } from './supervisor.js';
+import { removePidFile, writePidFile } from './pid-file.js';
+import { Supervisor } from './supervisor.js';
 
 /** Environment a bot child needs from the launcher's own (children get a scrubbed environment). */
 const PASSED_TO_BOTS = ['ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL', 'MESHPILOT_HOMESERVER'];

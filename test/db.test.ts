@@ -4,7 +4,7 @@ import { fork } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { execArgvFor } from '../launcher/supervisor.js';
+import { execArgvFor } from '../launcher/bot-child.js';
 import { tempDir } from './helpers/tmp.js';
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'open-db.ts');

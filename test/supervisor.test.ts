@@ -6,18 +6,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { builtinRegistry } from '../capabilities/registry.js';
 import { DeviceRegistry } from '../capabilities/device-registry.js';
-import {
-  childEnv,
-  pidFilePath,
-  readPidFile,
-  removePidFile,
-  Supervisor,
-  writePidFile,
-  type BotStatus,
-  type SupervisorEvents,
-  type SupervisorOptions,
-  type SupervisorSettings,
-} from '../launcher/supervisor.js';
+import { childEnv } from '../launcher/bot-child.js';
+import { pidFilePath, readPidFile, removePidFile, writePidFile } from '../launcher/pid-file.js';
+import { Supervisor } from '../launcher/supervisor.js';
+import type { BotStatus, SupervisorEvents, SupervisorOptions, SupervisorSettings } from '../launcher/supervisor-types.js';
 import { makeTempDir } from './helpers/tmp.js';
 
 const ENTRY = path.join(PACKAGE_ROOT, 'test', 'fixtures', 'dummy-bot.ts');

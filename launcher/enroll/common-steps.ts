@@ -9,7 +9,7 @@ import { MeshpilotError } from '../../capabilities/errors.js';
 import { parseManifest } from '../../capabilities/manifest.js';
 import { resolveTarget } from '../../capabilities/transports/ssh.js';
 import { readCredentials } from '../../bots/credentials.js';
-import { readPidFile } from '../supervisor.js';
+import { readPidFile } from '../pid-file.js';
 import type { Step } from './context.js';
 import { ensureHostKey, forgetHostKey } from './host-keys.js';
 import { waitForLiveMessage } from './matrix.js';

@@ -23,7 +23,7 @@
  * scripts through remote.ts. Every enrollment and revocation is written to the controller's
  * audit log.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SqliteAuditLog } from '../../capabilities/audit-sqlite.js';
@@ -33,6 +33,7 @@ import { ensureHome, resolveHome, type HomeLayout } from '../../capabilities/hom
 import { logger } from '../../capabilities/log.js';
 import { DEVICE_NAME } from '../../capabilities/manifest.js';
 import { botUserId, loadConfigOrThrow, type Config } from '../../capabilities/config.js';
+import { processStartTicks } from '../pid-file.js';
 import type { EnrollContext, Step, StepsFor } from './context.js';
 import { parseSshSpec, sshRemote, type Remote } from './remote.js';
 import { EnrollStore, type EnrollRow } from './store.js';
@@ -40,19 +41,10 @@ import { ENROLL_EXIT, type AddPcOptions, type EnrollEvent, type EnrollResult, ty
 
 const log = logger('enroll');
 
-function processStart(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
 function pidAlive(pid: number | null, start: string | null): boolean {
   if (!pid) return false;
   try { process.kill(pid, 0); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false; }
-  const now = processStart(pid);
+  const now = processStartTicks(pid) ?? null;
   return start === null || now === null || now === start;
 }
 
@@ -203,7 +195,7 @@ export async function runEnrollment(opts: AddPcOptions, stepsFor: StepsFor, onEv
     row = {
       device, via: opts.via, status: 'running', opts: rowOpts, data: mode === 'new' ? {} : row!.data,
       steps: mode === 'new' ? Object.fromEntries(steps.map((st) => [st.id, 'pending' as StepState])) : row!.steps,
-      pid: process.pid, pidStart: processStart(process.pid), startedAt: mode === 'new' ? new Date().toISOString() : row!.startedAt, updatedAt: '', error: null,
+      pid: process.pid, pidStart: processStartTicks(process.pid) ?? null, startedAt: mode === 'new' ? new Date().toISOString() : row!.startedAt, updatedAt: '', error: null,
     };
     const prevStatus = wasLive ? (s.store.get(device)?.status ?? 'live') : 'running';
     s.store.put(row);

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { writeCredentials } from '../../bots/credentials.js';
 import { ensureHome, PACKAGE_ROOT } from '../../capabilities/home.js';
 import { writeConfig } from '../../capabilities/config.js';
-import { botEnv, botExecArgv } from '../../launcher/supervisor.js';
+import { botEnv, botExecArgv } from '../../launcher/bot-child.js';
 import { startAnthropicFixture, type AnthropicFixture } from '../fixtures/anthropic.js';
 import { startTestHomeserver, type RegisteredUser, type TestHomeserver } from './test-homeserver.js';
 import { startPhone, type PhoneHandle } from './phone.js';
