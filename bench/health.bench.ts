@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import { buildEntry, type AuditEntry, type AuditHead } from '../capabilities/audit.js';
-import { HealthMonitor } from '../launcher/health.js';
+import { HealthMonitor } from '../launcher/health/monitor.js';
 import { openRuntime } from '../launcher/runtime.js';
 import type { BenchFigure } from './run.js';
 

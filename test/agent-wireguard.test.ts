@@ -75,7 +75,7 @@ describe('agent over a WireGuard tunnel between network namespaces', () => {
     const n0 = m.nodes[0]!;
     const script = `
       import { openRuntime } from ${JSON.stringify(path.join(REPO_ROOT, 'launcher', 'runtime.ts'))};
-      import { fetchAgentAudit, MeshRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'capabilities', 'transports', 'mesh.ts'))};
+      import { MeshRunner } from ${JSON.stringify(path.join(REPO_ROOT, 'capabilities', 'transports', 'mesh.ts'))};
       const home = process.env.MESHPILOT_HOME;
       const rt = openRuntime({ root: home });
       const actor = '@wg:example.org';
@@ -91,7 +91,7 @@ describe('agent over a WireGuard tunnel between network namespaces', () => {
         if (!r.result.ok) throw new Error('sys.info failed: ' + JSON.stringify(r.result.error));
         out.latencyMs.push(performance.now() - t);
       }
-      const a = await fetchAgentAudit(runner, null, { pageSize: 7 });
+      const a = await runner.pullAudit(null, { pageSize: 7 });
       out.audit = { ok: a.ok, count: a.entries.length, head: a.head, reason: a.ok ? undefined : a.reason };
       out.health = await runner.health();
       const under = new MeshRunner({ device: ${JSON.stringify(DEVICE)}, address: ${JSON.stringify(n0.vethIp)}, port: ${PORT}, home, connectTimeoutMs: 2000 });

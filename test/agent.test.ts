@@ -13,7 +13,7 @@ import { AUTH_HEADERS, loadSecretFile, NonceCache, parseSecret, TokenBuckets } f
 import { parseAgentConfig } from '../capabilities/agent/config.js';
 import { HealthResponseSchema } from '../capabilities/agent/protocol.js';
 import { renderService, serviceFileBytes, SERVICE_KINDS } from '../capabilities/agent/services.js';
-import { fetchAgentAudit, MeshRunner } from '../capabilities/transports/mesh.js';
+import { MeshRunner } from '../capabilities/transports/mesh.js';
 import { runCli, type CliIo } from '../launcher/cli.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { BUNDLE_PATH, freePort, rawRequest, REPO_ROOT, startAgentProcess, writeAgentFiles, type AgentFiles, type AgentProcess } from './fixtures/agent-proc.js';
@@ -244,7 +244,7 @@ describe('agent over loopback (sources via `meshpilot agent --config`)', () => {
   });
 
   it('serves its audit chain for the controller to verify, incrementally', async () => {
-    const all = await fetchAgentAudit(runner, null, { pageSize: 3 });
+    const all = await runner.pullAudit(null, { pageSize: 3 });
     expect(all.ok).toBe(true);
     const onDisk = [...readJsonlEntries(files.auditFile)];
     expect(all.entries.length).toBe(onDisk.length);
@@ -252,14 +252,14 @@ describe('agent over loopback (sources via `meshpilot agent --config`)', () => {
     expect(verifyEntries(onDisk).ok).toBe(true);
 
     await runner.run({ capability: 'sys.info', args: {}, actor: 'a', requestId: 'inc-1' });
-    const more = await fetchAgentAudit(runner, all.head);
+    const more = await runner.pullAudit(all.head);
     expect(more.ok).toBe(true);
     expect(more.entries.map((e) => e.request_id)).toEqual(['inc-1', 'inc-1']);
     expect(more.entries[0]!.seq).toBe(all.head!.seq + 1);
 
     // A forged starting point does not verify against the real chain.
-    const forged = await fetchAgentAudit(runner, { seq: all.head!.seq, hash: 'f'.repeat(64) });
-    expect(forged.ok).toBe(false);
+    const forged = await runner.pullAudit({ seq: all.head!.seq, hash: 'f'.repeat(64) });
+    expect(forged).toMatchObject({ ok: false, kind: 'diverged', badSeq: all.head!.seq + 1 });
 
     const unsigned = await rawRequest(base, { method: 'GET', path: '/v1/audit?after=0' });
     expect(unsigned.status).toBe(401);
@@ -299,9 +299,10 @@ describe('agent over loopback (sources via `meshpilot agent --config`)', () => {
     expect(local.ok).toBe(false);
     if (!local.ok) expect(local.badSeq).toBe(victim.seq);
 
-    const remote = await fetchAgentAudit(runner, null);
+    const remote = await runner.pullAudit(null);
     expect(remote.ok).toBe(false);
     if (!remote.ok) {
+      expect(remote.kind).toBe('broken');
       expect(remote.badSeq).toBe(victim.seq);
       expect(remote.entries.length).toBe(victim.seq - 1);
     }

@@ -14,7 +14,7 @@ import { openDatabase } from '../capabilities/db.js';
 import { ensureHome } from '../capabilities/home.js';
 import { writeConfig } from '../capabilities/config.js';
 import { AUDIT_HEAD_EVENT, readDeviceAnchor, type AnchorRead } from '../launcher/audit-anchors.js';
-import { HealthMonitor } from '../launcher/health.js';
+import { HealthMonitor } from '../launcher/health/monitor.js';
 import { openRuntime } from '../launcher/runtime.js';
 import { forgeAuditEntry } from './helpers/forge-audit.js';
 import { startTestHomeserver, type TestHomeserver } from './helpers/test-homeserver.js';

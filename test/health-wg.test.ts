@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HealthMonitor, type HealthSettings } from '../launcher/health.js';
+import { HealthMonitor, type HealthSettings } from '../launcher/health/monitor.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { parseWgDump, peerForAddress } from '../launcher/wg.js';
 import { createWgMesh, wgAvailable, type WgMesh } from './fixtures/wg-netns.js';

@@ -9,7 +9,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalJson, entryHash, readJsonlEntries, type AuditHead } from '../capabilities/audit.js';
-import { HealthMonitor, mirrorKey, type AnchorSource, type HealthSettings } from '../launcher/health.js';
+import type { AnchorSource } from '../launcher/health/chains.js';
+import { HealthMonitor, type HealthSettings } from '../launcher/health/monitor.js';
+import { mirrorKey } from '../launcher/health/state.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { freePort, rawRequest, startAgentProcess, writeAgentFiles, type AgentFiles, type AgentProcess } from './fixtures/agent-proc.js';
 

@@ -143,9 +143,20 @@ describe('architecture', () => {
   const EXECUTING = /^(LocalHost|runLocalProcess|SshHost|sshHostFor|SshPool|sshPool|PooledConnection|sshHandshake|MeshRunner|DefaultTransports|registerTransport)$/;
   // launcher/enroll/remote.ts installs WireGuard and the agent over ssh (add-pc): no capability may, and it audits each enrollment.
   const ALLOWED = new Set(['capabilities/invoke.ts', 'capabilities/agent/server.ts', 'launcher/enroll/remote.ts']);
+  // The read-only probes: all that the health monitor and the hub reader use to look at a device
+  // outside invoke(). sshPing runs `true`; sshWgDump runs `wg show <if> dump`; the agent client
+  // (capabilities/agent/client.ts) reads GET /health and the signed GET /v1/audit and has no way to
+  // invoke (POST /v1/invoke is the mesh transport's MeshRunner, which extends it). Enrollment (add-pc)
+  // also reads the device's ssh host key before it trusts it: probeHostKey.
+  const READ_ONLY_PROBES = new Set(['sshPing', 'sshWgDump', 'AgentClient', 'probeHostKey']);
+  // Imported from the transports or the agent client without reaching a device: names, paths, text,
+  // the controller's own known_hosts file.
+  const INERT = new Set(['resolveTarget', 'agentSecretPath', 'DEFAULT_AGENT_PORT', 'networkReason', 'asErrorCode', 'acceptHostKey', 'knownHostsPath', 'knownKeysFor']);
+  const DEVICE_MODULE = /^(?:[^']*transports\/[^']+|[^']*agent\/client\.js)$/;
 
-  it('no module outside invoke and the device agent imports what executes on a device', () => {
-    const offenders: string[] = [];
+  /** Value imports (`import { a, b as c } from '…'`) of every source file outside the transports. */
+  function valueImports(): Array<{ file: string; names: string[]; from: string }> {
+    const out: Array<{ file: string; names: string[]; from: string }> = [];
     const walk = (dir: string): void => {
       for (const name of readdirSync(path.join(PACKAGE_ROOT, dir))) {
         const rel = path.join(dir, name);
@@ -154,17 +165,55 @@ describe('architecture', () => {
           walk(rel);
           continue;
         }
-        if (!rel.endsWith('.ts') || ALLOWED.has(rel)) continue;
+        if (!rel.endsWith('.ts')) continue;
         const text = readFileSync(path.join(PACKAGE_ROOT, rel), 'utf8');
-        for (const m of text.matchAll(/import\s+(?!type\b)\{([^}]*)\}\s+from\s+'([^']*transports\/[^']+)'/g)) {
-          const names = (m[1] ?? '').split(',').map((n) => n.trim().replace(/^type\s+/, '').split(/\s+as\s+/)[0] ?? '').filter(Boolean);
-          const bad = names.filter((n) => EXECUTING.test(n));
-          if (bad.length) offenders.push(`${rel}: ${bad.join(', ')} from ${m[2]}`);
+        for (const m of text.matchAll(/import\s+(?!type\b)\{([^}]*)\}\s+from\s+'([^']+)'/g)) {
+          const names = (m[1] ?? '').split(',').map((n) => n.trim()).filter((n) => n && !n.startsWith('type ')).map((n) => n.split(/\s+as\s+/)[0] ?? '');
+          out.push({ file: rel, names, from: m[2] ?? '' });
         }
       }
     };
     for (const top of ['capabilities', 'bots', 'launcher']) walk(top);
+    return out;
+  }
+
+  it('no module outside invoke and the device agent imports what executes on a device', () => {
+    const offenders: string[] = [];
+    for (const imp of valueImports()) {
+      if (ALLOWED.has(imp.file) || !/transports\//.test(imp.from)) continue;
+      const bad = imp.names.filter((n) => EXECUTING.test(n));
+      if (bad.length) offenders.push(`${imp.file}: ${bad.join(', ')} from ${imp.from}`);
+    }
     expect(offenders).toEqual([]);
+  });
+
+  it('outside invoke, only the named read-only probes reach a device', () => {
+    const offenders: string[] = [];
+    const used = new Set<string>();
+    for (const imp of valueImports()) {
+      if (ALLOWED.has(imp.file) || !DEVICE_MODULE.test(imp.from)) continue;
+      for (const n of imp.names) {
+        if (READ_ONLY_PROBES.has(n)) used.add(n);
+        else if (!INERT.has(n)) offenders.push(`${imp.file}: ${n} from ${imp.from} (name it here if it is a read-only probe)`);
+      }
+    }
+    expect(offenders).toEqual([]);
+    expect([...used].sort()).toEqual([...READ_ONLY_PROBES].sort()); // each probe is in use (the list stays true)
+  });
+
+  it('the agent client cannot invoke: only the mesh transport extends it with POST /v1/invoke', () => {
+    const client = readFileSync(path.join(PACKAGE_ROOT, 'capabilities/agent/client.ts'), 'utf8');
+    expect(client).not.toContain('/v1/invoke\'');
+    const extenders: string[] = [];
+    const walk = (dir: string): void => {
+      for (const name of readdirSync(path.join(PACKAGE_ROOT, dir))) {
+        const rel = path.join(dir, name);
+        if (statSync(path.join(PACKAGE_ROOT, rel)).isDirectory()) { walk(rel); continue; }
+        if (rel.endsWith('.ts') && /extends\s+AgentClient\b/.test(readFileSync(path.join(PACKAGE_ROOT, rel), 'utf8'))) extenders.push(rel);
+      }
+    };
+    for (const top of ['capabilities', 'bots', 'launcher']) walk(top);
+    expect(extenders).toEqual(['capabilities/transports/mesh.ts']);
   });
 
   it('the check itself catches a forbidden import', () => {

@@ -499,7 +499,7 @@ export function sshHostFor(manifest: Manifest, opts: SshHostOptions = {}): SshHo
 // ---- health probes ------------------------------------------------------------------------------
 
 /**
- * Probes for the launcher's health monitor (launcher/health.ts), on the pooled connection. They run
+ * Probes for the launcher's health monitor (launcher/health/monitor.ts), on the pooled connection. They run
  * fixed commands chosen here, never anything a manifest, a chat message or an LLM supplies, so they
  * sit outside invoke() and its audit: `true` (a cheap authenticated exec) and `wg show <iface> dump`
  * on the WireGuard hub. The dump's first line holds the interface's private key: callers must parse

@@ -15,7 +15,7 @@ import { generateSecret, loadSecretFile, writeSecretFile } from '../../capabilit
 import { renderService, serviceFileBytes, SERVICE_FILES, type ServiceKind } from '../../capabilities/agent/services.js';
 import { ensureHome, resolveHome, templateText, thisOs } from '../../capabilities/home.js';
 import { DEVICE_NAME, renderTemplate } from '../../capabilities/manifest.js';
-import { agentSecretPath } from '../../capabilities/transports/mesh.js';
+import { agentSecretPath } from '../../capabilities/agent/client.js';
 import { UsageError, type CommandContext } from '../cli.js';
 
 export function register(program: Command, ctx: CommandContext): void {

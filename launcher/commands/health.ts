@@ -1,12 +1,13 @@
 /**
- * `meshpilot health [--json]`: runs one health cycle now (launcher/health.ts) and prints every
+ * `meshpilot health [--json]`: runs one health cycle now (launcher/health/monitor.ts) and prints every
  * device's state (`audit=` is the controller's chain of the device against its bot's anchor in Matrix,
  * `chain=` a mesh agent's own chain). Alerts this cycle produces go to the outbox; the running launcher's operator bot
  * delivers them. Exit code 1 when a device is not online (or revoked).
  */
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
-import { ago, HealthMonitor, healthSettings } from '../health.js';
+import { ago } from '../health/alerts.js';
+import { HealthMonitor, healthSettings } from '../health/monitor.js';
 import { loadConfig } from '../../capabilities/config.js';
 import { EXIT, UsageError, type CommandContext } from '../cli.js';
 import { hubDumpReader } from '../wg.js';
