@@ -43,6 +43,8 @@ const SYSTEM_PACKAGES = [
   { check: 'espeak-ng', pkg: 'espeak-ng' },
   { check: 'pocketsphinx_continuous', pkg: 'pocketsphinx' },
   { check: 'pocketsphinx-en-us', path: '/usr/share/pocketsphinx/model/en-us/en-us', pkg: 'pocketsphinx-en-us' },
+  // the dashboard's browser tests drive it with playwright-core (test/dashboard*.test.ts)
+  { check: 'chromium', path: '/usr/bin/chromium', pkg: 'chromium' },
 ];
 
 function has(entry) {
