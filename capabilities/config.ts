@@ -45,6 +45,21 @@ export const MeshConfigSchema = z.object({
 }).strict();
 export type MeshConfig = z.infer<typeof MeshConfigSchema>;
 
+/**
+ * The launcher's HTTP server (launcher/http/): the `/v1` API and the dashboard. `listen` is host:port;
+ * loopback unless the config says otherwise (a non-loopback address is the operator's explicit choice).
+ */
+export const HttpConfigSchema = z.object({
+  listen: z.string().max(300)
+    .regex(/^([A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:7400')
+    .default('127.0.0.1:7400'),
+  /** Requests with a larger body are refused with 413 (add-pc and exec bodies are small). */
+  max_body_bytes: z.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
+  /** Failed authentications per client address per minute before 429. */
+  auth_failures_per_min: z.number().int().min(1).max(10_000).default(10),
+}).strict();
+export type HttpConfig = z.infer<typeof HttpConfigSchema>;
+
 export const ConfigSchema = z.object({
   matrix: z.object({
     homeserver_url: z.url().max(512),
@@ -110,6 +125,7 @@ export const ConfigSchema = z.object({
     digest_min: z.number().int().min(2).max(1000).default(5),
   }).strict().prefault({}),
   mesh: MeshConfigSchema.optional(),
+  http: HttpConfigSchema.prefault({}),
 }).strict();
 export type Config = z.infer<typeof ConfigSchema>;
 export type VoiceConfig = Config['voice'];
@@ -126,6 +142,7 @@ export function envOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
   if (env['ANTHROPIC_BASE_URL']) o['llm.base_url'] = env['ANTHROPIC_BASE_URL'];
   if (env['MESHPILOT_HOMESERVER']) o['matrix.homeserver_url'] = env['MESHPILOT_HOMESERVER'];
   if (env['MESHPILOT_REGISTRATION_SECRET']) o['matrix.registration_shared_secret'] = env['MESHPILOT_REGISTRATION_SECRET'];
+  if (env['MESHPILOT_HTTP_LISTEN']) o['http.listen'] = env['MESHPILOT_HTTP_LISTEN'];
   return o;
 }
 

@@ -71,7 +71,10 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
       '  npx meshpilot audit verify',
       '',
     ].join('\n'));
-    return broken ? 1 : 0;
+    // The embedded default: the dashboard and the API serve this machine meanwhile (launcher/http/).
+    const { serveEmbedded } = await import('./http/embedded.js');
+    const served = await serveEmbedded(rt, io, opts.until);
+    return served !== 0 ? served : broken ? 1 : 0;
   }
   const config = cfg.config;
   const log = logger('launcher');
@@ -103,8 +106,10 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
     io.out(`bot ${e.device}: crash-looping (${e.crashesInWindow} crashes), not restarting; last output:\n${e.stderrTail.map((l) => `  ${l}\n`).join('')}`));
 
   let ops: { stop(): Promise<void> } | undefined;
+  let web: { close(): Promise<void> } | undefined;
   try {
     await supervisor.start();
+    web = await (await import('./http/embedded.js')).startBeside(rt, io, config, supervisor);
     try {
       const { startOperatorServices } = await import('./operator-room.js');
       const enroll = await loadEnrollment(rt);
@@ -121,6 +126,7 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
     io.out('stopping: bots finish their current call…\n');
   } finally {
     const t0 = Date.now();
+    await web?.close().catch(() => undefined);
     await ops?.stop().catch(() => undefined);
     const t1 = Date.now();
     await supervisor.stop();
