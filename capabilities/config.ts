@@ -10,6 +10,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { LineCounter, parseDocument, stringify } from 'yaml';
 import { z } from 'zod';
 import { MeshpilotError } from './errors.js';
+import { DeviceNameSchema } from './manifest.js';
 import { DEFAULT_LLM_MODEL } from './llm-model.js';
 
 const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
@@ -120,7 +121,7 @@ export const ConfigSchema = z.object({
     remind_after_s: z.number().int().min(60).max(7 * 86400).default(6 * 3600),
     hub_interface: z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/).optional(),
     /** The device (an ssh manifest) that is the WireGuard hub; absent: `wg show` runs on the launcher's machine. */
-    hub_device: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/).optional(),
+    hub_device: DeviceNameSchema.optional(),
     /** Alerts in one cycle at or above which one digest message is sent instead. */
     digest_min: z.number().int().min(2).max(1000).default(5),
   }).strict().prefault({}),

@@ -16,7 +16,7 @@ import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { toMpError } from '../capabilities/errors.js';
-import { DEVICE_NAME, loadManifest } from '../capabilities/manifest.js';
+import { DeviceNameSchema, loadManifest } from '../capabilities/manifest.js';
 import { credentialsFile } from '../bots/credentials.js';
 import { registerStep } from './enroll/common-steps.js';
 import { keysDir } from './enroll/context.js';
@@ -43,7 +43,7 @@ export async function runRevoke(opts: RevokeOptions, onEvent: OnEvent = () => un
     onEvent({ type: 'result', device, ok, status, exit, message, ...extra });
     return { ok, exit, status, message };
   };
-  if (!DEVICE_NAME.test(device)) return finish(false, ENROLL_EXIT.usage, 'revoked', `"${device.slice(0, 40)}" is not a valid device name`);
+  if (!DeviceNameSchema.safeParse(device).success) return finish(false, ENROLL_EXIT.usage, 'revoked', `"${device.slice(0, 40)}" is not a valid device name`);
   let s: Session;
   try {
     s = openSession(opts.home);

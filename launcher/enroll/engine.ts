@@ -31,7 +31,7 @@ import { openDatabase, type Db } from '../../capabilities/db.js';
 import { MeshpilotError, toMpError, type ErrorCode } from '../../capabilities/errors.js';
 import { ensureHome, resolveHome, type HomeLayout } from '../../capabilities/home.js';
 import { logger } from '../../capabilities/log.js';
-import { DEVICE_NAME } from '../../capabilities/manifest.js';
+import { DeviceNameSchema } from '../../capabilities/manifest.js';
 import { botUserId, loadConfigOrThrow, type Config } from '../../capabilities/config.js';
 import { processStartTicks } from '../pid-file.js';
 import type { EnrollContext, Step, StepsFor } from './context.js';
@@ -132,7 +132,7 @@ export async function runEnrollment(opts: AddPcOptions, stepsFor: StepsFor, onEv
     onEvent({ type: 'result', device, ...r });
     return { ok: r.ok, exit: r.exit, status: r.status, message: r.message };
   };
-  if (!DEVICE_NAME.test(device) || device.length > 32) {
+  if (!DeviceNameSchema.safeParse(device).success) {
     return finish({ ok: false, status: 'rolled_back', exit: ENROLL_EXIT.usage, message: `"${device.slice(0, 40)}" is not a valid device name: 1-32 characters of a-z, 0-9 and -, not starting with -`, error: { code: 'usage', message: 'invalid device name' } });
   }
   let s: Session;
