@@ -1,8 +1,8 @@
-import '../capabilities/transports/ssh.js';
-import '../capabilities/transports/mesh.js';
 /**
  * What every launcher command stands on: the data directory, the database, the audit log,
- * the device registry and the one Invoker.
+ * the device registry and the one Invoker. The ssh and mesh transports are not loaded here (ssh2 and
+ * the agent client cost every CLI start): launcher/runtime.ts loads both for the launcher and tests;
+ * the CLI loads the one a command needs (loadTransports).
  */
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase, type Db } from '../capabilities/db.js';
@@ -37,4 +37,12 @@ export function openRuntime(opts: { root?: string; approve?: ApprovalHook } = {}
       db.close();
     },
   };
+}
+
+/** Loads (registers) the transports of these kinds; `local` needs none. */
+export async function loadTransports(kinds: Iterable<string>): Promise<void> {
+  for (const kind of new Set(kinds)) {
+    if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
+    if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
+  }
 }

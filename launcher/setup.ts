@@ -1,17 +1,17 @@
 /**
- * `meshpilot init` (write config.yaml), `meshpilot bot register <device>` (a Matrix account per
- * device bot) and `meshpilot doctor` (one verdict line per dependency).
+ * What `meshpilot init` (write config.yaml), `meshpilot bot register <device>` (a Matrix account per
+ * device bot) and `meshpilot doctor` (one verdict line per dependency) run; declared in
+ * launcher/commands/setup.ts, which imports this module only when one of them runs.
  */
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import type { Command } from 'commander';
-import { readBotPassword, readCredentials, writeCredentials } from '../../bots/credentials.js';
-import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix/index.js';
-import { MeshpilotError, toMpError } from '../../capabilities/errors.js';
-import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../../capabilities/config.js';
-import { UsageError, type CommandContext } from '../cli.js';
-import type { Runtime } from '../runtime.js';
+import { readBotPassword, readCredentials, writeCredentials } from '../bots/credentials.js';
+import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../bots/matrix/index.js';
+import { MeshpilotError, toMpError } from '../capabilities/errors.js';
+import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../capabilities/config.js';
+import { UsageError, type CommandContext } from './commands/context.js';
+import type { Runtime } from './runtime-core.js';
 
 const MXID = /^@[^:\s]+:\S+$/;
 const BOT_PREFIX = /^[a-z0-9._=-]{0,32}$/;
@@ -103,166 +103,149 @@ export async function registerBot(rt: Runtime, config: Config, device: string, o
   throw new MeshpilotError('config', `${r.message}: run \`meshpilot bot register ${device} --password <its password>\`, or choose another matrix.bot_prefix in ${rt.home.config}`);
 }
 
-export function register(program: Command, ctx: CommandContext): void {
-  program.command('init')
-    .description(`write MESHPILOT_HOME/config.yaml (homeserver, operators, bot accounts, Anthropic key); asks for what flags don't give`)
-    .option('--homeserver <url>', 'Matrix homeserver base URL, e.g. https://matrix.example.org')
-    .option('--server-name <name>', 'the server name in user IDs, if it differs from the URL host')
-    .option('--operator <mxid...>', 'operator Matrix IDs (who may command the bots)')
-    .option('--registration-secret <secret>', "Synapse registration_shared_secret (lets meshpilot create bot accounts)")
-    .option('--bot-prefix <prefix>', 'bot user names: @<prefix><device> and the operator bot @<prefix without its trailing -> (default meshpilot-)')
-    .option('--password <password>', 'the password of bot accounts that exist already (an earlier install): log in to them')
-    .option('--anthropic-key <key>', 'Anthropic API key (or set ANTHROPIC_API_KEY)')
-    .option('--model <model>', 'Anthropic model')
-    .option('--force', 'overwrite an existing config')
-    .option('-y, --yes', 'do not ask: fail on anything missing')
-    .action(async (o: { homeserver?: string; serverName?: string; operator?: string[]; registrationSecret?: string; botPrefix?: string; password?: string; anthropicKey?: string; model?: string; force?: boolean; yes?: boolean }) => {
-      const rt = ctx.runtime();
-      const { io } = ctx;
-      if (o.botPrefix !== undefined && !BOT_PREFIX.test(o.botPrefix)) throw new UsageError('--bot-prefix may only hold a-z, 0-9 and . _ = - (at most 32 characters), e.g. --bot-prefix mp2-');
-      if (existsSync(rt.home.config) && !o.force) throw new UsageError(`${rt.home.config} exists; pass --force to overwrite it`);
-      const ask = async (q: string, fallback?: string): Promise<string> => {
-        if (o.yes || !io.isTTY || !io.ask) return fallback ?? '';
-        return (await io.ask(q)).trim() || (fallback ?? '');
-      };
-      const homeserver = o.homeserver ?? (await ask('Matrix homeserver URL (e.g. https://matrix.example.org): '));
-      if (!/^https?:\/\/\S+$/.test(homeserver)) throw new UsageError('a homeserver URL is needed: --homeserver https://matrix.example.org');
-      const operators = o.operator ?? (await ask('Your Matrix ID (operator), e.g. @you:example.org: ')).split(/[\s,]+/).filter(Boolean);
-      if (operators.length === 0 || operators.some((x) => !MXID.test(x))) throw new UsageError('at least one operator Matrix ID like @you:example.org is needed: --operator @you:example.org');
-      const secret = o.registrationSecret ?? (await ask('Synapse registration_shared_secret (Enter to skip; then you register bot accounts yourself): '));
-      const key = o.anthropicKey ?? (process.env['ANTHROPIC_API_KEY'] ? '' : await ask('Anthropic API key (Enter to skip: bots then only understand !commands): '));
-      // The operator bot follows the prefix (meshpilot- → meshpilot), so a new prefix means all-new accounts.
-      const operatorBot = o.botPrefix?.replace(/[-._=]+$/, '');
-      const config: Record<string, unknown> = {
-        matrix: {
-          homeserver_url: homeserver, ...(o.serverName ? { server_name: o.serverName } : {}), ...(secret ? { registration_shared_secret: secret } : {}),
-          ...(o.botPrefix !== undefined ? { bot_prefix: o.botPrefix } : {}), ...(operatorBot ? { operator_bot: operatorBot } : {}),
-        },
-        operators,
-        ...(key || o.model ? { llm: { ...(key ? { api_key: key } : {}), ...(o.model ? { model: o.model } : {}) } } : {}),
-      };
-      writeConfig(rt.home.config, config);
-      const check = loadConfig(rt.home.config);
-      if (!check.ok) throw new UsageError(check.missing ? 'config was not written' : check.errors.join('\n'));
-      io.out(`wrote ${rt.home.config} (mode 0600)\n`);
-      if (secret || o.password) {
-        const accounts = [...rt.devices.list().filter((l) => l.manifest).map((l) => deviceAccount(check.config, l.device)), operatorAccount(check.config)];
-        const failed: Array<{ exists: boolean }> = [];
-        for (const a of accounts) {
-          const r = await setupAccount(rt, check.config, a, { ...(secret ? { secret } : {}), ...(o.password ? { password: o.password } : {}) });
-          if (r.ok) io.out(`${r.line}\n`);
-          else {
-            failed.push(r);
-            io.err(`error: ${r.message}\n`);
-          }
-        }
-        if (failed.length > 0) {
-          const prefix = check.config.matrix.bot_prefix;
-          const other = `${prefix.replace(/[-._=]+$/, '') || 'meshpilot'}2-`;
-          io.err([
-            '',
-            `The bots cannot start without their Matrix accounts (${failed.length} of ${accounts.length} not set up). ${rt.home.config} is written.`,
-            ...(failed.some((f) => f.exists) ? [
-              'Either:',
-              '  - give the password of the existing accounts: run this `meshpilot init` again with --force --password <password>',
-              '    (one device at a time: `meshpilot bot register <device> --password <password>`; an earlier install',
-              '    kept each bot\'s password in its MESHPILOT_HOME/keys/<device>/matrix.json)',
-              `  - or choose another prefix, for new accounts: run it again with --force --bot-prefix <prefix> (now "${prefix}"; e.g. --bot-prefix ${other})`,
-            ] : ['Fix the problem above, then run this `meshpilot init` again with --force.']),
-            '',
-          ].join('\n'));
-          ctx.setExit(1);
-          return;
-        }
-      } else {
-        io.out(`next: create a Matrix account per device bot (e.g. ${botUserId(check.config, 'local')}) and run \`meshpilot bot register local --password <pw>\`\n`);
-      }
-      io.out('next: `npm start`, then DM the bot from your Matrix client. `meshpilot doctor` checks everything.\n');
-    });
+export interface InitOptions { homeserver?: string | undefined; serverName?: string | undefined; operator?: string[] | undefined; registrationSecret?: string | undefined; botPrefix?: string | undefined; password?: string | undefined; anthropicKey?: string | undefined; model?: string | undefined; force?: boolean | undefined; yes?: boolean | undefined }
 
-  const bot = program.command('bot').description('device bot accounts');
-  bot.command('register')
-    .description('create (shared-secret registration) or record the Matrix account of a device bot')
-    .argument('<device>')
-    .option('--token <token>', 'use this existing access token')
-    .option('--password <password>', 'log in to an existing account with this password')
-    .action(async (device: string, o: { token?: string; password?: string }) => {
-      const rt = ctx.runtime();
-      if (!rt.devices.listing(device)) throw new UsageError(`unknown device ${device}; known: ${rt.devices.names().join(', ') || 'none'}`);
-      const config = configOrExplain(rt);
+/** `meshpilot init`. */
+export async function runInit(o: InitOptions, ctx: CommandContext): Promise<void> {
+  const rt = await ctx.runtime();
+  const { io } = ctx;
+  if (o.botPrefix !== undefined && !BOT_PREFIX.test(o.botPrefix)) throw new UsageError('--bot-prefix may only hold a-z, 0-9 and . _ = - (at most 32 characters), e.g. --bot-prefix mp2-');
+  if (existsSync(rt.home.config) && !o.force) throw new UsageError(`${rt.home.config} exists; pass --force to overwrite it`);
+  const ask = async (q: string, fallback?: string): Promise<string> => {
+    if (o.yes || !io.isTTY || !io.ask) return fallback ?? '';
+    return (await io.ask(q)).trim() || (fallback ?? '');
+  };
+  const homeserver = o.homeserver ?? (await ask('Matrix homeserver URL (e.g. https://matrix.example.org): '));
+  if (!/^https?:\/\/\S+$/.test(homeserver)) throw new UsageError('a homeserver URL is needed: --homeserver https://matrix.example.org');
+  const operators = o.operator ?? (await ask('Your Matrix ID (operator), e.g. @you:example.org: ')).split(/[\s,]+/).filter(Boolean);
+  if (operators.length === 0 || operators.some((x) => !MXID.test(x))) throw new UsageError('at least one operator Matrix ID like @you:example.org is needed: --operator @you:example.org');
+  const secret = o.registrationSecret ?? (await ask('Synapse registration_shared_secret (Enter to skip; then you register bot accounts yourself): '));
+  const key = o.anthropicKey ?? (process.env['ANTHROPIC_API_KEY'] ? '' : await ask('Anthropic API key (Enter to skip: bots then only understand !commands): '));
+  // The operator bot follows the prefix (meshpilot- → meshpilot), so a new prefix means all-new accounts.
+  const operatorBot = o.botPrefix?.replace(/[-._=]+$/, '');
+  const config: Record<string, unknown> = {
+    matrix: {
+      homeserver_url: homeserver, ...(o.serverName ? { server_name: o.serverName } : {}), ...(secret ? { registration_shared_secret: secret } : {}),
+      ...(o.botPrefix !== undefined ? { bot_prefix: o.botPrefix } : {}), ...(operatorBot ? { operator_bot: operatorBot } : {}),
+    },
+    operators,
+    ...(key || o.model ? { llm: { ...(key ? { api_key: key } : {}), ...(o.model ? { model: o.model } : {}) } } : {}),
+  };
+  writeConfig(rt.home.config, config);
+  const check = loadConfig(rt.home.config);
+  if (!check.ok) throw new UsageError(check.missing ? 'config was not written' : check.errors.join('\n'));
+  io.out(`wrote ${rt.home.config} (mode 0600)\n`);
+  if (secret || o.password) {
+    const accounts = [...rt.devices.list().filter((l) => l.manifest).map((l) => deviceAccount(check.config, l.device)), operatorAccount(check.config)];
+    const failed: Array<{ exists: boolean }> = [];
+    for (const a of accounts) {
+      const r = await setupAccount(rt, check.config, a, { ...(secret ? { secret } : {}), ...(o.password ? { password: o.password } : {}) });
+      if (r.ok) io.out(`${r.line}\n`);
+      else {
+        failed.push(r);
+        io.err(`error: ${r.message}\n`);
+      }
+    }
+    if (failed.length > 0) {
+      const prefix = check.config.matrix.bot_prefix;
+      const other = `${prefix.replace(/[-._=]+$/, '') || 'meshpilot'}2-`;
+      io.err([
+        '',
+        `The bots cannot start without their Matrix accounts (${failed.length} of ${accounts.length} not set up). ${rt.home.config} is written.`,
+        ...(failed.some((f) => f.exists) ? [
+          'Either:',
+          '  - give the password of the existing accounts: run this `meshpilot init` again with --force --password <password>',
+          '    (one device at a time: `meshpilot bot register <device> --password <password>`; an earlier install',
+          '    kept each bot\'s password in its MESHPILOT_HOME/keys/<device>/matrix.json)',
+          `  - or choose another prefix, for new accounts: run it again with --force --bot-prefix <prefix> (now "${prefix}"; e.g. --bot-prefix ${other})`,
+        ] : ['Fix the problem above, then run this `meshpilot init` again with --force.']),
+        '',
+      ].join('\n'));
+      ctx.setExit(1);
+      return;
+    }
+  } else {
+    io.out(`next: create a Matrix account per device bot (e.g. ${botUserId(check.config, 'local')}) and run \`meshpilot bot register local --password <pw>\`\n`);
+  }
+  io.out('next: `npm start`, then DM the bot from your Matrix client. `meshpilot doctor` checks everything.\n');
+}
+
+/** `meshpilot bot register <device>`. */
+export async function runBotRegister(device: string, o: { token?: string | undefined; password?: string | undefined }, ctx: CommandContext): Promise<void> {
+  const rt = await ctx.runtime();
+  if (!rt.devices.listing(device)) throw new UsageError(`unknown device ${device}; known: ${rt.devices.names().join(', ') || 'none'}`);
+  const config = configOrExplain(rt);
+  try {
+    ctx.io.out(`${await registerBot(rt, config, device, o)}\n`);
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    const e = toMpError(err);
+    ctx.io.err(`error: ${e.message}\n`);
+    ctx.setExit(e.code === 'usage' || e.code === 'config' ? 2 : 1);
+  }
+}
+
+/** `meshpilot doctor`. */
+export async function runDoctor(ctx: CommandContext): Promise<void> {
+  const rt = await ctx.runtime();
+  const { io } = ctx;
+  let failed = false;
+  const line = (verdict: 'ok' | 'warn' | 'FAIL', what: string, detail: string): void => {
+    if (verdict === 'FAIL') failed = true;
+    io.out(`${verdict.padEnd(4)} ${what.padEnd(22)} ${detail}\n`);
+  };
+  line('ok', 'data dir', rt.home.root);
+  for (const l of rt.devices.list()) {
+    if (l.manifest) line('ok', `manifest ${l.device}`, `${l.manifest.transport.kind}, ${Object.keys(l.manifest.capabilities).length} capabilities`);
+    else line('FAIL', `manifest ${l.device}`, l.issues?.map((i) => `${i.line ?? ''} ${i.field}: ${i.message}`).join('; ') ?? 'invalid');
+  }
+  const { checkChainAnchors } = await import('./audit-anchors.js');
+  for (const [device, v] of rt.audit.verifyAll()) {
+    // A chain re-hashed after a rewrite verifies by itself: its bot's anchor in Matrix decides.
+    const a = v.ok ? await checkChainAnchors(rt.home.root, rt.audit, device) : undefined;
+    if (a?.kind === 'mismatch') line('FAIL', `audit ${device}`, `rewritten: seq ${a.badSeq} disagrees with the head anchored in Matrix (${a.reason})`);
+    else if (a?.kind === 'unchecked') line('warn', `audit ${device}`, `${v.count} entries; Matrix anchor not checked: ${a.message}`);
+    else line(v.ok ? 'ok' : 'FAIL', `audit ${device}`, v.ok ? `${v.count} entries${a?.kind === 'matched' ? `, anchor #${a.anchor.seq} in Matrix matches` : ''}` : `broken at seq ${v.badSeq}: ${v.reason}`);
+  }
+  const cfg = loadConfig(rt.home.config);
+  if (!cfg.ok) {
+    line('FAIL', 'config', cfg.missing ? `missing: run \`meshpilot init\`` : cfg.errors.join('; '));
+  } else {
+    const config = cfg.config;
+    line('ok', 'config', rt.home.config);
+    let hsUp = false;
+    try {
+      const versions = await homeserverVersions(config.matrix.homeserver_url);
+      hsUp = true;
+      line('ok', 'homeserver', `${config.matrix.homeserver_url} (${serverNameOf(config)}), spec ${versions.slice(-1)[0] ?? '?'}`);
+    } catch (err) {
+      line('FAIL', 'homeserver', toMpError(err).message);
+    }
+    for (const l of rt.devices.list().filter((x) => x.manifest)) {
+      const creds = readCredentials(rt.home.keys, l.device);
+      if (!creds) { line('FAIL', `bot ${l.device}`, `no Matrix account: run \`meshpilot bot register ${l.device}\``); continue; }
+      if (!hsUp) { line('warn', `bot ${l.device}`, `${creds.userId} (not checked: homeserver down)`); continue; }
       try {
-        ctx.io.out(`${await registerBot(rt, config, device, o)}\n`);
+        const who = await whoamiWithToken({ homeserverUrl: creds.homeserverUrl ?? config.matrix.homeserver_url, accessToken: creds.accessToken });
+        line('ok', `bot ${l.device}`, `${who.userId} token valid`);
       } catch (err) {
-        if (err instanceof UsageError) throw err;
-        const e = toMpError(err);
-        ctx.io.err(`error: ${e.message}\n`);
-        ctx.setExit(e.code === 'usage' || e.code === 'config' ? 2 : 1);
+        line('FAIL', `bot ${l.device}`, `${creds.userId}: ${toMpError(err).message}`);
       }
-    });
-
-  program.command('doctor')
-    .description('check each dependency (config, homeserver, bot tokens, LLM key, ssh/wg/ffmpeg) and print a verdict per line')
-    .action(async () => {
-      const rt = ctx.runtime();
-      const { io } = ctx;
-      let failed = false;
-      const line = (verdict: 'ok' | 'warn' | 'FAIL', what: string, detail: string): void => {
-        if (verdict === 'FAIL') failed = true;
-        io.out(`${verdict.padEnd(4)} ${what.padEnd(22)} ${detail}\n`);
-      };
-      line('ok', 'data dir', rt.home.root);
-      for (const l of rt.devices.list()) {
-        if (l.manifest) line('ok', `manifest ${l.device}`, `${l.manifest.transport.kind}, ${Object.keys(l.manifest.capabilities).length} capabilities`);
-        else line('FAIL', `manifest ${l.device}`, l.issues?.map((i) => `${i.line ?? ''} ${i.field}: ${i.message}`).join('; ') ?? 'invalid');
-      }
-      const { checkChainAnchors } = await import('../audit-anchors.js');
-      for (const [device, v] of rt.audit.verifyAll()) {
-        // A chain re-hashed after a rewrite verifies by itself: its bot's anchor in Matrix decides.
-        const a = v.ok ? await checkChainAnchors(rt.home.root, rt.audit, device) : undefined;
-        if (a?.kind === 'mismatch') line('FAIL', `audit ${device}`, `rewritten: seq ${a.badSeq} disagrees with the head anchored in Matrix (${a.reason})`);
-        else if (a?.kind === 'unchecked') line('warn', `audit ${device}`, `${v.count} entries; Matrix anchor not checked: ${a.message}`);
-        else line(v.ok ? 'ok' : 'FAIL', `audit ${device}`, v.ok ? `${v.count} entries${a?.kind === 'matched' ? `, anchor #${a.anchor.seq} in Matrix matches` : ''}` : `broken at seq ${v.badSeq}: ${v.reason}`);
-      }
-      const cfg = loadConfig(rt.home.config);
-      if (!cfg.ok) {
-        line('FAIL', 'config', cfg.missing ? `missing: run \`meshpilot init\`` : cfg.errors.join('; '));
-      } else {
-        const config = cfg.config;
-        line('ok', 'config', rt.home.config);
-        let hsUp = false;
-        try {
-          const versions = await homeserverVersions(config.matrix.homeserver_url);
-          hsUp = true;
-          line('ok', 'homeserver', `${config.matrix.homeserver_url} (${serverNameOf(config)}), spec ${versions.slice(-1)[0] ?? '?'}`);
-        } catch (err) {
-          line('FAIL', 'homeserver', toMpError(err).message);
-        }
-        for (const l of rt.devices.list().filter((x) => x.manifest)) {
-          const creds = readCredentials(rt.home.keys, l.device);
-          if (!creds) { line('FAIL', `bot ${l.device}`, `no Matrix account: run \`meshpilot bot register ${l.device}\``); continue; }
-          if (!hsUp) { line('warn', `bot ${l.device}`, `${creds.userId} (not checked: homeserver down)`); continue; }
-          try {
-            const who = await whoamiWithToken({ homeserverUrl: creds.homeserverUrl ?? config.matrix.homeserver_url, accessToken: creds.accessToken });
-            line('ok', `bot ${l.device}`, `${who.userId} token valid`);
-          } catch (err) {
-            line('FAIL', `bot ${l.device}`, `${creds.userId}: ${toMpError(err).message}`);
-          }
-        }
-        if (config.matrix.encryption === 'off') line('warn', 'encryption', 'matrix.encryption is off: device bots create unencrypted DMs');
-        else if (!cryptoAvailable()) line('warn', 'encryption', 'no Matrix crypto module loads: device bots run without end-to-end encryption');
-        else {
-          const password = rt.devices.list().filter((x) => x.manifest && !readBotPassword(rt.home.keys, x.device)).map((x) => x.device);
-          line(password.length ? 'warn' : 'ok', 'encryption', `end-to-end encryption on (${cryptoBackendName()})${password.length ? `; no stored password for ${password.join(', ')}: a lost crypto store there needs \`meshpilot bot register <device> --password …\`` : ''}`);
-        }
-        // One Models API call checks the key and the model (bots/llm-check.ts; loaded here only: the SDK is big).
-        const llm = await (await import('../../bots/llm-check.js')).checkLlm(config.llm);
-        line(llm.verdict, 'llm', llm.detail);
-      }
-      for (const [bin, why] of [['ssh', 'ssh devices, add-pc'], ['wg', 'mesh devices, health'], ['ffmpeg', 'voice messages'], ['git', 'git.* capabilities']] as const) {
-        const found = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' }).stdout.trim();
-        line(found ? 'ok' : 'warn', bin, found ? found : `not installed (needed for ${why})`);
-      }
-      io.out(failed ? '\nsome checks FAILED (see above)\n' : '\nall required checks passed\n');
-      ctx.setExit(failed ? 1 : 0);
-    });
+    }
+    if (config.matrix.encryption === 'off') line('warn', 'encryption', 'matrix.encryption is off: device bots create unencrypted DMs');
+    else if (!cryptoAvailable()) line('warn', 'encryption', 'no Matrix crypto module loads: device bots run without end-to-end encryption');
+    else {
+      const password = rt.devices.list().filter((x) => x.manifest && !readBotPassword(rt.home.keys, x.device)).map((x) => x.device);
+      line(password.length ? 'warn' : 'ok', 'encryption', `end-to-end encryption on (${cryptoBackendName()})${password.length ? `; no stored password for ${password.join(', ')}: a lost crypto store there needs \`meshpilot bot register <device> --password …\`` : ''}`);
+    }
+    // One Models API call checks the key and the model (bots/llm-check.ts; loaded here only: the SDK is big).
+    const llm = await (await import('../bots/llm-check.js')).checkLlm(config.llm);
+    line(llm.verdict, 'llm', llm.detail);
+  }
+  for (const [bin, why] of [['ssh', 'ssh devices, add-pc'], ['wg', 'mesh devices, health'], ['ffmpeg', 'voice messages'], ['git', 'git.* capabilities']] as const) {
+    const found = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' }).stdout.trim();
+    line(found ? 'ok' : 'warn', bin, found ? found : `not installed (needed for ${why})`);
+  }
+  io.out(failed ? '\nsome checks FAILED (see above)\n' : '\nall required checks passed\n');
+  ctx.setExit(failed ? 1 : 0);
 }

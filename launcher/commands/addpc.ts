@@ -11,19 +11,18 @@
  * line (start, step, undo, info, warn, result) for the dashboard.
  * Exit codes (ENROLL_EXIT): 0 ok, 1 failed and rolled back, 2 usage, 5 host key not trusted,
  * 6 failed and the cleanup is incomplete, 130 interrupted.
+ * Declarations only at load; the enrollment engine loads when a command runs.
  */
-import type { Command } from 'commander';
-import { Option } from 'commander';
-import { runAddPc } from '../enroll/index.js';
-import { ENROLL_EXIT, type EnrollEvent, type OnEvent } from '../enroll/types.js';
-import { runRevoke } from '../revoke.js';
-import type { CommandContext } from '../cli.js';
+import { z } from 'zod';
+import { defineCommand } from '../../capabilities/commands.js';
+import type { EnrollEvent, OnEvent } from '../enroll/types.js';
+import type { CliEntry, CommandContext } from './context.js';
 
 function fmtMs(ms: number | undefined): string {
   return ms === undefined ? '' : `${(ms / 1000).toFixed(1)} s`;
 }
 
-export function printer(ctx: CommandContext, json: boolean): OnEvent {
+export function printer(ctx: Pick<CommandContext, 'io'>, json: boolean): OnEvent {
   const { io } = ctx;
   return (e: EnrollEvent) => {
     if (json) {
@@ -59,21 +58,31 @@ export function printer(ctx: CommandContext, json: boolean): OnEvent {
   };
 }
 
-export function register(program: Command, ctx: CommandContext): void {
-  program.command('add-pc')
-    .description('enroll a machine: WireGuard + agent (--via wg) or plain ssh (--via ssh), its Matrix bot, its manifest')
-    .argument('<name>', 'device name: 1-32 of a-z, 0-9, -')
-    .addOption(new Option('--via <via>', 'wg: mesh + agent on the device; ssh: nothing installed').choices(['wg', 'ssh']).makeOptionMandatory())
-    .requiredOption('--ssh <target>', 'how to reach it now: an ~/.ssh/config alias or user@host[:port]')
-    .option('--ssh-key <file>', 'private key for that ssh connection')
-    .addOption(new Option('--os <os>', 'override the detected OS').choices(['linux', 'darwin']))
-    .option('--arch <arch>', 'override the detected architecture')
-    .addOption(new Option('--profile <profile>', 'manifest template for --via wg').choices(['readonly', 'operator']).default('readonly'))
-    .option('--dry-run', 'say what would happen; change nothing')
-    .option('--accept-host-key <fingerprint>', 'trust the target ssh host key if it is exactly this SHA256:… fingerprint')
-    .option('--json', 'one JSON event per line')
-    .addHelpText('after', '\nExit codes: 0 ok (live, or registered with no launcher running), 1 failed and undone, 2 usage,\n5 ssh host key not trusted, 6 failed and the cleanup is incomplete, 130 interrupted.\nRun it again to resume an interrupted enrollment, or to verify (and repair) an enrolled device.\n')
-    .action(async (name: string, o: { via: 'wg' | 'ssh'; ssh: string; sshKey?: string; os?: 'linux' | 'darwin'; arch?: string; profile: 'readonly' | 'operator'; dryRun?: boolean; acceptHostKey?: string; json?: boolean }) => {
+const cli = ['cli'] as const;
+
+export const ENROLL_COMMANDS: CliEntry[] = [
+  defineCommand({
+    name: 'add-pc', summary: 'enroll a machine: WireGuard + agent (--via wg) or plain ssh (--via ssh), its Matrix bot, its manifest', permission: 'operator', surfaces: cli,
+    args: z.object({
+      name: z.string().describe('device name: 1-32 of a-z, 0-9, -'),
+      via: z.enum(['wg', 'ssh']).describe('wg: mesh + agent on the device; ssh: nothing installed'),
+      ssh: z.string().describe('how to reach it now: an ~/.ssh/config alias or user@host[:port]'),
+      sshKey: z.string().optional().describe('private key for that ssh connection'),
+      os: z.enum(['linux', 'darwin']).optional().describe('override the detected OS'),
+      arch: z.string().optional().describe('override the detected architecture'),
+      profile: z.enum(['readonly', 'operator']).default('readonly').describe('manifest template for --via wg'),
+      dryRun: z.boolean().optional().describe('say what would happen; change nothing'),
+      acceptHostKey: z.string().optional().describe('trust the target ssh host key if it is exactly this SHA256:… fingerprint'),
+      json: z.boolean().optional().describe('one JSON event per line'),
+    }),
+    positional: ['name'],
+    cli: {
+      flags: { via: '--via <via>', ssh: '--ssh <target>', sshKey: '--ssh-key <file>', os: '--os <os>', arch: '--arch <arch>', profile: '--profile <profile>', acceptHostKey: '--accept-host-key <fingerprint>' },
+      helpAfter: '\nExit codes: 0 ok (live, or registered with no launcher running), 1 failed and undone, 2 usage,\n5 ssh host key not trusted, 6 failed and the cleanup is incomplete, 130 interrupted.\nRun it again to resume an interrupted enrollment, or to verify (and repair) an enrolled device.\n',
+    },
+    run: async ({ name, ...o }, ctx: CommandContext) => {
+      const { runAddPc } = await import('../enroll/index.js');
+      const { ENROLL_EXIT } = await import('../enroll/types.js');
       const ac = new AbortController();
       let interrupts = 0;
       const onSigint = (): void => {
@@ -95,15 +104,21 @@ export function register(program: Command, ctx: CommandContext): void {
       } finally {
         process.off('SIGINT', onSigint);
       }
-    });
-
-  program.command('revoke')
-    .description('take a device away: bot, Matrix user, agent, WireGuard peer, mesh IP; manifest and keys archived')
-    .argument('<name>')
-    .option('-y, --yes', 'do not ask for confirmation')
-    .option('--json', 'one JSON event per line')
-    .action(async (name: string, o: { yes?: boolean; json?: boolean }) => {
+    },
+  }),
+  defineCommand({
+    name: 'revoke', summary: 'take a device away: bot, Matrix user, agent, WireGuard peer, mesh IP; manifest and keys archived', permission: 'operator', surfaces: cli,
+    args: z.object({
+      name: z.string(),
+      yes: z.boolean().optional().describe('do not ask for confirmation'),
+      json: z.boolean().optional().describe('one JSON event per line'),
+    }),
+    positional: ['name'],
+    cli: { flags: { yes: '-y, --yes' } },
+    run: async ({ name, ...o }, ctx: CommandContext) => {
+      const { runRevoke } = await import('../revoke.js');
       const r = await runRevoke({ name, ...(o.yes ? { yes: true } : {}), ...(ctx.io.isTTY && ctx.io.ask ? { ask: ctx.io.ask } : {}) }, printer(ctx, o.json === true));
       ctx.setExit(r.exit);
-    });
-}
+    },
+  }),
+];

@@ -5,41 +5,47 @@
  *                                         for the device, and the controller's copy of the secret
  * `meshpilot agent service --kind systemd|launchd|windows --agent <path> --agent-config <path>`
  *                                         print (or --out write) a service definition that starts it at boot
+ * Declarations only at load; each handler imports what it runs.
  */
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import * as path from 'node:path';
-import { Option, type Command } from 'commander';
-import { stringify as toYaml } from 'yaml';
-import { generateSecret, loadSecretFile, writeSecretFile } from '../../capabilities/agent/auth.js';
-import { renderService, serviceFileBytes, SERVICE_FILES, type ServiceKind } from '../../capabilities/agent/services.js';
-import { ensureHome, resolveHome, templateText, thisOs } from '../../capabilities/home.js';
-import { DEVICE_NAME, renderTemplate } from '../../capabilities/manifest.js';
-import { agentSecretPath } from '../../capabilities/agent/client.js';
-import { UsageError, type CommandContext } from '../cli.js';
+import { z } from 'zod';
+import { defineCommand } from '../../capabilities/commands.js';
+import { UsageError, type CliEntry, type CommandContext } from './context.js';
 
-export function register(program: Command, ctx: CommandContext): void {
-  const agent = program.command('agent')
-    .description('the device agent: run it (--config), set one up (init), or print its boot service (service)')
-    .option('--config <file>', 'agent config (YAML or JSON)')
-    .action(async (opts: { config?: string }) => {
+const cli = ['cli'] as const;
+const PORT = '--port must be 1-65535';
+
+export const AGENT_COMMANDS: CliEntry[] = [
+  defineCommand({
+    name: 'agent', summary: 'the device agent: run it (--config), set one up (init), or print its boot service (service)', permission: 'operator', surfaces: cli,
+    args: z.object({ config: z.string().optional().describe('agent config (YAML or JSON)') }),
+    cli: { flags: { config: '--config <file>' } },
+    run: async (opts, _ctx: CommandContext) => {
       if (!opts.config) throw new UsageError('meshpilot agent needs --config <file> (or a subcommand: init, service)');
       const { runAgent } = await import('../../capabilities/agent/main.js');
       await runAgent(opts.config);
-    });
-
-  agent.command('init')
-    .description('write agent.yaml, agent.secret and manifest.yaml for a device into --out, and the controller copy of the secret')
-    .requiredOption('--device <device>', 'device name')
-    .requiredOption('--address <ip>', "the device's mesh (WireGuard) IP the agent listens on")
-    .option('--port <port>', 'agent port', '7420')
-    .requiredOption('--out <dir>', 'directory to write (copy it to the device, e.g. /etc/meshpilot)')
-    .option('--force', 'overwrite agent.yaml and manifest.yaml if present')
-    .action((opts: { device: string; address: string; port: string; out: string; force?: boolean }) => {
+    },
+  }),
+  defineCommand({
+    name: 'agent init', summary: 'write agent.yaml, agent.secret and manifest.yaml for a device into --out, and the controller copy of the secret', permission: 'operator', surfaces: cli,
+    args: z.object({
+      device: z.string().describe('device name'),
+      address: z.string().refine((a) => isIP(a) !== 0, { error: '--address must be an IP address' }).describe("the device's mesh (WireGuard) IP the agent listens on"),
+      port: z.coerce.number({ error: PORT }).int({ error: PORT }).min(1, { error: PORT }).max(65535, { error: PORT }).default(7420).describe('agent port'),
+      out: z.string().describe('directory to write (copy it to the device, e.g. /etc/meshpilot)'),
+      force: z.boolean().optional().describe('overwrite agent.yaml and manifest.yaml if present'),
+    }),
+    cli: { flags: { device: '--device <device>', address: '--address <ip>', port: '--port <port>', out: '--out <dir>' } },
+    run: async (opts, ctx: CommandContext) => {
+      const { DEVICE_NAME, renderTemplate } = await import('../../capabilities/manifest.js');
       if (!DEVICE_NAME.test(opts.device)) throw new UsageError('--device must be 1-32 characters of a-z, 0-9 and -');
-      if (isIP(opts.address) === 0) throw new UsageError('--address must be an IP address');
-      const port = Number(opts.port);
-      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError('--port must be 1-65535');
+      const { generateSecret, loadSecretFile, writeSecretFile } = await import('../../capabilities/agent/auth.js');
+      const { ensureHome, resolveHome, templateText, thisOs } = await import('../../capabilities/home.js');
+      const { agentSecretPath } = await import('../../capabilities/agent/client.js');
+      const { stringify: toYaml } = await import('yaml');
+      const { port } = opts;
       const out = path.resolve(opts.out);
       mkdirSync(out, { recursive: true, mode: 0o700 });
       const configFile = path.join(out, 'agent.yaml');
@@ -80,17 +86,21 @@ export function register(program: Command, ctx: CommandContext): void {
       ctx.io.out(`wrote ${configFile}, ${manifestFile}, ${secretFile}\n`);
       ctx.io.out(`controller: ${controllerManifest} (transport mesh ${opts.address}:${port}), secret ${controllerSecret}\n`);
       ctx.io.out(`next: copy ${out} to the device (keep agent.secret mode 0600) and run: node meshpilot-agent.mjs --config <dir>/agent.yaml\n`);
-    });
-
-  agent.command('service')
-    .description('render the boot service definition (systemd unit, launchd plist, Task Scheduler XML)')
-    .addOption(new Option('--kind <kind>', 'service manager').choices(['systemd', 'launchd', 'windows']).makeOptionMandatory())
-    .requiredOption('--agent <path>', 'absolute path of meshpilot-agent.mjs on the device')
-    .requiredOption('--agent-config <path>', 'absolute path of the agent config on the device (--config belongs to `meshpilot agent`)')
-    .option('--node <path>', 'absolute path of node on the device', process.execPath)
-    .option('--user <user>', 'account the agent runs as')
-    .option('--out <file>', 'write to this file instead of printing')
-    .action((opts: { kind: ServiceKind; agent: string; agentConfig: string; node: string; user?: string; out?: string }) => {
+    },
+  }),
+  defineCommand({
+    name: 'agent service', summary: 'render the boot service definition (systemd unit, launchd plist, Task Scheduler XML)', permission: 'operator', surfaces: cli,
+    args: z.object({
+      kind: z.enum(['systemd', 'launchd', 'windows']).describe('service manager'),
+      agent: z.string().describe('absolute path of meshpilot-agent.mjs on the device'),
+      agentConfig: z.string().describe('absolute path of the agent config on the device (--config belongs to `meshpilot agent`)'),
+      node: z.string().default(process.execPath).describe('absolute path of node on the device'),
+      user: z.string().optional().describe('account the agent runs as'),
+      out: z.string().optional().describe('write to this file instead of printing'),
+    }),
+    cli: { flags: { kind: '--kind <kind>', agent: '--agent <path>', agentConfig: '--agent-config <path>', node: '--node <path>', user: '--user <user>', out: '--out <file>' } },
+    run: async (opts, ctx: CommandContext) => {
+      const { renderService, serviceFileBytes, SERVICE_FILES } = await import('../../capabilities/agent/services.js');
       let text: string;
       try {
         text = renderService(opts.kind, { node: opts.node, agent: opts.agent, config: opts.agentConfig, ...(opts.user ? { user: opts.user } : {}) });
@@ -101,5 +111,6 @@ export function register(program: Command, ctx: CommandContext): void {
         writeFileSync(opts.out, serviceFileBytes(opts.kind, text), { mode: 0o644 });
         ctx.io.out(`wrote ${opts.out}; install as ${SERVICE_FILES[opts.kind].installAs}\n`);
       } else ctx.io.out(text);
-    });
-}
+    },
+  }),
+];

@@ -4,20 +4,20 @@
  * `chain=` a mesh agent's own chain). Alerts this cycle produces go to the outbox; the running launcher's operator bot
  * delivers them. Exit code 1 when a device is not online (or revoked).
  */
-import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
-import { ago } from '../health/alerts.js';
-import { HealthMonitor, healthSettings } from '../health/monitor.js';
-import { loadConfig } from '../../capabilities/config.js';
-import { EXIT, UsageError, type CommandContext } from '../cli.js';
-import { hubDumpReader } from '../wg.js';
+import { z } from 'zod';
+import { defineCommand } from '../../capabilities/commands.js';
+import { EXIT, UsageError, type CliEntry, type CommandContext } from './context.js';
 
-export function register(program: Command, ctx: CommandContext): void {
-  program.command('health')
-    .description('check every device now (WireGuard handshake, agent, ssh, audit chain) and print its state')
-    .option('--json', 'print JSON')
-    .action(async (opts: { json?: boolean }) => {
-      const rt = ctx.runtime();
+export const HEALTH_COMMANDS: CliEntry[] = [
+  defineCommand({
+    name: 'health', summary: 'check every device now (WireGuard handshake, agent, ssh, audit chain) and print its state', permission: 'operator', surfaces: ['cli'],
+    args: z.object({ json: z.boolean().optional().describe('print JSON') }),
+    run: async (opts, ctx: CommandContext) => {
+      const [{ HealthMonitor, healthSettings }, { ago }] = await Promise.all([import('../health/monitor.js'), import('../health/alerts.js')]);
+      const { loadConfig } = await import('../../capabilities/config.js');
+      const { hubDumpReader } = await import('../wg.js');
+      const rt = await ctx.runtime();
       let settings = healthSettings(undefined);
       if (existsSync(rt.home.config)) {
         const c = loadConfig(rt.home.config);
@@ -50,5 +50,6 @@ export function register(program: Command, ctx: CommandContext): void {
       } finally {
         await monitor.stop();
       }
-    });
-}
+    },
+  }),
+];

@@ -1,15 +1,20 @@
 /**
- * Subcommands that live in their own modules. Each exports `register(program, ctx)`.
+ * Every CLI command, in `--help` order. Each family file declares its commands (capabilities/commands.ts)
+ * and imports its code inside the handlers, so loading this list loads no command's code. A new
+ * family is a file here plus its tests.
  */
-import type { Command } from 'commander';
-import type { CommandContext } from '../cli.js';
+import type { CliEntry } from './context.js';
+import { AGENT_COMMANDS } from './agent.js';
+import { AUDIT_COMMANDS } from './audit.js';
+import { DEVICE_COMMANDS } from './devices.js';
+import { ENROLL_COMMANDS } from './addpc.js';
+import { HEALTH_COMMANDS } from './health.js';
+import { LAUNCHER_COMMANDS } from './launcher.js';
+import { SETUP_COMMANDS } from './setup.js';
+import { SSH_COMMANDS } from './ssh.js';
 
-export type RegisterCommands = (program: Command, ctx: CommandContext) => void;
+const [up, reload] = LAUNCHER_COMMANDS as [CliEntry, CliEntry];
 
-export const COMMAND_MODULES: RegisterCommands[] = [];
-import { register as registerAgent } from './agent.js'; COMMAND_MODULES.push(registerAgent);
-import { register as registerSsh } from './ssh.js'; COMMAND_MODULES.push(registerSsh);
-import { register as registerReload } from './reload.js'; COMMAND_MODULES.push(registerReload);
-import { register as registerSetup } from './setup.js'; COMMAND_MODULES.push(registerSetup);
-import { register as registerHealth } from './health.js'; COMMAND_MODULES.push(registerHealth);
-import { register as registerAddPc } from './addpc.js'; COMMAND_MODULES.push(registerAddPc);
+export const CLI_COMMANDS: readonly CliEntry[] = [
+  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS,
+];

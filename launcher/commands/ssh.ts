@@ -6,62 +6,64 @@
  *                                                               trust it (only if the server presents that key)
  *
  * Trusted keys live in MESHPILOT_HOME/known_hosts (see capabilities/transports/ssh-pool.ts).
+ * Declarations only at load (the ssh transport and ssh2 load when a command runs).
  */
-import type { Command } from 'commander';
-import { MeshpilotError } from '../../capabilities/errors.js';
+import { z } from 'zod';
+import { defineCommand, defineGroup } from '../../capabilities/commands.js';
 import type { Manifest } from '../../capabilities/manifest.js';
-import {
-  acceptHostKey,
-  knownHostsPath,
-  knownKeysFor,
-  probeHostKey,
-  resolveTarget,
-  type SshTarget,
-} from '../../capabilities/transports/ssh.js';
-import { EXIT, UsageError, type CommandContext } from '../cli.js';
+import type { SshTarget } from '../../capabilities/transports/ssh.js';
+import { EXIT, UsageError, unknownDevice, type CliEntry, type CommandContext } from './context.js';
 
-function sshTarget(ctx: CommandContext, device: string): SshTarget {
-  const r = ctx.runtime();
+async function sshTarget(ctx: CommandContext, device: string): Promise<SshTarget> {
+  const r = await ctx.runtime();
   const listing = r.devices.listing(device);
-  if (!listing) {
-    const names = r.devices.names();
-    throw new UsageError(`unknown device ${device}; known: ${names.length ? names.join(', ') : 'none'} (manifests live in ${r.home.manifests})`);
-  }
+  if (!listing) throw new UsageError(unknownDevice(r, device));
   const manifest: Manifest | undefined = listing.manifest;
   if (!manifest) throw new UsageError(`device ${device} has an invalid manifest (run: meshpilot manifest check ${listing.file})`);
   if (manifest.transport.kind !== 'ssh') throw new UsageError(`device ${device} uses the ${manifest.transport.kind} transport, not ssh`);
+  const { resolveTarget } = await import('../../capabilities/transports/ssh.js');
   return resolveTarget(device, manifest.transport, { needKey: false });
 }
 
-function knownState(target: SshTarget, keyType: string, fingerprint: string): string {
+async function knownState(target: SshTarget, keyType: string, fingerprint: string): Promise<string> {
+  const { knownKeysFor } = await import('../../capabilities/transports/ssh.js');
   const known = knownKeysFor(target.host, target.port);
   if (known.length === 0) return 'not trusted yet';
   if (known.some((k) => k.keyType === keyType && k.fingerprint === fingerprint)) return 'trusted';
   return `CHANGED (known: ${known.map((k) => `${k.keyType} ${k.fingerprint}`).join(', ')})`;
 }
 
-export function register(program: Command, ctx: CommandContext): void {
-  const ssh = program.command('ssh').description(`host keys of ssh devices (trusted keys: ${knownHostsPath()})`);
+const cli = ['cli'] as const;
 
-  ssh.command('fingerprint')
-    .description('connect to an ssh device and print the host key it presents; changes nothing')
-    .argument('<device>')
-    .action(async (device: string) => {
-      const target = sshTarget(ctx, device);
+export const SSH_COMMANDS: CliEntry[] = [
+  defineGroup('ssh', 'host keys of ssh devices (trusted keys: MESHPILOT_HOME/known_hosts)'),
+  defineCommand({
+    name: 'ssh fingerprint', summary: 'connect to an ssh device and print the host key it presents; changes nothing', permission: 'operator', surfaces: cli,
+    args: z.object({ device: z.string() }), positional: ['device'],
+    run: async ({ device }, ctx: CommandContext) => {
+      const target = await sshTarget(ctx, device);
+      const { probeHostKey } = await import('../../capabilities/transports/ssh.js');
       const { keyType, fingerprint } = await probeHostKey(target);
-      ctx.io.out(`${device} [${target.host}]:${target.port} ${keyType} ${fingerprint} (${knownState(target, keyType, fingerprint)})\n`);
+      ctx.io.out(`${device} [${target.host}]:${target.port} ${keyType} ${fingerprint} (${await knownState(target, keyType, fingerprint)})\n`);
       ctx.setExit(EXIT.ok);
-    });
-
-  ssh.command('trust')
-    .description('trust the host key of an ssh device, after checking that the server presents exactly this fingerprint')
-    .argument('<device>')
-    .requiredOption('--fingerprint <SHA256:…>', 'the fingerprint you checked on the server (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)')
-    .option('--replace', 'replace a different key already trusted for this host (after a reinstall)')
-    .action(async (device: string, opts: { fingerprint: string; replace?: boolean }) => {
+    },
+  }),
+  defineCommand({
+    name: 'ssh trust', summary: 'trust the host key of an ssh device, after checking that the server presents exactly this fingerprint', permission: 'operator', surfaces: cli,
+    args: z.object({
+      device: z.string(),
+      fingerprint: z.string().describe('the fingerprint you checked on the server (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)'),
+      replace: z.boolean().optional().describe('replace a different key already trusted for this host (after a reinstall)'),
+    }),
+    positional: ['device'],
+    cli: { flags: { fingerprint: '--fingerprint <SHA256:…>' } },
+    run: async (opts, ctx: CommandContext) => {
+      const { device } = opts;
       const wanted = opts.fingerprint.trim();
       if (!/^SHA256:[A-Za-z0-9+/]{43}$/.test(wanted)) throw new UsageError('--fingerprint must look like SHA256: followed by 43 base64 characters');
-      const target = sshTarget(ctx, device);
+      const target = await sshTarget(ctx, device);
+      const { acceptHostKey, probeHostKey } = await import('../../capabilities/transports/ssh.js');
+      const { MeshpilotError } = await import('../../capabilities/errors.js');
       const presented = await probeHostKey(target);
       if (presented.fingerprint !== wanted) {
         throw new MeshpilotError('host_key', `${device} ([${target.host}]:${target.port}) presents ${presented.keyType} ${presented.fingerprint}, not ${wanted}: nothing was trusted`);
@@ -70,5 +72,6 @@ export function register(program: Command, ctx: CommandContext): void {
       const verb = what === 'unchanged' ? 'already trusted' : what === 'replaced' ? 'replaced and trusted' : 'trusted';
       ctx.io.out(`${verb}: ${device} [${target.host}]:${target.port} ${presented.keyType} ${wanted}\n`);
       ctx.setExit(EXIT.ok);
-    });
-}
+    },
+  }),
+];
