@@ -7,6 +7,6 @@ import type { HttpSurface } from './types.js';
 export async function httpSurfaces(): Promise<HttpSurface[]> {
   const surfaces: HttpSurface[] = [];
   surfaces.push((await import('./api/index.js')).apiSurface());
-  // The dashboard (launcher/http/dashboard/) mounts at '/': its line goes here.
+  surfaces.push((await import('./dashboard/index.js')).dashboardSurface());
   return surfaces;
 }

@@ -1,0 +1,96 @@
+/**
+ * Dashboard sessions: the magic link's landing page, the session cookie, and the CSRF check.
+ *
+ * - GET /login?t=… shows a "Log in" button; only its POST spends the link. A link preview or a
+ *   prefetch that GETs the URL does not burn it.
+ * - The session cookie is HttpOnly, SameSite=Strict, Path=/ (Secure when the page came over https).
+ * - Every state-changing request (any method but GET/HEAD) must carry the session's CSRF token, as the
+ *   `X-CSRF-Token` header (htmx, from the page's hx-headers) or the `_csrf` form field (plain forms);
+ *   otherwise 403 `{code:'forbidden'}`. SameSite=Strict alone would leave older browsers open.
+ */
+import type { Context, MiddlewareHandler } from 'hono';
+import { deleteCookie, getCookie, setCookie } from 'hono/cookie';
+import { html } from 'hono/html';
+import { csrfMatches, DashboardLogins, SESSION_TTL_MS, type DashboardSession } from '../../../capabilities/dashboard-login.js';
+import { httpError } from '../errors.js';
+import type { HttpEnv } from '../types.js';
+import { page } from './layout.js';
+
+export const COOKIE = 'meshpilot_session';
+
+/** Paths that need no session: the login page and the static assets. */
+const OPEN = /^\/(login|assets\/[a-z0-9.-]+)$/;
+
+export type DashEnv = HttpEnv;
+
+const sessions = new WeakMap<Request, { id: string; session: DashboardSession }>();
+
+/** The request's session (set by the middleware: routes behind it always have one). */
+export function sessionOf(c: Context<DashEnv>): DashboardSession {
+  const s = sessions.get(c.req.raw);
+  if (!s) throw new Error('no dashboard session on this request');
+  return s.session;
+}
+
+/** Reads the form body once (urlencoded or multipart), as strings. */
+export async function formOf(c: Context<DashEnv>): Promise<Record<string, string>> {
+  const type = c.req.header('content-type') ?? '';
+  if (!type.includes('application/x-www-form-urlencoded') && !type.includes('multipart/form-data')) return {};
+  const body = await c.req.parseBody();
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(body)) if (typeof v === 'string') out[k] = v;
+  return out;
+}
+
+export function authMiddleware(logins: DashboardLogins): MiddlewareHandler<DashEnv> {
+  return async (c, next) => {
+    // The API (/v1, mounted before the dashboard) answers for itself, its 404s included.
+    if (OPEN.test(c.req.path) || c.req.path === '/v1' || c.req.path.startsWith('/v1/')) return next();
+    const id = getCookie(c, COOKIE);
+    const session = logins.session(id);
+    if (!session || !id) {
+      if (c.req.method === 'GET' || c.req.method === 'HEAD') {
+        return c.html(page({ title: 'Log in' }, html`<h1>Log in</h1><p>Open a one-time login link: run <code>meshpilot dashboard</code> on the launcher's machine, or send <code>!dashboard</code> to a device bot in Matrix.</p>`), 401);
+      }
+      return httpError(c, 'auth', 'log in first: open a one-time link from `meshpilot dashboard` or `!dashboard`');
+    }
+    if (c.req.method !== 'GET' && c.req.method !== 'HEAD') {
+      let token = c.req.header('x-csrf-token');
+      if (!token) {
+        const form = await formOf(c);
+        token = form['_csrf'];
+      }
+      if (!csrfMatches(session, token)) return httpError(c, 'forbidden', 'missing or wrong CSRF token: reload the page and try again');
+    }
+    sessions.set(c.req.raw, { id, session });
+    return next();
+  };
+}
+
+export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: DashboardLogins): void {
+  app.get('/login', (c) => {
+    const t = (c.req.query('t') ?? '').slice(0, 128);
+    return c.html(page({ title: 'Log in' }, html`<h1>Log in to meshpilot</h1>
+<form method="post" action="/login" class="stack"><input type="hidden" name="t" value="${t}"><button type="submit" id="login">Log in</button></form>
+<p class="muted"><small>The link works once and for 5 minutes.</small></p>`));
+  });
+  app.post('/login', async (c) => {
+    const form = await formOf(c);
+    const r = logins.consumeLink(form['t'] ?? '');
+    if (!r.ok) {
+      const why = r.reason === 'used' ? 'This link was already used.' : r.reason === 'expired' ? 'This link has expired (links work for 5 minutes).' : 'This link is not valid.';
+      return c.html(page({ title: 'Log in' }, html`<h1>Log in</h1><p class="bad">${why}</p><p>Get a new one: <code>meshpilot dashboard</code>, or <code>!dashboard</code> to a device bot.</p>`), 401);
+    }
+    setCookie(c, COOKIE, r.sessionId, {
+      httpOnly: true, sameSite: 'Strict', path: '/', maxAge: Math.floor(SESSION_TTL_MS / 1000),
+      secure: new URL(c.req.url).protocol === 'https:',
+    });
+    return c.redirect('/', 303);
+  });
+  app.post('/logout', (c) => {
+    const id = getCookie(c, COOKIE);
+    if (id) logins.endSession(id);
+    deleteCookie(c, COOKIE, { path: '/' });
+    return c.redirect('/login', 303);
+  });
+}
