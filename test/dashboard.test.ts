@@ -1,0 +1,150 @@
+/**
+ * The web dashboard in a real browser (headless Chromium from Debian's package, playwright-core) against
+ * the real HTTP server over a temporary MESHPILOT_HOME: magic-link login (single use), the fleet grid
+ * following a health transition without a reload, a capability run from its generated form (audited
+ * with the operator as actor), CSRF refusals, the audit viewer, and the phone layout. Screenshots of
+ * the grid and the device page go to docs/ when MESHPILOT_SCREENSHOTS=1.
+ */
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PACKAGE_ROOT } from '../capabilities/home.js';
+import { HealthStore, type DeviceHealth, type DeviceState } from '../launcher/health/state.js';
+import { CHROMIUM, logIn, startBrowser, startDashboard, type BrowserEnv, type DashboardEnv } from './helpers/dashboard-env.js';
+
+let env: DashboardEnv;
+let b: BrowserEnv;
+
+function setHealth(device: string, state: DeviceState, detail: string): void {
+  const now = Date.now();
+  const info: DeviceHealth = { device, state, since: now, detail, transport: 'local', meshIp: null, lastHandshake: null, agent: null, ssh: null, bot: 'running', chain: null };
+  new HealthStore(env.rt.db, () => now).write((w) => {
+    w.save({ device, state, since_ms: now, detail, info: JSON.stringify(info), agent_failures: 0, ssh_failures: 0, bot_bad: null, reminded_ms: null, updated_ms: now });
+    w.transition(device, now, null, state, detail);
+  });
+}
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: npm test installs it (scripts/ensure-deps.mjs), or apt-get install chromium`);
+  env = await startDashboard();
+  b = await startBrowser();
+}, 60_000);
+
+afterAll(async () => {
+  await b?.close();
+  await env?.stop();
+});
+
+describe('dashboard in a browser', () => {
+  it('refuses pages without a session and logs in through a one-time magic link', async () => {
+    const anon = await fetch(`${env.server.url}/`);
+    expect(anon.status).toBe(401);
+    expect(await anon.text()).toContain('meshpilot dashboard');
+
+    const link = env.link('cli:tester');
+    // Opening the link (a preview, a prefetch) does not spend it: only "Log in" does.
+    expect((await fetch(link)).status).toBe(200);
+    await logIn(b.page, link);
+    expect(await b.page.textContent('header .who span')).toBe('cli:tester');
+    expect(await b.page.textContent('#dev-local')).toContain('local');
+
+    const cookies = await b.context.cookies();
+    const session = cookies.find((c) => c.name === 'meshpilot_session');
+    expect(session?.httpOnly).toBe(true);
+    expect(session?.sameSite).toBe('Strict');
+    expect(await b.page.evaluate(() => document.cookie)).not.toContain('meshpilot_session');
+
+    // The same link again: refused.
+    const again = await b.browser.newPage();
+    await again.goto(link);
+    await again.click('#login');
+    expect(await again.textContent('main')).toContain('already used');
+    await again.close();
+  }, 60_000);
+
+  it('a health transition appears in the grid within 2 s, without a reload', async () => {
+    await b.page.goto(`${env.server.url}/`);
+    await b.page.waitForFunction(() => document.querySelector('[sse-connect]') !== null);
+    await b.page.evaluate(() => { (window as unknown as { marker: number }).marker = 42; });
+    setHealth('local', 'online', 'fine');
+    await b.page.waitForSelector('#dev-local[data-state="online"]', { timeout: 2000 });
+    const t0 = Date.now();
+    setHealth('local', 'unreachable', 'ssh failed 3 times');
+    await b.page.waitForSelector('#dev-local[data-state="unreachable"]', { timeout: 2000 });
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(await b.page.textContent('#dev-local .state')).toBe('unreachable');
+    expect(await b.page.evaluate(() => (window as unknown as { marker?: number }).marker)).toBe(42);
+  }, 30_000);
+
+  it('runs a capability from its generated form; the audit names the operator', async () => {
+    await b.page.goto(`${env.server.url}/devices/local`);
+    await b.page.click('#cap-fs-list summary');
+    await b.page.fill('#cap-fs-list input[name="path"]', env.home);
+    await b.page.fill('#cap-fs-list input[name="limit"]', '500');
+    await b.page.click('#cap-fs-list button[type="submit"]');
+    const result = await b.page.waitForSelector('#result-fs-list [data-outcome]', { timeout: 15_000 });
+    expect(await result.getAttribute('data-outcome')).toBe('ok');
+    expect(await b.page.textContent('#result-fs-list pre.stdout')).toContain('meshpilot.db');
+    const last = env.rt.audit.tail(1, 'local')[0]!;
+    expect(last).toMatchObject({ actor: 'cli:tester', capability: 'fs.list', outcome: 'ok', args: { path: env.home, limit: 500 } });
+    expect(await b.page.textContent('#result-fs-list .notice')).toContain(`audit #${last.seq}`);
+    // A field its schema refuses: denied by invoke, shown, audited.
+    await b.page.fill('#cap-fs-list input[name="path"]', 'relative/path');
+    await b.page.fill('#cap-fs-list input[name="limit"]', '');
+    await b.page.click('#cap-fs-list button[type="submit"]');
+    await b.page.waitForSelector('#result-fs-list [data-outcome="error"]', { timeout: 15_000 });
+  }, 30_000);
+
+  it('refuses a state-changing request without the CSRF token, even with the session cookie', async () => {
+    const cookie = (await b.context.cookies()).find((c) => c.name === 'meshpilot_session')!;
+    const headers = { cookie: `meshpilot_session=${cookie.value}`, 'content-type': 'application/x-www-form-urlencoded' };
+    const before = env.rt.audit.head('local')?.seq ?? 0;
+    const none = await fetch(`${env.server.url}/devices/local/run`, { method: 'POST', headers, body: '_capability=sys.info' });
+    expect(none.status).toBe(403);
+    expect(await none.json()).toMatchObject({ code: 'forbidden' });
+    const wrong = await fetch(`${env.server.url}/devices/local/run`, { method: 'POST', headers: { ...headers, 'x-csrf-token': 'x'.repeat(43) }, body: '_capability=sys.info' });
+    expect(wrong.status).toBe(403);
+    const revoke = await fetch(`${env.server.url}/devices/local/revoke`, { method: 'POST', headers, body: 'confirm=local' });
+    expect(revoke.status).toBe(403);
+    expect(env.rt.audit.head('local')?.seq ?? 0).toBe(before);
+    // The page's own form carries the token and works (same request, through the browser).
+    const ok = await b.page.evaluate(async () => {
+      const csrf = (document.querySelector('input[name="_csrf"]') as HTMLInputElement).value;
+      const r = await fetch('/devices/local/run', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', 'hx-request': 'true' }, body: `_capability=sys.info&_csrf=${encodeURIComponent(csrf)}` });
+      return r.status;
+    });
+    expect(ok).toBe(200);
+    expect(env.rt.audit.head('local')!.seq).toBeGreaterThan(before);
+  }, 30_000);
+
+  it('the audit viewer filters and verifies', async () => {
+    await b.page.goto(`${env.server.url}/audit?capability=fs.list`);
+    const rows = await b.page.$$eval('#audit tbody tr', (trs) => trs.map((tr) => tr.textContent ?? ''));
+    expect(rows.length).toBeGreaterThan(0);
+    expect(rows.every((r) => r.includes('fs.list'))).toBe(true);
+    await b.page.click('text=Verify the chains');
+    expect(await b.page.textContent('#verify li[data-device="local"]')).toMatch(/local: ok \d+ entries/);
+  }, 30_000);
+
+  it('reads on a phone, and without JavaScript', async () => {
+    const phone = await b.browser.newContext({ viewport: { width: 390, height: 844 }, javaScriptEnabled: false, isMobile: true });
+    await phone.addCookies((await b.context.cookies()).filter((c) => c.name === 'meshpilot_session'));
+    const p = await phone.newPage();
+    await p.goto(`${env.server.url}/`);
+    expect(await p.textContent('#dev-local')).toContain('unreachable');
+    // No horizontal scrolling: the grid turns into cards.
+    expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await p.goto(`${env.server.url}/audit`);
+    expect(await p.textContent('#audit')).toContain('fs.list');
+    if (process.env['MESHPILOT_SCREENSHOTS'] === '1') {
+      await b.page.goto(`${env.server.url}/`);
+      await b.page.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-grid.png') });
+      await b.page.goto(`${env.server.url}/devices/local`);
+      await b.page.click('#cap-sys-info summary');
+      await b.page.click('#cap-sys-info button[type="submit"]');
+      await b.page.waitForSelector('#result-sys-info [data-outcome]');
+      await b.page.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-device.png'), fullPage: false });
+    }
+    await phone.close();
+  }, 30_000);
+});
