@@ -12,6 +12,8 @@ export class SessionClient extends MatrixClient {
   loopStarter: (() => void) | undefined;
   /** Who besides this account gets room keys (MatrixSessionOptions.encryption.keyRecipients). */
   keyRecipients: ((userId: string) => boolean) | undefined;
+  /** The session's member list of a room (cached until a sync shows a membership change there). */
+  membersOf: ((roomId: string) => Promise<Array<{ userId: string; membership: string }>>) | undefined;
   /**
    * The SDK's CryptoClient.prepare opens the crypto store, then uploads keys; when that upload fails
    * (homeserver busy or restarting) the store stays open while the client is not ready, and every
@@ -74,12 +76,17 @@ export class SessionClient extends MatrixClient {
    * keys: a stranger invited into a DM sees ciphertext.
    */
   override async getJoinedRoomMembers(roomId: string): Promise<string[]> {
-    const members = await this.getAllRoomMembers(roomId);
+    // The session's cached list when there is one: asking /members before every encrypted message cost a
+    // homeserver round trip per reply. The cache is dropped before the crypto engine sees a sync that
+    // changes the room's membership, so a new member is never missed for longer than the old code did.
+    const members = this.membersOf
+      ? await this.membersOf(roomId)
+      : (await this.getAllRoomMembers(roomId)).map((m) => ({ userId: m.membershipFor, membership: m.membership }));
     const self = await this.getUserId();
     const may = this.keyRecipients;
     return members
       .filter((m) => m.membership === 'join' || m.membership === 'invite')
-      .map((m) => m.membershipFor)
+      .map((m) => m.userId)
       .filter((u) => !may || u === self || may(u));
   }
 }

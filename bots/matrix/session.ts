@@ -49,6 +49,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
   }
   const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new FileCryptoStorage(e2ee.storeDir) : undefined);
   client.keyRecipients = e2ee?.keyRecipients;
+  client.membersOf = (roomId) => session.roomMembers(roomId);
   // roomId → its members, until a sync shows a membership change there (the bot checks them before every post).
   const memberCache = new Map<string, Promise<Array<{ userId: string; membership: string }>>>();
   const cryptoClient = () => readyCrypto(client);
