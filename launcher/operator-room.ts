@@ -43,12 +43,9 @@ import { HealthMonitor, type SupervisorLike } from './health/monitor.js';
 import { mirrorKey, type DeviceHealth } from './health/state.js';
 import type { Runtime } from './runtime.js';
 import { hubDumpReader } from './wg.js';
-import { OPERATOR_COMMANDS, operatorHelp, type OperatorCommandContext } from './operator-room-commands.js';
-import { dispatchChat } from '../capabilities/commands.js';
 import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import { AUDIT_HEAD_EVENT } from '../bots/device-bot.js';
 import { escapeHtml } from '../bots/format.js';
-import { httpFetch, type HttpResponse } from '../bots/http.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, registerWithSharedSecret, type MatrixMessage, type MatrixSession, type MatrixSessionOptions } from '../bots/matrix/index.js';
 
 export const OPERATOR_CREDENTIALS = '_operator';
@@ -134,17 +131,27 @@ export class OperatorBot {
     return this.o.chat.sendHtml(this.o.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
   }
 
-  /** Commands are declared in operator-room-commands.ts: parser, permission check and help derive from there. */
   private async handle(sender: string, text: string): Promise<void> {
-    const ctx: OperatorCommandContext = {
-      help: async () => { await this.say(operatorHelp()); },
-      devices: () => this.cmdDevices(),
-      health: (device) => this.cmdHealth(device),
-      audit: (device, n) => this.cmdAudit(device, n),
-      revoke: (device, confirm) => this.cmdRevoke(sender, device, confirm),
-      addPc: (words) => this.cmdAddPc(sender, words),
-    };
-    await dispatchChat(OPERATOR_COMMANDS, text, { may: (p) => p === 'operator' && this.isOperator(sender), reply: (t) => this.say(t) }, ctx);
+    const [word = '', ...args] = text.slice(1).split(/\s+/).filter(Boolean);
+    switch (word.toLowerCase()) {
+      case 'help':
+        await this.say([
+          'Operator commands:',
+          '!devices — every device: state, transport, mesh IP, last handshake, last command, chain',
+          '!health [device] — run a health check now, or one device\'s health and history',
+          '!audit <device> [n] — the last n audit entries (default 10) and the agent chain status',
+          '!revoke <device> — revoke a device (asks for confirmation)',
+          '!add-pc … — enroll a new machine, with progress here',
+        ].join('\n'));
+        return;
+      case 'devices': return this.cmdDevices();
+      case 'health': return this.cmdHealth(args[0]);
+      case 'audit': return this.cmdAudit(args);
+      case 'revoke': return this.cmdRevoke(sender, args);
+      case 'add-pc': return this.cmdAddPc(sender, args);
+      default:
+        await this.say(`Unknown command !${word.slice(0, 40)}. Send !help for the list.`);
+    }
   }
 
   private lastCommand(device: string): string {
@@ -211,8 +218,12 @@ export class OperatorBot {
     await this.say([summary, ...down].join('\n'));
   }
 
-  private async cmdAudit(device: string, n: number): Promise<void> {
+  private async cmdAudit(args: string[]): Promise<void> {
+    const [device, nText] = args;
+    if (!device || !DEVICE.test(device)) { await this.say('Usage: !audit <device> [n]'); return; }
     if (!this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device}.`); return; }
+    const n = nText ? Number(nText) : 10;
+    if (!Number.isInteger(n) || n < 1 || n > 200) { await this.say('Usage: !audit <device> [n] with n from 1 to 200'); return; }
     const entries = this.o.runtime.audit.tail(n, device);
     const lines = entries.map((e) => `#${e.seq} ${e.ts.slice(5, 19).replace('T', ' ')} ${e.capability} ${e.decision}/${e.outcome}${e.exit_code !== null ? ` exit ${e.exit_code}` : ''} · ${e.actor}`);
     const agentHead = this.o.runtime.audit.head(mirrorKey(device));
@@ -225,7 +236,9 @@ export class OperatorBot {
     await this.pre(lines.join('\n') || `No audit entries for ${device}.`);
   }
 
-  private async cmdRevoke(sender: string, device: string, confirm: string | undefined): Promise<void> {
+  private async cmdRevoke(sender: string, args: string[]): Promise<void> {
+    const [device, confirm] = args;
+    if (!device || !DEVICE.test(device)) { await this.say('Usage: !revoke <device>'); return; }
     if (!this.o.revoke) { await this.say('!revoke is not available in this build.'); return; }
     if (confirm !== 'confirm') {
       if (!this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device}.`); return; }
@@ -244,59 +257,30 @@ export class OperatorBot {
     await this.say(out ? String(out).slice(0, 4000) : `${device} revoked.`);
   }
 
-  private async cmdAddPc(sender: string, words: readonly string[]): Promise<void> {
+  private async cmdAddPc(sender: string, args: string[]): Promise<void> {
     if (!this.o.addPc) { await this.say('!add-pc is not available in this build.'); return; }
     const progress = async (line: string): Promise<void> => { await this.say(line.slice(0, 4000)); };
-    const out = await this.o.addPc([...words], { by: sender, progress });
+    const out = await this.o.addPc(args.slice(0, 32).map((a) => a.slice(0, 512)), { by: sender, progress });
     if (out) await this.say(String(out).slice(0, 4000));
   }
 }
 
-// ---- Matrix plumbing the session wrapper does not offer (room creation, invites, full state) -------
+// ---- agent chain anchors in the operator room's state ----------------------------------------------
 
-const RoomIdSchema = z.object({ room_id: z.string().regex(/^![^\s:]+:\S+$/).max(255) });
-const StateListSchema = z.array(z.looseObject({ type: z.string().max(255), state_key: z.string().max(255).optional(), content: z.record(z.string(), z.unknown()) })).max(100_000);
 const HeadSchema = z.object({ seq: z.number().int().min(1), hash: z.string().regex(/^[0-9a-f]{64}$/) });
 
-async function clientCall(base: string, token: string, method: string, p: string, body?: unknown): Promise<unknown> {
-  let res: HttpResponse;
-  let text: string;
-  try {
-    res = await httpFetch(`${base.replace(/\/+$/, '')}/_matrix/client/v3${p}`, {
-      method,
-      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      timeoutMs: 20_000,
-    });
-    text = (await res.bytes(32 * 1024 * 1024)).toString('utf8');
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'E2BIG') throw new MeshpilotError('output_limit', 'Matrix response too large');
-    throw new MeshpilotError('unreachable', `Matrix ${method} ${p.split('?')[0]} failed: ${(err as Error).message}`);
-  }
-  let json: unknown;
-  try { json = JSON.parse(text); } catch { json = undefined; }
-  if (!res.ok) {
-    const e = json as { errcode?: unknown; error?: unknown } | undefined;
-    throw new MeshpilotError(res.status >= 500 ? 'unreachable' : res.status === 403 ? 'permission' : 'exec_failed', `Matrix ${method} failed: ${typeof e?.errcode === 'string' ? e.errcode : `HTTP ${res.status}`}${typeof e?.error === 'string' ? `: ${e.error.slice(0, 200)}` : ''}`);
-  }
-  return json;
-}
-
 /** Anchors of the agents' chains kept as state in the operator room. */
-export function roomAnchors(base: string, token: string, roomId: string, session: Pick<MatrixSession, 'setState'>): AnchorSource {
+export function roomAnchors(roomId: string, session: Pick<MatrixSession, 'setState' | 'roomState'>): AnchorSource {
   return {
     async agentAnchors(devices) {
       const want = new Set(devices);
-      const raw = await clientCall(base, token, 'GET', `/rooms/${encodeURIComponent(roomId)}/state`);
-      const list = StateListSchema.safeParse(raw);
       const out = new Map<string, AuditHead[]>();
-      if (!list.success) return out;
-      for (const ev of list.data) {
-        if (ev.type !== AUDIT_HEAD_EVENT || !ev.state_key) continue;
+      for (const ev of await session.roomState(roomId)) {
+        if (ev.type !== AUDIT_HEAD_EVENT || !ev.stateKey) continue;
         let device: string;
         let head: unknown;
-        if (ev.state_key.endsWith('@agent')) { device = ev.state_key.slice(0, -'@agent'.length); head = ev.content; }
-        else { device = ev.state_key; head = ev.content['agent']; }
+        if (ev.stateKey.endsWith('@agent')) { device = ev.stateKey.slice(0, -'@agent'.length); head = ev.content; }
+        else { device = ev.stateKey; head = ev.content['agent']; }
         if (!want.has(device)) continue;
         const h = HeadSchema.safeParse(head);
         if (!h.success) continue;
@@ -391,8 +375,6 @@ async function prepareEncryption(rt: Runtime, config: Config, creds: OperatorCre
 
 /** The operator room: config matrix.operator_room, else the one created on a previous run, else a new one. */
 async function operatorRoom(rt: Runtime, config: Config, creds: OperatorCreds, session: MatrixSession, log: Logger): Promise<string> {
-  const base = creds.homeserverUrl;
-  const token = creds.accessToken;
   const meta = rt.db.prepare('SELECT value FROM meta WHERE key = ?');
   let roomId = config.matrix.operator_room ?? (meta.get('operator_room') as { value: string } | undefined)?.value;
   // A pinned room: join it (accepts a pending invite; a no-op when already joined).
@@ -404,23 +386,23 @@ async function operatorRoom(rt: Runtime, config: Config, creds: OperatorCreds, s
     }
   }
   if (!roomId) {
-    const raw = await clientCall(base, token, 'POST', '/createRoom', {
+    roomId = await session.createRoom({
       name: 'meshpilot operators', topic: 'meshpilot health alerts and fleet commands (!help)', preset: 'private_chat',
       invite: config.operators,
       // Synapse refuses an override whose users leave out the creator; the bot keeps 100, operators 50.
-      power_level_content_override: { users: { ...Object.fromEntries(config.operators.map((o) => [o, 50])), [creds.userId]: 100 } },
-      ...(session.encryptionEnabled() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }] } : {}),
+      userPowerLevels: { ...Object.fromEntries(config.operators.map((o) => [o, 50])), [creds.userId]: 100 },
+      encrypted: session.encryptionEnabled(),
     });
-    roomId = RoomIdSchema.parse(raw).room_id;
     rt.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run('operator_room', roomId);
     log.info({ room: roomId }, 'operator room created; operators invited (set matrix.operator_room to pin it)');
     return roomId;
   }
   // Operators added to the config since: invite them (those already in the room make this fail harmlessly).
-  const members = await clientCall(base, token, 'GET', `/rooms/${encodeURIComponent(roomId)}/joined_members`).catch(() => undefined) as { joined?: Record<string, unknown> } | undefined;
+  const members = await session.roomMembers(roomId).catch(() => []);
+  const joined = new Set(members.filter((m) => m.membership === 'join').map((m) => m.userId));
   for (const op of config.operators) {
-    if (members?.joined && op in members.joined) continue;
-    await clientCall(base, token, 'POST', `/rooms/${encodeURIComponent(roomId)}/invite`, { user_id: op }).catch(() => undefined);
+    if (joined.has(op)) continue;
+    await session.invite(roomId, op).catch(() => undefined);
   }
   return roomId;
 }
@@ -495,7 +477,7 @@ export async function startOperatorServices(o: OperatorServicesOptions): Promise
       ...(o.now ? { now: o.now } : {}),
       ...(o.supervisor ? { supervisor: o.supervisor } : {}),
       ...(settings.hub_interface ? { wgDump: hubDumpReader(settings.hub_interface, hub) } : {}),
-      anchors: roomAnchors(creds.homeserverUrl, creds.accessToken, roomId, session),
+      anchors: roomAnchors(roomId, session),
       send: async (text) => { await session.sendText(roomId, text); },
       logger: log.child({ component: 'health' }),
       ...o.monitorOverrides,
