@@ -7,6 +7,7 @@ import { toJsonSchema, type AnyCapability, type CapabilityContext, type Capabili
 import { fsCapabilities } from '../capabilities/catalog/fs.js';
 import { procCapabilities, type ProcRow } from '../capabilities/catalog/proc.js';
 import { assessHealth, parseDf, sysCapabilities, type DiskUsage, type HealthSummary } from '../capabilities/catalog/sys.js';
+import { MeshpilotError } from '../capabilities/errors.js';
 import { CapabilityRegistry } from '../capabilities/registry.js';
 import { LocalHost } from '../capabilities/transports/local.js';
 import type { SystemInfo } from '../capabilities/transports/types.js';
@@ -474,5 +475,23 @@ describe('sys.info disks without df', () => {
       const twin = viaDf.find((x) => x.mount === d.mount)!;
       expect(Math.abs(d.usePercent - twin.usePercent)).toBeLessThanOrEqual(1);
     }
+  });
+});
+
+describe('a Host that fails (guarded, as in every family)', () => {
+  // A device that went away mid-call: every Host method rejects. The capabilities answer with a
+  // failed result a person can read, never a rejection (catalog/shared.ts guarded()).
+  const gone = new Proxy({ kind: 'ssh', device: 'gone' } as Record<string, unknown>, {
+    get: (target, prop) => (prop in target ? target[prop as string] : async () => { throw new MeshpilotError('unreachable', 'device gone: connection lost'); }),
+  }) as unknown as CapabilityContext['host'];
+  const ctx: CapabilityContext = { host: gone, device: 'gone', os: 'linux', limits: { timeoutMs: 1000, maxOutputBytes: 1024 } };
+
+  it.each([
+    ['fs.list', { path: '/tmp' }], ['fs.stat', { path: '/tmp' }], ['fs.read', { path: '/tmp/x' }], ['fs.write', { path: '/tmp/x', content: 'x' }],
+    ['fs.delete', { path: '/tmp/x' }], ['sys.info', {}], ['sys.health', {}], ['proc.list', {}], ['proc.kill', { pid: 4242 }],
+  ])('%s', async (name, args) => {
+    const def = cap(name);
+    const r = await def.run(def.input.parse(args), ctx);
+    expect(r).toMatchObject({ ok: false, error: { code: 'unreachable', message: expect.stringContaining('device gone') as unknown } });
   });
 });

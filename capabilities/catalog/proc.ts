@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { defineCapability, failResult, fromExec, okResult, type AnyCapability } from '../capability.js';
-import { capText, formatBytes } from './shared.js';
+import { capText, formatBytes, guarded } from './shared.js';
 
 export interface ProcRow {
   pid: number;
@@ -58,7 +58,7 @@ const procList = defineCapability({
     })
     .strict(),
   risk: 'read',
-  async run(args, ctx) {
+  run: (args, ctx) => guarded(async () => {
     const outcome = await ctx.host.exec({
       argv: ['ps', '-axo', 'pid=,ppid=,user=,pcpu=,pmem=,rss=,comm='],
       // A decimal comma in some locales would break the number parsing.
@@ -80,7 +80,7 @@ const procList = defineCapability({
       durationMs: outcome.durationMs,
       data: { sort: args.sort, total: all.length, rows },
     });
-  },
+  }),
 });
 
 const SIGNALS = ['TERM', 'KILL', 'HUP', 'INT', 'USR1', 'USR2', 'QUIT'] as const;
@@ -97,7 +97,7 @@ const procKill = defineCapability({
     })
     .strict(),
   risk: 'exec',
-  async run(args, ctx) {
+  run: (args, ctx) => guarded(async () => {
     const started = performance.now();
     // pid 0 and negative pids address process groups; pid 1 is init. Both would take the device down.
     if (args.pid <= 1) {
@@ -132,7 +132,7 @@ const procKill = defineCapability({
       return failResult({ code: 'permission', message: `not allowed to signal pid ${args.pid} (owned by another user?)` }, durationMs, { stderr });
     }
     return fromExec(outcome);
-  },
+  }),
 });
 
 export const procCapabilities: AnyCapability[] = [procList, procKill];

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { defineCapability, okResult, type AnyCapability, type CapabilityContext } from '../capability.js';
 import type { MountUsage, SystemInfo } from '../transports/types.js';
-import { capText, formatBytes } from './shared.js';
+import { capText, formatBytes, guarded } from './shared.js';
 
 /** One disk as sys.info reports it (the same shape a Host's diskUsage() returns). */
 export type DiskUsage = MountUsage;
@@ -99,7 +99,7 @@ const sysInfo = defineCapability({
     'Returns a short summary in stdout and the structured values in data.',
   input: z.object({}).strict(),
   risk: 'read',
-  async run(_args, ctx) {
+  run: (_args, ctx) => guarded(async () => {
     const started = performance.now();
     const [info, disks] = await Promise.all([ctx.host.systemInfo(), readDisks(ctx)]);
     const memFree = memAvailablePercent(info);
@@ -119,7 +119,7 @@ const sysInfo = defineCapability({
       durationMs: Math.round(performance.now() - started),
       data: { ...info, disks },
     });
-  },
+  }),
 });
 
 type HealthStatus = 'ok' | 'warn' | 'crit';
@@ -182,13 +182,13 @@ const sysHealth = defineCapability({
     'Returns one summary line in stdout and the numbers in data. Use this first when asked whether a machine is fine.',
   input: z.object({}).strict(),
   risk: 'read',
-  async run(_args, ctx) {
+  run: (_args, ctx) => guarded(async () => {
     const started = performance.now();
     const [info, disks] = await Promise.all([ctx.host.systemInfo(), readDisks(ctx)]);
     const health = assessHealth(info, disks);
     const { text, truncated } = capText(formatHealth(health), ctx.limits.maxOutputBytes);
     return okResult({ stdout: text, truncated, durationMs: Math.round(performance.now() - started), data: health });
-  },
+  }),
 });
 
 export const sysCapabilities: AnyCapability[] = [sysInfo, sysHealth];
