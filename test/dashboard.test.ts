@@ -5,6 +5,7 @@
  * with the operator as actor), CSRF refusals, the audit viewer, and the phone layout. Screenshots of
  * the grid and the device page go to docs/ when MESHPILOT_SCREENSHOTS=1.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -61,6 +62,23 @@ describe('dashboard in a browser', () => {
     expect(await again.textContent('main')).toContain('already used');
     await again.close();
   }, 60_000);
+
+  it('`meshpilot dashboard` prints a link that logs the terminal user in', async () => {
+    const r = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs'), 'dashboard', '--json'], {
+      encoding: 'utf8', timeout: 120_000,
+      env: { ...process.env, MESHPILOT_HOME: env.home, MESHPILOT_HTTP_LISTEN: `127.0.0.1:${env.server.port}` },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const { url, expiresAt } = JSON.parse(r.stdout.trim().split('\n').pop()!) as { url: string; expiresAt: string };
+    expect(url.startsWith(`${env.server.url}/login?t=`)).toBe(true);
+    expect(Date.parse(expiresAt) - Date.now()).toBeGreaterThan(4 * 60_000);
+    expect(Date.parse(expiresAt) - Date.now()).toBeLessThanOrEqual(5 * 60_000);
+    const ctx = await b.browser.newContext();
+    const p = await ctx.newPage();
+    await logIn(p, url);
+    expect(await p.textContent('header .who span')).toMatch(/^cli:/);
+    await ctx.close();
+  }, 150_000);
 
   it('a health transition appears in the grid within 2 s, without a reload', async () => {
     await b.page.goto(`${env.server.url}/`);

@@ -6,6 +6,7 @@
 import type { CliEntry } from './context.js';
 import { AGENT_COMMANDS } from './agent.js';
 import { AUDIT_COMMANDS } from './audit.js';
+import { DASHBOARD_COMMANDS } from './dashboard.js';
 import { DEVICE_COMMANDS } from './devices.js';
 import { ENROLL_COMMANDS } from './addpc.js';
 import { HEALTH_COMMANDS } from './health.js';
@@ -16,5 +17,5 @@ import { SSH_COMMANDS } from './ssh.js';
 const [up, reload] = LAUNCHER_COMMANDS as [CliEntry, CliEntry];
 
 export const CLI_COMMANDS: readonly CliEntry[] = [
-  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS,
+  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS, ...DASHBOARD_COMMANDS,
 ];
