@@ -53,7 +53,7 @@ describe('dashboard in a browser', () => {
     const session = cookies.find((c) => c.name === 'meshpilot_session');
     expect(session?.httpOnly).toBe(true);
     expect(session?.sameSite).toBe('Strict');
-    expect(await b.page.evaluate(() => document.cookie)).not.toContain('meshpilot_session');
+    expect(await b.page.evaluate('document.cookie')).not.toContain('meshpilot_session');
 
     // The same link again: refused.
     const again = await b.browser.newPage();
@@ -82,8 +82,8 @@ describe('dashboard in a browser', () => {
 
   it('a health transition appears in the grid within 2 s, without a reload', async () => {
     await b.page.goto(`${env.server.url}/`);
-    await b.page.waitForFunction(() => document.querySelector('[sse-connect]') !== null);
-    await b.page.evaluate(() => { (window as unknown as { marker: number }).marker = 42; });
+    await b.page.waitForSelector('[sse-connect]', { state: 'attached' });
+    await b.page.evaluate('window.marker = 42');
     setHealth('local', 'online', 'fine');
     await b.page.waitForSelector('#dev-local[data-state="online"]', { timeout: 2000 });
     const t0 = Date.now();
@@ -91,7 +91,7 @@ describe('dashboard in a browser', () => {
     await b.page.waitForSelector('#dev-local[data-state="unreachable"]', { timeout: 2000 });
     expect(Date.now() - t0).toBeLessThan(2000);
     expect(await b.page.textContent('#dev-local .state')).toBe('unreachable');
-    expect(await b.page.evaluate(() => (window as unknown as { marker?: number }).marker)).toBe(42);
+    expect(await b.page.evaluate('window.marker')).toBe(42);
   }, 30_000);
 
   it('runs a capability from its generated form; the audit names the operator', async () => {
@@ -126,12 +126,9 @@ describe('dashboard in a browser', () => {
     expect(revoke.status).toBe(403);
     expect(env.rt.audit.head('local')?.seq ?? 0).toBe(before);
     // The page's own form carries the token and works (same request, through the browser).
-    const ok = await b.page.evaluate(async () => {
-      const csrf = (document.querySelector('input[name="_csrf"]') as HTMLInputElement).value;
-      const r = await fetch('/devices/local/run', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', 'hx-request': 'true' }, body: `_capability=sys.info&_csrf=${encodeURIComponent(csrf)}` });
-      return r.status;
-    });
-    expect(ok).toBe(200);
+    const csrf = await b.page.inputValue('input[name="_csrf"] >> nth=0');
+    const ok = await b.context.request.post(`${env.server.url}/devices/local/run`, { form: { _capability: 'sys.info', _csrf: csrf }, headers: { 'hx-request': 'true' } });
+    expect(ok.status()).toBe(200);
     expect(env.rt.audit.head('local')!.seq).toBeGreaterThan(before);
   }, 30_000);
 
@@ -151,7 +148,7 @@ describe('dashboard in a browser', () => {
     await p.goto(`${env.server.url}/`);
     expect(await p.textContent('#dev-local')).toContain('unreachable');
     // No horizontal scrolling: the grid turns into cards.
-    expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    expect(await p.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
     await p.goto(`${env.server.url}/audit`);
     expect(await p.textContent('#audit')).toContain('fs.list');
     if (process.env['MESHPILOT_SCREENSHOTS'] === '1') {
