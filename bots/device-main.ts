@@ -15,7 +15,7 @@ import { loadConfig } from '../capabilities/config.js';
 import { DeviceRegistry } from '../capabilities/device-registry.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
-import { ParentMessageSchema, type ChildMessageInput } from './ipc.js';
+import { ParentMessageSchema, type ChildMessageInput, type ParentMessage } from './ipc.js';
 import type { LlmCaller, LlmClientOptions } from './llm.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix/index.js';
 import { createMemorySettler, SETTLE_IDLE_MS } from './memory-settle.js';
@@ -191,7 +191,29 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   process.on('message', (raw) => {
     const p = ParentMessageSchema.safeParse(raw);
     if (p.success && p.data.type === 'shutdown') void shutdown();
+    else if (p.success && p.data.type === 'approval-ask') void askApproval(p.data);
+    else if (p.success && p.data.type === 'approval-decide') {
+      const row = db.prepare("SELECT room_id FROM approvals WHERE id = ? AND device = ? AND state = 'pending'").get(p.data.id, device) as { room_id: string } | undefined;
+      if (row) bot.approvals.onCommand(row.room_id, p.data.by, p.data.approve, p.data.id);
+    }
   });
+  /** An approval for another surface's call (HTTP API): posted in the first operator DM there is, decided as in chat. */
+  const askApproval = async (a: Extract<ParentMessage, { type: 'approval-ask' }>): Promise<void> => {
+    let room: string | undefined;
+    for (const op of bot.operators()) {
+      room = await session.findDm(op).catch(() => null) ?? undefined;
+      if (room) break;
+    }
+    if (!room) {
+      send({ type: 'approval-verdict', ask: a.ask, approved: false, by: 'error', reason: 'the device bot has no DM with an operator to ask in' });
+      return;
+    }
+    const verdict = bot.approvals.hookFor(room)({ requestId: a.requestId, device, capability: a.capability, args: a.args, actor: a.actor, risk: a.risk, reason: a.reason });
+    const posted = db.prepare('SELECT id FROM approvals WHERE request_id = ? AND device = ? ORDER BY created_at DESC LIMIT 1').get(a.requestId, device) as { id: string } | undefined;
+    if (posted) send({ type: 'approval-posted', ask: a.ask, approvalId: posted.id });
+    const v = await verdict;
+    send({ type: 'approval-verdict', ask: a.ask, approved: v.approved, by: v.by, ...(v.reason ? { reason: v.reason } : {}) });
+  };
   process.on('SIGTERM', () => void shutdown());
   process.on('SIGINT', () => void shutdown());
   // The launcher died (even by SIGKILL): never linger as an orphan in our own process group.

@@ -4,16 +4,21 @@
  *
  *   parent → child  {type:'init', device, heartbeatMs}   right after fork
  *                   {type:'shutdown'}                   finish the current call, then exit
+ *                   {type:'approval-ask', ask, …}       post an approval request (HTTP API call) in the DM
+ *                   {type:'approval-decide', id, …}     decide a pending approval (dashboard)
  *   child → parent  {type:'ready'}                      connected, serving
  *                   {type:'heartbeat', busy, auditHead?} at least every heartbeatMs
  *                   {type:'fatal', code, message}       a configuration problem: not restarted until
  *                                                       reload (SIGHUP) or a manifest change
  *                   {type:'log', level, msg}            optional, goes to the launcher's log
+ *                   {type:'approval-posted', ask, approvalId}  the request is in the DM
+ *                   {type:'approval-verdict', ask, approved, by, reason?}  an operator (or the timeout) decided
  *
  * It lives in bots/ because bots/ may import only capabilities/ and bots/, while launcher/ may import
  * bots/. Every message is zod-validated and bounded both ways.
  */
 import { z } from 'zod';
+import { RiskSchema } from '../capabilities/capability.js';
 import { DeviceNameSchema } from '../capabilities/manifest.js';
 
 /** The largest IPC message accepted from a child, as JSON text. */
@@ -39,6 +44,25 @@ export const ParentMessageSchema = z.discriminatedUnion('type', [
     heartbeatMs: z.number().int().min(HEARTBEAT_MS.min).max(HEARTBEAT_MS.max),
   }).strict(),
   z.object({ type: z.literal('shutdown') }).strict(),
+  // An approval for a call from another surface (the HTTP API): the bot posts it in its operators' DM
+  // exactly as a chat request (bots/approvals.ts) and answers `approval-verdict` with the same `ask`.
+  z.object({
+    type: z.literal('approval-ask'),
+    ask: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/),
+    requestId: z.string().min(1).max(128),
+    capability: z.string().min(1).max(64),
+    args: z.record(z.string(), z.unknown()),
+    actor: z.string().min(1).max(256),
+    risk: RiskSchema,
+    reason: z.string().max(1000),
+  }).strict(),
+  // An operator decided a pending approval outside chat (the dashboard): as if they had typed !approve <id>.
+  z.object({
+    type: z.literal('approval-decide'),
+    id: z.string().regex(/^[0-9a-f]{6}$/),
+    approve: z.boolean(),
+    by: z.string().min(1).max(256),
+  }).strict(),
 ]);
 export type ParentMessage = z.infer<typeof ParentMessageSchema>;
 
@@ -60,6 +84,9 @@ export const ChildMessageSchema = z.discriminatedUnion('type', [
   // Long texts are cut, not rejected: a fatal message must not be lost for being long.
   z.object({ type: z.literal('fatal'), code: z.string().min(1).max(64), message: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(2000)) }),
   z.object({ type: z.literal('log'), level: z.enum(LOG_LEVELS), msg: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(4000)) }),
+  // The answer to `approval-ask`: `approvalId` is the chat approval's id ([a1b2c3] in the DM) once posted.
+  z.object({ type: z.literal('approval-posted'), ask: z.string().max(64), approvalId: z.string().max(16) }),
+  z.object({ type: z.literal('approval-verdict'), ask: z.string().max(64), approved: z.boolean(), by: z.string().max(256), reason: z.string().max(1000).transform(cut(1000)).optional() }),
 ]);
 export type ChildMessage = z.infer<typeof ChildMessageSchema>;
 /** What a bot may send (before the parent's transforms). */

@@ -90,6 +90,10 @@ export interface SupervisorEvents {
   'crash-loop': [{ device: string; code: number | null; signal: NodeJS.Signals | null; reason: ExitReason; crashesInWindow: number; stderrTail: string[] }];
   failed: [{ device: string; code: string; message: string }];
   stopped: [{ device: string; removed: boolean }];
+  /** A device bot posted an approval request asked for by the HTTP API (bots/ipc.ts approval-ask). */
+  'approval-posted': [{ device: string; ask: string; approvalId: string }];
+  /** …and an operator (or the timeout) decided it. */
+  'approval-verdict': [{ device: string; ask: string; approved: boolean; by: string; reason?: string | undefined }];
   /** A manifest change (or reconcile) restarted this bot. */
   reconciled: [{ started: string[]; stopped: string[]; restarted: string[]; retried: string[] }];
 }

@@ -401,6 +401,14 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     });
   }
 
+  /** Sends a message to a running device bot (approval requests from the HTTP API); false when it has none running. */
+  sendTo(device: string, msg: ParentMessage): boolean {
+    const b = this.bots.get(device);
+    if (!b || b.state !== 'running' || !b.child?.connected) return false;
+    this.send(b, msg);
+    return true;
+  }
+
   private send(b: Bot, msg: ParentMessage): void {
     const child = b.child;
     if (!child || !child.connected) return;
@@ -464,6 +472,14 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         this.emit('failed', { device: b.device, code: msg.code, message: msg.message });
         // It should exit by itself; if it lingers, end it.
         this.escalate(b, this.s.killGraceMs);
+        return;
+      }
+      case 'approval-posted': {
+        this.emit('approval-posted', { device: b.device, ask: msg.ask, approvalId: msg.approvalId });
+        return;
+      }
+      case 'approval-verdict': {
+        this.emit('approval-verdict', { device: b.device, ask: msg.ask, approved: msg.approved, by: msg.by, reason: msg.reason });
         return;
       }
       case 'log': {

@@ -13,9 +13,10 @@ import { HEALTH_COMMANDS } from './health.js';
 import { LAUNCHER_COMMANDS } from './launcher.js';
 import { SETUP_COMMANDS } from './setup.js';
 import { SSH_COMMANDS } from './ssh.js';
+import { TOKEN_COMMANDS } from './token.js';
 
 const [up, reload] = LAUNCHER_COMMANDS as [CliEntry, CliEntry];
 
 export const CLI_COMMANDS: readonly CliEntry[] = [
-  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS, ...DASHBOARD_COMMANDS,
+  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS, ...DASHBOARD_COMMANDS, ...TOKEN_COMMANDS,
 ];

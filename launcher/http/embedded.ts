@@ -8,7 +8,8 @@
 import { HttpConfigSchema, loadConfig, type Config, type HttpConfig } from '../../capabilities/config.js';
 import { toMpError } from '../../capabilities/errors.js';
 import { logger } from '../../capabilities/log.js';
-import type { CliIo } from '../commands/context.js';
+/** The terminal `up` prints to (launcher/commands/context.ts CliIo). */
+interface CliIo { out(text: string): void; err(text: string): void }
 import type { Runtime } from '../runtime-core.js';
 import type { Supervisor } from '../supervisor.js';
 import { isLoopback, parseListen, startHttpServer, type RunningHttpServer } from './server.js';

@@ -17,6 +17,8 @@ export interface HttpDeps {
   /** The device bots' supervisor; undefined when no bots run (embedded default, tests). */
   supervisor?: Supervisor;
   logger: Logger;
+  /** Tests only: an add-pc fault to inject (launcher/enroll/types.ts AddPcOptions.fault). */
+  addPcFault?: string;
   /** The server's own base URL (`http://127.0.0.1:7400`), known once it listens. */
   baseUrl(): string;
 }
