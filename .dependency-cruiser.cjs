@@ -5,8 +5,8 @@
  *   bots/      Matrix and conversation may import only capabilities/ (and bots/)
  *   capabilities/ the one invoke path  imports nothing above it
  *
- * and no circular imports among the sources. Type-only imports count: a layer that needs another's
- * types depends on it. By hand: `npx depcruise capabilities bots launcher bin scripts`.
+ * and no circular imports anywhere (sources, tests, benches). Type-only imports count: a layer that
+ * needs another's types depends on it. By hand: `npx depcruise capabilities bots launcher bin scripts test bench`.
  */
 const KNOWN_CLI_CIRCLE_HUB = '^launcher/cli\\.ts$';
 const KNOWN_CLI_CIRCLE = '^launcher/(cli\\.ts|up\\.ts|commands/)';
@@ -32,7 +32,7 @@ module.exports = {
       name: 'no-circular',
       comment: 'A circle means two files share one job, or a shared part belongs in a third file.',
       severity: 'error',
-      from: { path: '^(capabilities|bots|launcher|bin|scripts)/' },
+      from: { path: '^(capabilities|bots|launcher|bin|scripts|test|bench)/' },
       to: { circular: true, viaNot: KNOWN_CLI_CIRCLE_HUB },
     },
     {

@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { tempDir } from './helpers/tmp.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const SOURCES = ['capabilities', 'bots', 'launcher', 'bin', 'scripts'];
+const SOURCES = ['capabilities', 'bots', 'launcher', 'bin', 'scripts', 'test', 'bench'];
 
 async function run(baseDir: string, dirs: string[]): Promise<ICruiseResult> {
   const options: ICruiseOptions = { ...(await extractDepcruiseOptions(path.join(ROOT, '.dependency-cruiser.cjs'))), baseDir };
@@ -28,7 +28,7 @@ function describeViolations(r: ICruiseResult): string[] {
 }
 
 describe('architecture', () => {
-  it('the sources follow the layer rules and have no circular imports', async () => {
+  it('the sources follow the layer rules; no circular imports in sources, tests and benches', async () => {
     const r = await run(ROOT, SOURCES);
     expect(describeViolations(r)).toEqual([]);
     // It saw the sources and resolved their './x.js' imports to x.ts (else no rule could fire).
