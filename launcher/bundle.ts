@@ -35,9 +35,9 @@ const EXTERNAL = ['better-sqlite3', 'ssh2', 'cpu-features', '@matrix-org/matrix-
 /**
  * Packages a bot never calls but which load with their parents: pino's worker-thread transports, and
  * matrix-bot-sdk's appservice server (express, morgan), Postgres storage, and HTML helpers (we send
- * our own plain + HTML bodies), and `request` (matrix-bot-sdk's HTTP goes through bots/matrix-http.ts;
+ * our own plain + HTML bodies), and `request` (matrix-bot-sdk's HTTP goes through bots/matrix/sdk-http.ts;
  * request's tree — psl, mime-db, ajv, sshpk, tough-cookie, har-validator… — was 1.9 of the 3 MB), and
- * lowdb, which pulls in all of lodash (the SDK's file storage providers; bots/matrix.ts has its own).
+ * lowdb, which pulls in all of lodash (the SDK's file storage providers; bots/matrix/crypto-storage.ts has its own).
  * Each becomes a stub that throws if anything ever uses it, which keeps several MB of code out of
  * every bot process.
  */
@@ -105,7 +105,7 @@ export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE)): Prom
   const started = Date.now();
   try {
     const version = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string }).version ?? '0.0.0';
-    // Same stubs as the bot (the launcher's operator bot uses matrix-bot-sdk through bots/matrix-http.ts
+    // Same stubs as the bot (the launcher's operator bot uses matrix-bot-sdk through bots/matrix/sdk-http.ts
     // too), but Node's own fetch globals stay: launcher code may hand Headers to Node's fetch.
     const cli = await buildOne(CLI_SOURCE, path.join(dir, path.basename(CLI_BUNDLE)), {
       plugins: [stubUnused, zodEnglishOnly],

@@ -1,4 +1,4 @@
-/** bots/matrix.ts FileCryptoStorage: the SDK's crypto storage file format, without lowdb and lodash. */
+/** bots/matrix/crypto-storage.ts FileCryptoStorage: the SDK's crypto storage file format, without lowdb and lodash. */
 import { describe, expect, it } from 'vitest';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';

@@ -1,4 +1,4 @@
-/** bots/matrix-http.ts: the SDK's HTTP function on node:http, against real sockets. */
+/** bots/matrix/sdk-http.ts: the SDK's HTTP function on node:http, against real sockets. */
 import { afterEach, describe, expect, it } from 'vitest';
 import net from 'node:net';
 import { matrixRequest, type MatrixHttpResponse } from '../bots/matrix/sdk-http.js';

@@ -1,4 +1,4 @@
-/** bots/matrix-storage.ts: the session's sync token store (real SQLite files). */
+/** bots/matrix/sync-store.ts: the session's sync token store (real SQLite files). */
 import { describe, expect, it } from 'vitest';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';

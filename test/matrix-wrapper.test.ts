@@ -1,5 +1,5 @@
 /**
- * bots/matrix.ts (our only matrix-bot-sdk wrapper) against the in-memory homeserver fixture.
+ * bots/matrix/ (our only matrix-bot-sdk wrapper: the session, its sync, crypto and account helpers) against the in-memory homeserver fixture.
  * The "operator" talks raw Client-Server API so every assertion is about the wrapper.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -124,7 +124,7 @@ afterAll(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-describe('bots/matrix.ts session', () => {
+describe('bots/matrix session', () => {
   it('creates a DM with is_direct and records it in m.direct; findDm finds it; invites reach onInvite', async () => {
     const operator = await hs.registerUser('op-dm', 'pw');
     const botUser = await hs.registerUser('bot-dm', 'pw');
@@ -452,7 +452,7 @@ function encryptedSession(user: RegisteredUser, homeserverUrl = hs.url): MatrixS
   return session(user, storageDir, { homeserverUrl, encryption: { storeDir: path.join(storageDir, 'crypto'), password: 'pw' } });
 }
 
-describe('bots/matrix.ts session with end-to-end encryption', () => {
+describe('bots/matrix session with end-to-end encryption', () => {
   it('retries a start whose first key upload failed (the crypto store is reopened, not reported as already open)', async () => {
     expect(cryptoAvailable()).toBe(true);
     // the first keys upload is answered 502, as a busy or restarting homeserver does
@@ -516,7 +516,7 @@ describe('bots/matrix.ts session with end-to-end encryption', () => {
   });
 });
 
-describe('bots/matrix.ts registration helpers', () => {
+describe('bots/matrix registration helpers', () => {
   it('registers with the shared secret, maps M_USER_IN_USE and a wrong secret, and deactivates users', async () => {
     const admin = await registerWithSharedSecret({
       homeserverUrl: hs.url,

@@ -71,7 +71,7 @@ export function openSyncStateStore(storageDir: string): SyncStateStore {
     setSyncToken: (token) => write('sync_token', token),
     getSyncToken: () => read('sync_token'),
     setFilter: (filter) => write('filter', filter == null ? null : JSON.stringify(filter)),
-    // never: the SDK's IFilterInfo type stays in bots/matrix.ts; null when none is stored
+    // never: the SDK's IFilterInfo type stays inside bots/matrix/ (session.ts); null when none is stored
     getFilter: () => {
       const v = read('filter');
       return (v === null ? null : JSON.parse(v)) as never;
