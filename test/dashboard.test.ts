@@ -6,7 +6,7 @@
  * the grid and the device page go to docs/ when MESHPILOT_SCREENSHOTS=1.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
@@ -111,6 +111,30 @@ describe('dashboard in a browser', () => {
     await b.page.fill('#cap-fs-list input[name="limit"]', '');
     await b.page.click('#cap-fs-list button[type="submit"]');
     await b.page.waitForSelector('#result-fs-list [data-outcome="error"]', { timeout: 15_000 });
+  }, 30_000);
+
+  it('a run that needs approval waits; the operator approves it on the device page and the result follows', async () => {
+    writeFileSync(path.join(env.home, 'manifests', 'appr.yaml'), [
+      'device: appr', 'os: linux', 'transport: { kind: local }', 'operators: []',
+      'capabilities:', '  shell.exec: { binaries: ["echo"], approval: always }', '',
+    ].join('\n'));
+    await b.page.goto(`${env.server.url}/devices/appr`);
+    await b.page.click('#cap-shell-exec summary');
+    await b.page.fill('#cap-shell-exec textarea[name="argv"]', 'echo\nhello from the dashboard');
+    await b.page.click('#cap-shell-exec button[type="submit"]');
+    await b.page.waitForSelector('#result-shell-exec .notice.warn', { timeout: 10_000 });
+    expect(env.rt.audit.tail(5, 'appr').some((e) => e.outcome === 'ok')).toBe(false);
+    // The pending list refreshes itself; approve from it.
+    const item = await b.page.waitForSelector('#approvals li[data-approval]', { timeout: 5000 });
+    expect(await item.textContent()).toContain('shell.exec');
+    expect(await item.textContent()).toContain('asked by cli:tester');
+    await b.page.click('#approvals button[value="approve"]');
+    await b.page.waitForSelector('#result-shell-exec [data-outcome="ok"]', { timeout: 10_000 });
+    expect(await b.page.textContent('#result-shell-exec pre.stdout')).toContain('hello from the dashboard');
+    const row = env.rt.db.prepare("SELECT state, decided_by, room_id FROM approvals WHERE device = 'appr'").get() as { state: string; decided_by: string; room_id: string };
+    expect(row).toEqual({ state: 'approved', decided_by: 'cli:tester', room_id: 'dashboard' });
+    expect(env.rt.audit.tail(1, 'appr')[0]).toMatchObject({ capability: 'shell.exec', actor: 'cli:tester', outcome: 'ok' });
+    await b.page.waitForSelector('#approvals p.muted', { timeout: 5000 });
   }, 30_000);
 
   it('refuses a state-changing request without the CSRF token, even with the session cookie', async () => {

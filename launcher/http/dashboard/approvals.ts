@@ -1,15 +1,22 @@
 /**
- * Approvals on the dashboard. A capability run from the dashboard that needs approval (policy.ts
- * needsApproval) waits for an operator's decision like a chat request: a row in the same `approvals`
- * table (bots/approvals.ts), bound to the call's request id, expiring after the configured timeout
- * (default 5 minutes). The device page lists the device's pending rows; this process decides the ones
- * it is waiting for. Rows a device bot is waiting for (asked in chat) are decided in that bot's DM: the
- * page shows them with a pointer there.
+ * Approvals on the dashboard: the device page lists the device's pending rows of the `approvals`
+ * table (bots/approvals.ts), whoever asked, and lets the logged-in operator decide them.
+ *
+ * - A capability run from the dashboard that needs approval (policy.ts needsApproval): when the
+ *   device's bot runs, it is asked exactly as an API call is (launcher/http/api/approvals.ts: IPC
+ *   `approval-ask`): the bot posts it in its operators' DM and writes the row, ✅/❌ there or the
+ *   buttons here decide it. Without a bot (the embedded default) this module writes the row itself and
+ *   waits for the page's decision.
+ * - A row a device bot waits for (chat, API, dashboard runs) is decided by sending that bot
+ *   `approval-decide` (as if the operator had typed !approve <id> in its DM: the bot checks they are
+ *   an operator). Rows this process waits for are decided here.
  */
 import { randomBytes } from 'node:crypto';
 import type { Db } from '../../../capabilities/db.js';
 import type { ApprovalHook, ApprovalVerdict } from '../../../capabilities/invoke.js';
 import '../../../bots/approvals.js';
+import { ApiApprovals } from '../api/approvals.js';
+import type { Supervisor } from '../../supervisor.js';
 
 export const DASHBOARD_ROOM = 'dashboard';
 
@@ -21,17 +28,26 @@ export interface PendingApproval {
   requester: string;
   createdAt: number;
   expiresAt: number;
-  /** true: asked from the dashboard (decided here); false: a device bot waits for it in Matrix. */
-  here: boolean;
+  /** true: this process or a running bot waits for it, so the page can decide it. */
+  decidable: boolean;
 }
 
 export class DashboardApprovals {
   private readonly waiting = new Map<string, { resolve: (v: ApprovalVerdict) => void; timer: NodeJS.Timeout; device: string }>();
 
-  constructor(private readonly db: Db, private readonly timeoutMs = 5 * 60_000) {}
+  private readonly viaBots: ApiApprovals | undefined;
 
-  /** The hook for a dashboard run: asks, then waits for a decision on the device page. */
-  hook(): ApprovalHook {
+  constructor(private readonly db: Db, private readonly timeoutMs = 5 * 60_000, private readonly supervisor?: Pick<Supervisor, 'sendTo' | 'status' | 'on'>) {
+    this.viaBots = supervisor ? new ApiApprovals(supervisor as Supervisor, timeoutMs) : undefined;
+  }
+
+  private botRuns(device: string): boolean {
+    return this.supervisor?.status().some((b) => b.device === device && b.state === 'running') ?? false;
+  }
+
+  /** The hook for one dashboard run: through the device's bot when it runs, else decided on this page. */
+  hook(device: string, capability: string, actor: string): ApprovalHook {
+    if (this.viaBots && this.botRuns(device)) return this.viaBots.open('dashboard', device, capability, actor).hook;
     return (req) => {
       const id = randomBytes(3).toString('hex');
       const now = Date.now();
@@ -48,14 +64,19 @@ export class DashboardApprovals {
   pending(device: string): PendingApproval[] {
     const rows = this.db.prepare("SELECT id, device, room_id, capability, args, requester, created_at, expires_at FROM approvals WHERE device = ? AND state = 'pending' AND expires_at > ? ORDER BY created_at")
       .all(device, Date.now()) as Array<{ id: string; device: string; room_id: string; capability: string; args: string; requester: string; created_at: number; expires_at: number }>;
-    return rows.map((r) => ({ id: r.id, device: r.device, capability: r.capability, args: r.args, requester: r.requester, createdAt: r.created_at, expiresAt: r.expires_at, here: this.waiting.has(r.id) }));
+    const bot = this.botRuns(device);
+    return rows.map((r) => ({ id: r.id, device: r.device, capability: r.capability, args: r.args, requester: r.requester, createdAt: r.created_at, expiresAt: r.expires_at, decidable: this.waiting.has(r.id) || (bot && r.room_id !== DASHBOARD_ROOM) }));
   }
 
-  /** An operator's decision from the page. Returns false when nothing here waits for that id (decided, expired, or a chat request). */
+  /**
+   * An operator's decision from the page: here when this process waits for it, else sent to the
+   * device's bot. Returns false when nobody can take it (decided, expired, no bot running).
+   */
   decideBy(device: string, id: string, approve: boolean, by: string): boolean {
     const w = this.waiting.get(id);
-    if (!w || w.device !== device) return false;
-    return this.decide(id, approve, by, approve ? 'approved' : 'rejected');
+    if (w) return w.device === device && this.decide(id, approve, by, approve ? 'approved' : 'rejected');
+    if (!/^[0-9a-f]{6}$/.test(id) || !this.supervisor) return false;
+    return this.supervisor.sendTo(device, { type: 'approval-decide', id, approve, by });
   }
 
   private decide(id: string, approved: boolean, by: string, state: 'approved' | 'rejected' | 'expired'): boolean {

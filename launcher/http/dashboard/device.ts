@@ -48,7 +48,7 @@ export function deviceRoutes(app: Hono<DashEnv>, deps: DeviceDeps): void {
   const approvalsHtml = (device: string, s: DashboardSession): Html => {
     const list = deps.approvals.pending(device);
     return html`<div id="approvals" hx-get="/devices/${device}/approvals" hx-trigger="every 2s" hx-swap="outerHTML">${list.length === 0 ? html`<p class="muted">Nothing waits for approval.</p>` : html`<ul>${list.map((a) => html`<li data-approval="${a.id}"><strong>[${a.id}]</strong> <code>${a.capability}</code> <code>${a.args.slice(0, 300)}</code> asked by ${a.requester}, expires ${ago(a.expiresAt)}
-${a.here ? html`<form method="post" action="/devices/${device}/approvals/${a.id}" hx-post="/devices/${device}/approvals/${a.id}" hx-target="#approvals" hx-swap="outerHTML" style="display:inline">${csrfField(s)}<button name="decision" value="approve">Approve</button> <button name="decision" value="reject">Reject</button></form>` : html`<small class="muted">asked in chat: decide it in the bot's DM (react ✅/❌)</small>`}</li>`)}</ul>`}</div>`;
+${a.decidable ? html`<form method="post" action="/devices/${device}/approvals/${a.id}" hx-post="/devices/${device}/approvals/${a.id}" hx-target="#approvals" hx-swap="outerHTML" style="display:inline">${csrfField(s)}<button name="decision" value="approve">Approve</button> <button name="decision" value="reject">Reject</button></form>` : html`<small class="muted">its bot is not running: decide it in the bot's DM (react ✅/❌) when it is back</small>`}</li>`)}</ul>`}</div>`;
   };
 
   app.get('/devices/:device', async (c) => {
@@ -88,6 +88,8 @@ ${approvalsHtml(device, s)}
     const form = await formOf(c);
     const approve = form['decision'] === 'approve';
     const ok = deps.approvals.decideBy(device, c.req.param('id'), approve, s.actor);
+    // A bot decides asynchronously: give it a moment, so the list shows the decision.
+    if (ok) await new Promise((r) => setTimeout(r, 300));
     if (c.req.header('hx-request')) return c.html(approvalsHtml(device, s));
     return c.html(page({ title: device, session: s }, html`<p>${ok ? (approve ? 'Approved.' : 'Rejected.') : 'Nothing waits for that approval here any more.'} <a href="/devices/${device}">Back to ${device}</a></p>`), ok ? 200 : 409);
   });
@@ -107,7 +109,7 @@ ${approvalsHtml(device, s)}
     if (!parsed.ok) return answer(html`<p class="bad">${parsed.message}</p>`, 400);
     const id = randomUUID();
     let asked = false;
-    const hook = deps.approvals.hook();
+    const hook = deps.approvals.hook(device, def.name, s.actor);
     const promise = rt.invoker.invoke({ device, capability: def.name, args: parsed.args, actor: s.actor, requestId: id, context: { surface: 'dashboard' } }, async (req) => {
       asked = true;
       return hook(req);

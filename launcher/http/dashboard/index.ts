@@ -57,7 +57,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       const rt = deps.runtime;
       const logins = new DashboardLogins(rt.db);
       const timeoutMs = opts.approvalTimeoutMs ?? (deps.config ? deps.config.approvals.timeout_s * 1000 : 5 * 60_000);
-      const approvals = new DashboardApprovals(rt.db, timeoutMs);
+      const approvals = new DashboardApprovals(rt.db, timeoutMs, deps.supervisor);
       const feed = new FleetFeed({ db: rt.db, devices: rt.devices, supervisor: deps.supervisor }, opts.pollMs ?? 100);
       const app = new Hono<HttpEnv>();
       assetRoutes(app);
