@@ -11,7 +11,7 @@ import { AnchorContentSchema, compareWithAnchors, type AnchoredChain } from '../
 import type { AuditHead } from '../capabilities/audit.js';
 import { layout } from '../capabilities/home.js';
 import { readCredentials } from '../bots/credentials.js';
-import { HomeserverApi } from '../bots/matrix/index.js';
+import { HomeserverApi } from '../bots/matrix/homeserver.js';
 import { MeshpilotError } from '../capabilities/errors.js';
 import { loadConfig } from '../capabilities/config.js';
 

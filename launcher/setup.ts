@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readBotPassword, readCredentials, writeCredentials } from '../bots/credentials.js';
-import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../bots/matrix/index.js';
+import { cryptoAvailable, cryptoBackendName, homeserverVersions, isUserInUse, loginWithPassword, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../bots/matrix/homeserver.js';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
 import { botUserId, loadConfig, serverNameOf, writeConfig, type Config } from '../capabilities/config.js';
 import { UsageError, type CommandContext } from './commands/context.js';

@@ -1,7 +1,8 @@
 /**
  * Matrix lives in one folder (issue 15): outside bots/matrix/, no source file imports matrix-bot-sdk,
- * reaches into the folder past its index, or writes a homeserver URL path of its own (raw homeserver
- * HTTP is bots/matrix/http.ts's job).
+ * reaches into the folder past its entries, or writes a homeserver URL path of its own (raw homeserver
+ * HTTP is bots/matrix/http.ts's job). homeserver.ts, the entry for callers without a session, must
+ * not load the SDK.
  */
 import { describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -49,6 +50,9 @@ function specifiers(text: string): string[] {
 
 const rel = (f: string): string => path.relative(ROOT, f);
 
+/** The folder's public entries: index.ts (everything) and homeserver.ts (what does not load the SDK). */
+const ENTRIES = new Set(['index.js', 'homeserver.js']);
+
 describe('Matrix in one folder', () => {
   const files = sourceFiles();
 
@@ -62,13 +66,13 @@ describe('Matrix in one folder', () => {
     expect(offenders).toEqual([]);
   });
 
-  it('callers import bots/matrix/ through its index only', () => {
+  it('callers import bots/matrix/ through its entries only (index, and homeserver without the SDK)', () => {
     const offenders: string[] = [];
     for (const f of files) {
       for (const s of specifiers(readFileSync(f, 'utf8'))) {
         if (!s.startsWith('.')) continue;
         const target = path.resolve(path.dirname(f), s);
-        if (target.startsWith(MATRIX_DIR + path.sep) && path.basename(target) !== 'index.js') offenders.push(`${rel(f)} -> ${s}`);
+        if (target.startsWith(MATRIX_DIR + path.sep) && !ENTRIES.has(path.basename(target))) offenders.push(`${rel(f)} -> ${s}`);
       }
     }
     expect(offenders).toEqual([]);
@@ -83,5 +87,27 @@ describe('Matrix in one folder', () => {
       });
     }
     expect(offenders).toEqual([]);
+  });
+
+  it('bots/matrix/homeserver.ts does not load matrix-bot-sdk (not even through its own imports)', () => {
+    const seen = new Set<string>();
+    const sdk: string[] = [];
+    const visit = (file: string): void => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const text = readFileSync(file, 'utf8');
+      // type-only imports vanish at run time
+      const runtime = text.replace(/^\s*import\s+type\s[^;]+;/gm, '').replace(/^\s*export\s+type\s[^;]+;/gm, '');
+      for (const s of specifiers(runtime)) {
+        if (s === 'matrix-bot-sdk' || s.startsWith('matrix-bot-sdk/')) sdk.push(rel(file));
+        if (s.startsWith('.') && s.endsWith('.js')) {
+          const ts = path.resolve(path.dirname(file), s).replace(/\.js$/, '.ts');
+          if (ts.startsWith(path.join(ROOT, 'bots') + path.sep)) visit(ts);
+        }
+      }
+    };
+    visit(path.join(MATRIX_DIR, 'homeserver.ts'));
+    expect(seen.size).toBeGreaterThan(3);
+    expect(sdk).toEqual([]);
   });
 });

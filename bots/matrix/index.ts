@@ -1,7 +1,7 @@
 /**
  * meshpilot's Matrix layer, the one place that knows matrix-bot-sdk and the homeserver's HTTP API.
- * Callers import from here only; nothing outside bots/matrix/ imports matrix-bot-sdk
- * (test/matrix-boundary.test.ts).
+ * Callers import from here (or from homeserver.ts, the part that does not load matrix-bot-sdk);
+ * nothing outside bots/matrix/ imports matrix-bot-sdk (test/matrix-boundary.test.ts).
  */
 export { createMatrixSession } from './session.js';
 export type {
@@ -20,18 +20,5 @@ export type {
   StateEvent,
 } from './types.js';
 export type { EncryptedFile } from './events.js';
-export { cryptoAvailable, cryptoBackendName } from './crypto.js';
 export { FileCryptoStorage } from './crypto-storage.js';
-export { checkCryptoDevice } from './crypto-device.js';
-export {
-  adminLookupUser,
-  deactivateUser,
-  homeserverVersions,
-  isUserInUse,
-  loginWithPassword,
-  reactivateUser,
-  registerWithSharedSecret,
-  setDisplayNameWithToken,
-  whoamiWithToken,
-} from './admin.js';
-export { HomeserverApi } from './http.js';
+export * from './homeserver.js';

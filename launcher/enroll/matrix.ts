@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { MeshpilotError } from '../../capabilities/errors.js';
 import type { HomeLayout } from '../../capabilities/home.js';
 import { readCredentials, writeCredentials, credentialsFile } from '../../bots/credentials.js';
-import { adminLookupUser, deactivateUser, HomeserverApi, loginWithPassword, reactivateUser, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix/index.js';
+import { adminLookupUser, deactivateUser, HomeserverApi, loginWithPassword, reactivateUser, registerWithSharedSecret, setDisplayNameWithToken, whoamiWithToken } from '../../bots/matrix/homeserver.js';
 import { botUserId, type Config } from '../../capabilities/config.js';
 import { keysDir, writeSecret, type Step } from './context.js';
 import type { LiveWait } from './types.js';
