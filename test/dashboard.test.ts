@@ -156,6 +156,28 @@ describe('dashboard in a browser', () => {
     expect(env.rt.audit.head('local')!.seq).toBeGreaterThan(before);
   }, 30_000);
 
+  it('tokens page: create (shown once, works on the API), list, revoke (then refused); audited as the operator', async () => {
+    await b.page.goto(`${env.server.url}/tokens`);
+    await b.page.fill('input[name="name"]', 'deploy');
+    await b.page.fill('input[name="device"]', 'local');
+    await b.page.fill('input[name="capability"]', 'sys.*');
+    await b.page.fill('input[name="expires"]', '7d');
+    await b.page.click('button:has-text("Create")');
+    const token = (await b.page.textContent('#new-token pre code'))!.trim();
+    expect(token).toMatch(/^mp_[A-Za-z0-9_-]{43}$/);
+    const use = (): Promise<Response> => fetch(`${env.server.url}/v1/devices`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await use()).status).toBe(200);
+    await b.page.goto(`${env.server.url}/tokens`);
+    expect(await b.page.$('#new-token')).toBeNull();
+    expect(await b.page.content()).not.toContain(token);
+    expect(await b.page.textContent('tr[data-token="deploy"]')).toContain(`mp_${token.slice(3, 11)}…`);
+    await b.page.click('tr[data-token="deploy"] button:has-text("Revoke")');
+    expect(await b.page.textContent('main')).toContain('Revoked deploy');
+    expect((await use()).status).toBe(401);
+    const api = env.rt.audit.tail(10, '_api').map((e) => [e.capability, e.actor]);
+    expect(api).toEqual(expect.arrayContaining([['token.create', 'cli:tester'], ['token.revoke', 'cli:tester']]));
+  }, 30_000);
+
   it('the audit viewer filters and verifies', async () => {
     await b.page.goto(`${env.server.url}/audit?capability=fs.list`);
     const rows = await b.page.$$eval('#audit tbody tr', (trs) => trs.map((tr) => tr.textContent ?? ''));

@@ -25,6 +25,7 @@ import { deviceRoutes } from './device.js';
 import { defaultEnroller, enrollRoutes, type Enroller } from './enroll.js';
 import { FleetFeed, fleetRows, renderGrid } from './fleet.js';
 import { page } from './layout.js';
+import { tokenRoutes } from './tokens.js';
 
 export interface DashboardOptions {
   /** add-pc / revoke (default: the real engine). */
@@ -94,7 +95,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       deviceRoutes(app, { runtime: rt, approvals });
       const jobs = enrollRoutes(app, opts.enroller ?? defaultEnroller, rt.home.root);
       auditRoutes(app, rt);
-      app.get('/tokens', (c) => c.html(page({ title: 'API tokens', session: sessionOf(c), nav: 'tokens' }, html`<h1>API tokens</h1><p class="muted">Create them with <code>meshpilot token create</code>.</p>`)));
+      tokenRoutes(app, rt);
       closers.push(() => feed.stop(), () => approvals.close(), () => jobs.close());
       return app;
     },
