@@ -28,6 +28,12 @@ export function toExecResult(r: InvokeResult): Record<string, unknown> {
   };
 }
 
+/** 200 for a call that ran; a refused one carries the error shape ({code, message}) on top. */
+function answer(r: InvokeResult): { body: Record<string, unknown>; status: ContentfulStatusCode } {
+  const status = statusFor(r);
+  return { status, body: status === 200 ? toExecResult(r) : { code: r.error?.code ?? 'internal', message: r.error?.message ?? 'refused', ...toExecResult(r) } };
+}
+
 function statusFor(r: InvokeResult): ContentfulStatusCode {
   if (r.decision === 'allowed' || r.decision === 'approved') return 200;
   return statusOf((r.error?.code ?? 'internal') as HttpErrorCode);
@@ -37,7 +43,7 @@ export function approvalView(a: ApiApproval): Record<string, unknown> {
   return {
     id: a.id, state: a.state, device: a.device, capability: a.capability, actor: a.actor,
     created_at: new Date(a.createdAt).toISOString(), chat_id: a.chatId, decided_by: a.decidedBy,
-    result: a.result ? toExecResult(a.result) : null,
+    result: a.result ? answer(a.result).body : null,
   };
 }
 
@@ -64,9 +70,13 @@ export function execRoutes(rt: Runtime, approvals: ApiApprovals): Hono<ApiEnv> {
     const run = rt.invoker.invoke({ device, capability, args, actor: p.actor, requestId: c.get('requestId'), context: { surface: 'http', token: p.prefix } }, hook)
       .then((r) => { approvals.finish(approval, r); return r; });
     const first = await Promise.race([run, asked.then(() => 'asked' as const)]);
-    if (first !== 'asked') return c.json(toExecResult(first), statusFor(first));
+    if (first !== 'asked') {
+      const a = answer(first);
+      return c.json(a.body, a.status);
+    }
     if (wait > 0 && (await Promise.race([approval.done, sleep(wait * 1000)])) !== 'timeout') {
-      return c.json(toExecResult(approval.result!), statusFor(approval.result!));
+      const a = answer(approval.result!);
+      return c.json(a.body, a.status);
     }
     return c.json({ approval: approvalView(approval), poll: `/v1/approvals/${approval.id}` }, 202);
   });

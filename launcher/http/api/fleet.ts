@@ -55,7 +55,8 @@ export function fleetRoutes(deps: HttpDeps): Hono<ApiEnv> {
     if (q.data.confirm !== device) return httpError(c, 'usage', `to revoke, repeat the device name: ?confirm=${device.slice(0, 64)}`);
     const { runRevoke } = await import('../../revoke.js');
     const r = await runRevoke({ name: device, yes: true, home, actor: p.actor });
-    return c.json({ ok: r.ok, device, status: r.status, message: r.message }, r.ok ? 200 : r.exit === 2 ? 400 : 500);
+    if (!r.ok) return httpError(c, r.exit === 2 ? 'usage' : 'exec_failed', r.message, r.exit === 2 ? 400 : 500);
+    return c.json({ ok: true, device, status: r.status, message: r.message }, 200);
   });
 
   return app;

@@ -29,9 +29,9 @@ export const ROUTES: Route[] = [
     responses: {
       200: { description: 'it ran (ok or not): the result and its audit entry', schema: S.ExecResultSchema },
       202: { description: 'it needs an operator\'s approval: poll the approval', schema: S.ExecAcceptedSchema },
-      400: E('bad body, or the capability\'s arguments failed their schema (then the body is an ExecResult)'),
-      403: E('outside the token\'s scopes, denied by the manifest or rejected (then an ExecResult)'),
-      404: E('unknown device or capability (an ExecResult)'),
+      400: { description: 'bad body (Error), or the capability\'s arguments failed their schema (ExecRefusal, audited)', schema: S.ExecErrorSchema },
+      403: { description: 'outside the token\'s scopes (Error, audited in _api), or denied by the manifest or not approved (ExecRefusal)', schema: S.ExecErrorSchema },
+      404: { description: 'unknown device or capability (ExecRefusal)', schema: S.ExecErrorSchema },
       413: E('body too large'), ...COMMON,
     },
   },
@@ -50,7 +50,7 @@ export const ROUTES: Route[] = [
   },
   {
     method: 'delete', path: '/v1/devices/{device}', summary: 'revoke a device; ?confirm=<device> must repeat its name', params: ['device'], query: S.RevokeQuerySchema,
-    responses: { 200: { description: 'revoked', schema: S.RevokeResultSchema }, 400: E('confirm missing or different'), 403: E('not in the token\'s scopes (needs fleet.revoke)'), 500: { description: 'revoke failed', schema: S.RevokeResultSchema }, ...COMMON },
+    responses: { 200: { description: 'revoked (or there was nothing to revoke)', schema: S.RevokeResultSchema }, 400: E('confirm missing or different, or revoke cannot run (no config)'), 403: E('not in the token\'s scopes (needs fleet.revoke)'), 500: E('revoke failed or is incomplete (the message says what is left)'), ...COMMON },
   },
   {
     method: 'get', path: '/v1/audit', summary: 'a device\'s audit entries after a seq', query: S.AuditQuerySchema,

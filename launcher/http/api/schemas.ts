@@ -35,6 +35,11 @@ export const ExecResultSchema = z.object({
   device_audit: AuditRefSchema.optional(),
 }).meta({ id: 'ExecResult' });
 
+/** A call invoke refused (bad args, denied, rejected, unknown device): the error shape plus the outcome and its audit entry. */
+export const ExecRefusalSchema = ExecResultSchema.extend({ code: z.string().max(64), message: z.string().max(4000) }).meta({ id: 'ExecRefusal' });
+/** 400/403/404 of /v1/exec: a refusal before invoke (bad body, scopes) or by invoke. */
+export const ExecErrorSchema = z.union([HttpErrorSchema, ExecRefusalSchema]).meta({ id: 'ExecError' });
+
 export const ApprovalStateSchema = z.enum(['pending', 'approved', 'rejected']);
 
 export const ApprovalSchema = z.object({
@@ -47,8 +52,8 @@ export const ApprovalSchema = z.object({
   /** The request's id in the operators' DM ([a1b2c3]) once the bot posted it. */
   chat_id: z.string().nullable(),
   decided_by: z.string().nullable(),
-  /** Set when the call has finished (after approval: its result; after rejection: the denial). */
-  result: ExecResultSchema.nullable(),
+  /** Set when the call has finished (after approval: its result; after rejection: the refusal). */
+  result: z.union([ExecResultSchema, ExecRefusalSchema]).nullable(),
 }).meta({ id: 'Approval' });
 
 export const ExecAcceptedSchema = z.object({
