@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { parseKeyValues, describeArgs } from '../capabilities/args.js';
+import { chatHelpLines, dispatchChat, type Permission } from '../capabilities/commands.js';
 import { AnchorContentSchema, canCompareAnchors, compareWithAnchors } from '../capabilities/audit-anchor.js';
 import { redactArgs } from '../capabilities/audit.js';
 import type { AuditSink } from '../capabilities/audit-sqlite.js';
@@ -16,6 +17,7 @@ import type { Manifest } from '../capabilities/manifest.js';
 import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
+import { DEVICE_COMMANDS, type DeviceCommandContext } from './device-commands.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
 import type { LlmCaller, TurnAction } from './llm.js';
 import { RoomGuard, type RoomMember } from './room-guard.js';
@@ -76,25 +78,6 @@ export interface DeviceBotOptions {
   approvalTimeoutMs: number;
   logger: Logger;
 }
-
-interface CommandDef {
-  name: string;
-  args: string;
-  help: string;
-  run(bot: DeviceBot, msg: ChatMessage, rest: string): Promise<void>;
-}
-
-/** Declared once: the parser and `!help` both come from this table. */
-const COMMANDS: CommandDef[] = [
-  { name: 'help', args: '[capability]', help: 'this list, or one capability\'s arguments', run: (b, m, r) => b.cmdHelp(m, r) },
-  { name: 'status', args: '', help: 'sys.info + sys.health of this device', run: (b, m) => b.cmdStatus(m) },
-  { name: 'cap', args: '<capability> key=value …', help: 'run one capability, e.g. !cap fs.list path=/var/log', run: (b, m, r) => b.cmdCap(m, r) },
-  { name: 'audit', args: '[n]', help: 'the last n audit entries (default 10)', run: (b, m, r) => b.cmdAudit(m, r) },
-  { name: 'approve', args: '[id]', help: 'approve a pending request (or react ✅)', run: (b, m, r) => b.cmdDecide(m, r, true) },
-  { name: 'reject', args: '[id]', help: 'reject a pending request (or react ❌)', run: (b, m, r) => b.cmdDecide(m, r, false) },
-  { name: 'reset', args: '', help: 'forget this conversation\'s history', run: (b, m) => b.cmdReset(m) },
-  { name: 'budget', args: '', help: 'LLM tokens used today and the daily budget', run: (b, m) => b.cmdBudget(m) },
-];
 
 export class DeviceBot {
   readonly approvals: ApprovalManager;
@@ -271,16 +254,9 @@ export class DeviceBot {
     const typing = this.o.chat.setTyping(msg.roomId, true, TYPING_MS).catch(() => undefined);
     try {
       const text = msg.body.trim();
-      if (text.startsWith('!')) {
-        const [word = '', ...restParts] = text.slice(1).split(/\s+/);
-        const cmd = COMMANDS.find((c) => c.name === word.toLowerCase());
-        if (!cmd) {
-          await this.reply(msg.roomId, `Unknown command !${word}. Send !help for the list.`);
-          return;
-        }
-        await cmd.run(this, msg, restParts.join(' '));
-        return;
-      }
+      // Senders are operators (onMessage turned the others away); the permission check is the declarations' own.
+      const caller = { may: (p: Permission) => p === 'operator' && this.isOperator(msg.sender), reply: (t: string) => this.reply(msg.roomId, t) };
+      if (await dispatchChat(DEVICE_COMMANDS, text, caller, this.commandContext(msg))) return;
       await this.llmTurn(msg);
     } finally {
       this.busyCount--;
@@ -401,10 +377,21 @@ export class DeviceBot {
     });
   }
 
-  // ---- commands ---------------------------------------------------------------------------
+  // ---- commands (declared in device-commands.ts) ---------------------------------------------
 
-  async cmdHelp(msg: ChatMessage, rest: string): Promise<void> {
-    const name = rest.trim();
+  private commandContext(msg: ChatMessage): DeviceCommandContext {
+    return {
+      help: (capability) => this.cmdHelp(msg, capability),
+      status: () => this.cmdStatus(msg),
+      cap: (capability, pairs) => this.cmdCap(msg, capability, pairs),
+      audit: (n) => this.cmdAudit(msg, n),
+      decide: (id, approve) => this.cmdDecide(msg, id, approve),
+      reset: () => this.cmdReset(msg),
+      budget: () => this.cmdBudget(msg),
+    };
+  }
+
+  private async cmdHelp(msg: ChatMessage, name: string | undefined): Promise<void> {
     if (name) {
       const def = this.o.invoker.registry.get(name);
       if (!def) return this.reply(msg.roomId, `Unknown capability ${name}.`);
@@ -414,13 +401,13 @@ export class DeviceBot {
         `<b>${escapeHtml(def.name)}</b> (${def.risk})${allowed ? '' : ' — <i>not enabled on this device</i>'}<br>${escapeHtml(def.description)}<pre><code>${escapeHtml(lines.join('\n') || 'no arguments')}</code></pre>`).then(() => undefined);
     }
     const caps = this.o.invoker.allowedCapabilities(this.o.device).map((d) => d.name);
-    const cmdLines = COMMANDS.map((c) => `!${c.name}${c.args ? ' ' + c.args : ''} — ${c.help}`);
+    const cmdLines = chatHelpLines(DEVICE_COMMANDS);
     const plain = `Commands:\n${cmdLines.join('\n')}\n\nCapabilities here: ${caps.join(', ') || 'none'}\nOr just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     const html = `<b>Commands</b><br>${cmdLines.map((l) => escapeHtml(l)).join('<br>')}<br><br><b>Capabilities here</b>: ${escapeHtml(caps.join(', ') || 'none')}<br>Or just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     await this.chat.sendHtml(msg.roomId, plain, html);
   }
 
-  async cmdStatus(msg: ChatMessage): Promise<void> {
+  private async cmdStatus(msg: ChatMessage): Promise<void> {
     const info = await this.invoke(msg, 'sys.info', {}, msg.sender);
     const health = await this.invoke(msg, 'sys.health', {}, msg.sender);
     const parts = [info, health].map((r) => (r.ok ? (r.result?.stdout.trim() ?? '') : `${r.capability}: ${r.error?.message ?? 'failed'}`));
@@ -431,8 +418,7 @@ export class DeviceBot {
     await this.anchorAuditHead(msg.roomId);
   }
 
-  async cmdCap(msg: ChatMessage, rest: string): Promise<void> {
-    const [name = '', ...pairs] = rest.trim().split(/\s+/).filter(Boolean);
+  private async cmdCap(msg: ChatMessage, name: string | undefined, pairs: readonly string[]): Promise<void> {
     if (!name) return this.reply(msg.roomId, 'Usage: !cap <capability> key=value … (see !help)');
     const def = this.o.invoker.registry.get(name);
     if (!def) return this.reply(msg.roomId, `Unknown capability ${name}. Send !help for the ones enabled here.`);
@@ -443,9 +429,7 @@ export class DeviceBot {
     if (r.audit) await this.anchorAuditHead(msg.roomId);
   }
 
-  async cmdAudit(msg: ChatMessage, rest: string): Promise<void> {
-    const n = rest.trim() ? Number(rest.trim()) : 10;
-    if (!Number.isInteger(n) || n < 1 || n > 200) return this.reply(msg.roomId, 'Usage: !audit [n] with n from 1 to 200');
+  private async cmdAudit(msg: ChatMessage, n: number): Promise<void> {
     const tail = (this.o.audit as unknown as { tail?: (n: number, d: string) => Array<{ seq: number; ts: string; actor: string; capability: string; decision: string; outcome: string; exit_code: number | null }> }).tail;
     if (!tail) return this.reply(msg.roomId, 'This audit log cannot be listed here.');
     const entries = tail.call(this.o.audit, n, this.o.device);
@@ -454,16 +438,16 @@ export class DeviceBot {
     await this.chat.sendHtml(msg.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
   }
 
-  async cmdDecide(msg: ChatMessage, rest: string, approve: boolean): Promise<void> {
-    await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, approve, rest.trim() || undefined));
+  private async cmdDecide(msg: ChatMessage, id: string | undefined, approve: boolean): Promise<void> {
+    await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, approve, id || undefined));
   }
 
-  async cmdReset(msg: ChatMessage): Promise<void> {
+  private async cmdReset(msg: ChatMessage): Promise<void> {
     this.conversations.reset(msg.roomId);
     await this.reply(msg.roomId, 'Conversation history cleared.');
   }
 
-  async cmdBudget(msg: ChatMessage): Promise<void> {
+  private async cmdBudget(msg: ChatMessage): Promise<void> {
     const u = this.conversations.usageToday();
     const limit = this.o.llm?.dailyTokenBudget;
     await this.reply(msg.roomId, `LLM tokens today (UTC ${u.day}): ${u.total}${limit ? ` of ${limit}` : ''} (${u.input} in, ${u.output} out, ${u.calls} calls).`);

@@ -171,7 +171,7 @@ export type ChatParse = { ok: true; args: Record<string, unknown> } | { ok: fals
 /**
  * Parses the words after `!name` by the declaration. Words beyond the positional ones are ignored, as
  * the hand-written parsers did. A failure is one line: `Usage: !audit <device> [n]`, followed by what
- * was wrong unless a required argument was simply missing.
+ * was wrong unless a required argument was simply missing (or the schema's message for it is '').
  */
 export function parseChatArgs(def: AnyCommand<unknown>, words: readonly string[], prefix = '!'): ChatParse {
   const shape = def.args.shape as Record<string, z.ZodType>;
@@ -193,7 +193,8 @@ export function parseChatArgs(def: AnyCommand<unknown>, words: readonly string[]
   const v = validateArgs(def, raw);
   if (v.ok) return { ok: true, args: v.args };
   const usage = `Usage: ${prefix}${def.name}${usageOf(def) ? ` ${usageOf(def)}` : ''}`;
-  if (v.issue.missing) return { ok: false, message: usage };
+  // A schema message '' means the usage line says it all (`!audit <device>` given a malformed device).
+  if (v.issue.missing || v.issue.message === '') return { ok: false, message: usage };
   return { ok: false, message: v.issue.custom ? `${usage} ${v.issue.message}` : `${usage} (${v.issue.arg || 'arguments'}: ${v.issue.message})` };
 }
 

@@ -43,6 +43,8 @@ import { HealthMonitor, type SupervisorLike } from './health/monitor.js';
 import { mirrorKey, type DeviceHealth } from './health/state.js';
 import type { Runtime } from './runtime.js';
 import { hubDumpReader } from './wg.js';
+import { OPERATOR_COMMANDS, operatorHelp, type OperatorCommandContext } from './operator-room-commands.js';
+import { dispatchChat } from '../capabilities/commands.js';
 import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import { AUDIT_HEAD_EVENT } from '../bots/device-bot.js';
 import { escapeHtml } from '../bots/format.js';
@@ -131,27 +133,17 @@ export class OperatorBot {
     return this.o.chat.sendHtml(this.o.roomId, text, `<pre><code>${escapeHtml(text)}</code></pre>`);
   }
 
+  /** Commands are declared in operator-room-commands.ts: parser, permission check and help derive from there. */
   private async handle(sender: string, text: string): Promise<void> {
-    const [word = '', ...args] = text.slice(1).split(/\s+/).filter(Boolean);
-    switch (word.toLowerCase()) {
-      case 'help':
-        await this.say([
-          'Operator commands:',
-          '!devices — every device: state, transport, mesh IP, last handshake, last command, chain',
-          '!health [device] — run a health check now, or one device\'s health and history',
-          '!audit <device> [n] — the last n audit entries (default 10) and the agent chain status',
-          '!revoke <device> — revoke a device (asks for confirmation)',
-          '!add-pc … — enroll a new machine, with progress here',
-        ].join('\n'));
-        return;
-      case 'devices': return this.cmdDevices();
-      case 'health': return this.cmdHealth(args[0]);
-      case 'audit': return this.cmdAudit(args);
-      case 'revoke': return this.cmdRevoke(sender, args);
-      case 'add-pc': return this.cmdAddPc(sender, args);
-      default:
-        await this.say(`Unknown command !${word.slice(0, 40)}. Send !help for the list.`);
-    }
+    const ctx: OperatorCommandContext = {
+      help: async () => { await this.say(operatorHelp()); },
+      devices: () => this.cmdDevices(),
+      health: (device) => this.cmdHealth(device),
+      audit: (device, n) => this.cmdAudit(device, n),
+      revoke: (device, confirm) => this.cmdRevoke(sender, device, confirm),
+      addPc: (words) => this.cmdAddPc(sender, words),
+    };
+    await dispatchChat(OPERATOR_COMMANDS, text, { may: (p) => p === 'operator' && this.isOperator(sender), reply: (t) => this.say(t) }, ctx);
   }
 
   private lastCommand(device: string): string {
@@ -218,12 +210,8 @@ export class OperatorBot {
     await this.say([summary, ...down].join('\n'));
   }
 
-  private async cmdAudit(args: string[]): Promise<void> {
-    const [device, nText] = args;
-    if (!device || !DEVICE.test(device)) { await this.say('Usage: !audit <device> [n]'); return; }
+  private async cmdAudit(device: string, n: number): Promise<void> {
     if (!this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device}.`); return; }
-    const n = nText ? Number(nText) : 10;
-    if (!Number.isInteger(n) || n < 1 || n > 200) { await this.say('Usage: !audit <device> [n] with n from 1 to 200'); return; }
     const entries = this.o.runtime.audit.tail(n, device);
     const lines = entries.map((e) => `#${e.seq} ${e.ts.slice(5, 19).replace('T', ' ')} ${e.capability} ${e.decision}/${e.outcome}${e.exit_code !== null ? ` exit ${e.exit_code}` : ''} · ${e.actor}`);
     const agentHead = this.o.runtime.audit.head(mirrorKey(device));
@@ -236,9 +224,7 @@ export class OperatorBot {
     await this.pre(lines.join('\n') || `No audit entries for ${device}.`);
   }
 
-  private async cmdRevoke(sender: string, args: string[]): Promise<void> {
-    const [device, confirm] = args;
-    if (!device || !DEVICE.test(device)) { await this.say('Usage: !revoke <device>'); return; }
+  private async cmdRevoke(sender: string, device: string, confirm: string | undefined): Promise<void> {
     if (!this.o.revoke) { await this.say('!revoke is not available in this build.'); return; }
     if (confirm !== 'confirm') {
       if (!this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device}.`); return; }
@@ -257,10 +243,10 @@ export class OperatorBot {
     await this.say(out ? String(out).slice(0, 4000) : `${device} revoked.`);
   }
 
-  private async cmdAddPc(sender: string, args: string[]): Promise<void> {
+  private async cmdAddPc(sender: string, words: readonly string[]): Promise<void> {
     if (!this.o.addPc) { await this.say('!add-pc is not available in this build.'); return; }
     const progress = async (line: string): Promise<void> => { await this.say(line.slice(0, 4000)); };
-    const out = await this.o.addPc(args.slice(0, 32).map((a) => a.slice(0, 512)), { by: sender, progress });
+    const out = await this.o.addPc([...words], { by: sender, progress });
     if (out) await this.say(String(out).slice(0, 4000));
   }
 }
