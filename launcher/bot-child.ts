@@ -1,8 +1,9 @@
 /**
  * How a bot child process starts: the scrubbed environment it gets and the node/V8 flags it runs
- * with. The supervisor forks every bot with these; test/helpers/bot-env.ts and the benches start
- * bots the same way.
+ * with; how its output is read and how it is signalled. The supervisor forks every bot with these;
+ * test/helpers/bot-env.ts and the benches start bots the same way.
  */
+import type { ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 
@@ -74,4 +75,45 @@ export function botEnv(home: string, extra: Record<string, string> = {}, parent:
 /** execArgv for a bot child: BOT_NODE_ARGS, the caller's nodeArgs, then execArgvFor(entry). */
 export function botExecArgv(entry: string, nodeArgs: readonly string[] = []): string[] {
   return [...BOT_NODE_ARGS, ...nodeArgs, ...execArgvFor(entry)];
+}
+
+const STDERR_LINE_MAX = 2000;
+const PARTIAL_LINE_MAX = 16 * 1024;
+
+/**
+ * Reads a child's output: written through to the launcher's stderr when `forward`, and each
+ * non-empty line (a longer one cut to STDERR_LINE_MAX characters) handed to `onLine`.
+ */
+export function pipeChildOutput(stream: NodeJS.ReadableStream | null, forward: boolean, onLine?: (line: string) => void): void {
+  if (!stream) return;
+  let partial = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk: string) => {
+    if (forward) process.stderr.write(chunk);
+    if (!onLine) return;
+    partial += chunk;
+    const lines = partial.split('\n');
+    partial = lines.pop() ?? '';
+    if (partial.length > PARTIAL_LINE_MAX) {
+      lines.push(partial);
+      partial = '';
+    }
+    for (const line of lines) {
+      if (line) onLine(line.length > STDERR_LINE_MAX ? `${line.slice(0, STDERR_LINE_MAX)}…` : line);
+    }
+  });
+  stream.on('end', () => {
+    if (onLine && partial) onLine(partial.slice(0, STDERR_LINE_MAX));
+    partial = '';
+  });
+}
+
+/** Sends `sig` to the child's process group (it is a group leader: forked detached), else to the child. */
+export function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, sig);
+  } catch {
+    try { child.kill(sig); } catch { /* already gone */ }
+  }
 }

@@ -36,7 +36,7 @@ import { MeshpilotError } from '../capabilities/errors.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { DeviceNameSchema } from '../capabilities/manifest.js';
 import { heartbeatIntervalFor, parseChildMessage, ParentMessageSchema, type AuditHead, type ParentMessage } from '../bots/ipc.js';
-import { botEnv, botExecArgv } from './bot-child.js';
+import { botEnv, botExecArgv, pipeChildOutput, signalGroup } from './bot-child.js';
 import type { BotState, BotStatus, ExitInfo, ExitReason, SupervisorEvents, SupervisorOptions, SupervisorSettings } from './supervisor-types.js';
 
 interface Bot {
@@ -70,8 +70,6 @@ interface Bot {
   logRefill: number;
 }
 
-const STDERR_LINE_MAX = 2000;
-const PARTIAL_LINE_MAX = 16 * 1024;
 const LOG_MESSAGES_PER_SECOND = 200;
 
 function delay(ms: number): Promise<void> {
@@ -345,9 +343,15 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         this.onExit(b, gen, -1, null, 0);
       }
     });
-    this.pipeOutput(b, gen, child.stdout, false);
+    const forward = this.opts.forwardOutput !== false;
+    pipeChildOutput(child.stdout, forward);
     const closed = new Promise<void>((r) => child.once('close', () => r()));
-    this.pipeOutput(b, gen, child.stderr, true);
+    // The last stderr lines of this child, for the crash-loop report.
+    pipeChildOutput(child.stderr, forward, (line) => {
+      if (b.gen !== gen) return;
+      b.stderrTail.push(line);
+      if (b.stderrTail.length > this.s.stderrTailLines) b.stderrTail.shift();
+    });
     child.on('message', (raw: unknown) => this.onMessage(b, gen, raw));
     child.on('exit', (code, signal) => {
       if (exitSeen) return;
@@ -369,36 +373,6 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       this.log.warn({ device: b.device, pid, readyTimeoutMs: this.s.readyTimeoutMs }, 'bot did not become ready in time; killing it');
       this.kill(b, 'ready-timeout');
     }, this.s.readyTimeoutMs);
-  }
-
-  private pipeOutput(b: Bot, gen: number, stream: NodeJS.ReadableStream | null, isStderr: boolean): void {
-    if (!stream) return;
-    const forward = this.opts.forwardOutput !== false;
-    let partial = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk: string) => {
-      if (forward) process.stderr.write(chunk);
-      if (!isStderr || b.gen !== gen) return;
-      partial += chunk;
-      const lines = partial.split('\n');
-      partial = lines.pop() ?? '';
-      if (partial.length > PARTIAL_LINE_MAX) {
-        lines.push(partial);
-        partial = '';
-      }
-      for (const line of lines) {
-        if (!line) continue;
-        b.stderrTail.push(line.length > STDERR_LINE_MAX ? `${line.slice(0, STDERR_LINE_MAX)}…` : line);
-        if (b.stderrTail.length > this.s.stderrTailLines) b.stderrTail.shift();
-      }
-    });
-    stream.on('end', () => {
-      if (isStderr && partial && b.gen === gen) {
-        b.stderrTail.push(partial.slice(0, STDERR_LINE_MAX));
-        if (b.stderrTail.length > this.s.stderrTailLines) b.stderrTail.shift();
-      }
-      partial = '';
-    });
   }
 
   /** Sends a message to a running device bot (approval requests from the HTTP API); false when it has none running. */
@@ -503,24 +477,15 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     if (b.killTimer) clearTimeout(b.killTimer);
     const term = (): void => {
       if (b.gen !== gen || b.child !== child) return;
-      this.signal(child, 'SIGTERM');
+      signalGroup(child, 'SIGTERM');
       b.killTimer = setTimeout(() => {
         if (b.gen !== gen || b.child !== child) return;
         this.log.warn({ device: b.device, pid: child.pid }, 'bot ignored SIGTERM; SIGKILL');
-        this.signal(child, 'SIGKILL');
+        signalGroup(child, 'SIGKILL');
       }, this.s.killGraceMs);
     };
     if (termAfterMs <= 0) term();
     else b.termTimer = setTimeout(term, termAfterMs);
-  }
-
-  private signal(child: ChildProcess, sig: NodeJS.Signals): void {
-    if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-    try {
-      process.kill(-child.pid, sig); // the child's process group (it is a group leader: detached)
-    } catch {
-      try { child.kill(sig); } catch { /* already gone */ }
-    }
   }
 
   /** Kills the child now (SIGTERM, then SIGKILL) for a timeout; counted as a crash. */
