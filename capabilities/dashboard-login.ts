@@ -11,22 +11,23 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { registerMigration, type Db } from './db.js';
 
-registerMigration('dashboard.login.v1', `
-  CREATE TABLE dashboard_links (
+const LOGIN_SQL = `
+  CREATE TABLE IF NOT EXISTS dashboard_links (
     hash TEXT PRIMARY KEY,
     actor TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL,
     used_ms INTEGER
   );
-  CREATE TABLE dashboard_sessions (
+  CREATE TABLE IF NOT EXISTS dashboard_sessions (
     hash TEXT PRIMARY KEY,
     actor TEXT NOT NULL,
     csrf TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
   );
-`);
+`;
+registerMigration('dashboard.login.v1', LOGIN_SQL);
 
 export const LINK_TTL_MS = 5 * 60_000;
 export const SESSION_TTL_MS = 12 * 3600_000;
@@ -57,7 +58,10 @@ export function baseUrlOf(listen: string): string {
 }
 
 export class DashboardLogins {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {
+    // The database may have been opened before this module registered its migration.
+    db.exec(LOGIN_SQL);
+  }
 
   /** A new one-time link token for this operator (shown once; only its hash is kept). */
   createLink(actor: string): string {

@@ -33,6 +33,9 @@ async function start(rt: Runtime, io: CliIo, http: HttpConfig, config?: Config, 
   }, await httpSurfaces());
   const exposed = isLoopback(parseListen(http.listen).host) ? '' : ` (listening on ${http.listen}: reachable from the network, as http.listen says)`;
   io.out(`web: dashboard ${server.url}/ · API ${server.url}/v1${exposed}\n`);
+  // The dashboard's one-time login link for the operator at this terminal (`meshpilot dashboard` prints another).
+  const { createLoginLink } = await import('./dashboard/index.js');
+  io.out(`web: log in (one-time link, 5 min): ${createLoginLink({ runtime: rt }, server.url)}\n`);
   return server;
 }
 

@@ -16,6 +16,7 @@ import { Hono } from 'hono';
 import { html } from 'hono/html';
 import { streamSSE } from 'hono/streaming';
 import { DashboardLogins, loginUrl } from '../../../capabilities/dashboard-login.js';
+import { openDatabase } from '../../../capabilities/db.js';
 import type { HttpDeps, HttpEnv, HttpSurface } from '../types.js';
 import { DashboardApprovals } from './approvals.js';
 import { assetRoutes } from './assets.js';
@@ -56,6 +57,9 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
     path: '/',
     create(deps: HttpDeps): Hono<HttpEnv> {
       const rt = deps.runtime;
+      // The runtime opened meshpilot.db before these modules registered their tables (approvals, health):
+      // opening it once more applies the named migrations registered since.
+      openDatabase(rt.home.db).close();
       const logins = new DashboardLogins(rt.db);
       const timeoutMs = opts.approvalTimeoutMs ?? (deps.config ? deps.config.approvals.timeout_s * 1000 : 5 * 60_000);
       const approvals = new DashboardApprovals(rt.db, timeoutMs, deps.supervisor);
