@@ -18,6 +18,7 @@ import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
 import { DEVICE_COMMANDS, type DeviceCommandContext } from './device-commands.js';
+import { DashboardLogins, loginUrl } from '../capabilities/dashboard-login.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
 import type { LlmCaller, TurnAction } from './llm.js';
 import { RoomGuard, type RoomMember } from './room-guard.js';
@@ -76,6 +77,8 @@ export interface DeviceBotOptions {
   chat: ChatPort;
   llm?: { client: LlmCaller; maxSteps: number; dailyTokenBudget: number; operatorPrompt?: string };
   approvalTimeoutMs: number;
+  /** The launcher's web dashboard (`http://127.0.0.1:7400`): `!dashboard` DMs a one-time login link to it. */
+  dashboardUrl?: string;
   logger: Logger;
 }
 
@@ -388,7 +391,21 @@ export class DeviceBot {
       decide: (id, approve) => this.cmdDecide(msg, id, approve),
       reset: () => this.cmdReset(msg),
       budget: () => this.cmdBudget(msg),
+      dashboard: () => this.cmdDashboard(msg),
     };
+  }
+
+  /** `!dashboard`: a one-time login link for the operator who asked (capabilities/dashboard-login.ts), in their DM with this bot. */
+  private async cmdDashboard(msg: ChatMessage): Promise<void> {
+    if (!this.o.dashboardUrl) return this.reply(msg.roomId, 'The launcher serves no web dashboard.');
+    const url = loginUrl(this.o.dashboardUrl, new DashboardLogins(this.o.db).createLink(msg.sender));
+    const text = `🔑 Your one-time dashboard login for ${msg.sender} (works once, for 5 minutes): ${url}`;
+    const dm = await this.o.chat.findDm(msg.sender).catch(() => undefined);
+    if (dm && dm !== msg.roomId) {
+      await this.chat.sendText(dm, text);
+      return this.reply(msg.roomId, 'I sent you a one-time dashboard link in our DM.');
+    }
+    await this.chat.sendText(msg.roomId, text);
   }
 
   private async cmdHelp(msg: ChatMessage, name: string | undefined): Promise<void> {

@@ -15,6 +15,7 @@ export interface DeviceCommandContext {
   decide(id: string | undefined, approve: boolean): Promise<void>;
   reset(): Promise<void>;
   budget(): Promise<void>;
+  dashboard(): Promise<void>;
 }
 
 const on = ['device-chat'] as const;
@@ -65,5 +66,10 @@ export const DEVICE_COMMANDS: ReadonlyArray<AnyCommand<DeviceCommandContext>> = 
     name: 'budget', summary: 'LLM tokens used today and the daily budget', permission: 'operator', surfaces: on,
     args: z.object({}),
     run: (_a, c: DeviceCommandContext) => c.budget(),
+  }),
+  defineCommand({
+    name: 'dashboard', summary: 'a one-time login link for the web dashboard, sent to you in our DM (works once, for 5 minutes)', permission: 'operator', surfaces: on,
+    args: z.object({}),
+    run: (_a, c: DeviceCommandContext) => c.dashboard(),
   }),
 ];

@@ -20,6 +20,7 @@ import type { LlmCaller, LlmClientOptions } from './llm.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, type MatrixSessionOptions } from './matrix/index.js';
 import { createMemorySettler, SETTLE_IDLE_MS } from './memory-settle.js';
 import { createVoiceHandler } from './voice.js';
+import { baseUrlOf } from '../capabilities/dashboard-login.js';
 
 /** A stop that takes longer ends the process anyway (past the launcher's own 15-s grace, which normally acts first). */
 const SELF_EXIT_MS = 30_000;
@@ -140,6 +141,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       },
     } : {}),
     approvalTimeoutMs: config.approvals.timeout_s * 1000,
+    dashboardUrl: baseUrlOf(config.http.listen),
     logger: log,
   });
 
