@@ -106,6 +106,7 @@ describe('command declarations', () => {
       '!reject [id] — reject a pending request (or react ❌)',
       '!reset — forget this conversation\'s history',
       '!budget — LLM tokens used today and the daily budget',
+      '!dashboard — a one-time login link for the web dashboard, sent to you in our DM (works once, for 5 minutes)',
     ]);
     const auditCmd = DEVICE_COMMANDS.find((c) => c.name === 'audit')! as AnyCommand<unknown>;
     expect(parseChatArgs(auditCmd, ['0'])).toEqual({ ok: false, message: 'Usage: !audit [n] with n from 1 to 200' });
