@@ -36,6 +36,7 @@ import { z } from 'zod';
 import type { AuditHead } from '../capabilities/audit.js';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
 import { logger as makeLogger } from '../capabilities/log.js';
+import { DeviceNameSchema } from '../capabilities/manifest.js';
 import { serverNameOf, type Config } from '../capabilities/config.js';
 import { ago } from './health/alerts.js';
 import type { AnchorSource } from './health/chains.js';
@@ -76,8 +77,6 @@ export interface OperatorBotOptions {
   now?: () => number;
   logger?: Logger;
 }
-
-const DEVICE = /^[a-z0-9][a-z0-9-]{0,31}$/;
 
 export class OperatorBot {
   private readonly pendingRevoke = new Map<string, { device: string; at: number }>();
@@ -183,7 +182,7 @@ export class OperatorBot {
 
   private async cmdHealth(device: string | undefined): Promise<void> {
     if (device) {
-      if (!DEVICE.test(device) || !this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device.slice(0, 40)}.`); return; }
+      if (!DeviceNameSchema.safeParse(device).success || !this.o.runtime.devices.listing(device)) { await this.say(`Unknown device ${device.slice(0, 40)}.`); return; }
       const r = await this.o.monitor.runCycle();
       const h = r.devices.find((d) => d.device === device);
       if (!h) { await this.say(`${device}: no health yet (invalid manifest?)`); return; }

@@ -10,12 +10,16 @@ import type { Hono } from 'hono';
 import { html, raw } from 'hono/html';
 import { streamSSE } from 'hono/streaming';
 import { validateArgs, type AnyCommand } from '../../../capabilities/commands.js';
+import { DEVICE_NAME } from '../../../capabilities/manifest.js';
 import { ENROLL_COMMANDS } from '../../commands/addpc.js';
 import type { AddPcOptions, EnrollEvent, EnrollResult, OnEvent } from '../../enroll/types.js';
 import type { RevokeOptions } from '../../revoke.js';
 import type { DashEnv } from './auth.js';
 import { formOf, sessionOf } from './auth.js';
 import { csrfField, page, type Html } from './layout.js';
+
+/** The device-name rule as an HTML pattern (which always matches the whole value: no anchors). */
+const NAME_PATTERN = DEVICE_NAME.source.replace(/^\^|\$$/g, '');
 
 export interface Enroller {
   addPc(opts: AddPcOptions, onEvent: OnEvent): Promise<EnrollResult>;
@@ -91,7 +95,7 @@ export function enrollRoutes(app: Hono<DashEnv>, enroller: Enroller, home: strin
     const s = sessionOf(c);
     return c.html(page({ title: 'Add a device', session: s, nav: 'add' }, html`<h1>Add a device</h1>
 <form method="post" action="/add" class="stack">${csrfField(s)}
-<label>Name<input name="name" required pattern="[a-z0-9][a-z0-9-]{0,31}" maxlength="32" placeholder="laptop"><small>1-32 of a-z, 0-9, -</small></label>
+<label>Name<input name="name" required pattern="${NAME_PATTERN}" maxlength="32" placeholder="laptop"><small>1-32 of a-z, 0-9, -</small></label>
 <label>Via<select name="via"><option value="ssh">ssh: nothing installed on the device</option><option value="wg">wg: WireGuard mesh + agent</option></select></label>
 <label>SSH target<input name="ssh" required maxlength="300" placeholder="user@host or an ~/.ssh/config alias"></label>
 <label>SSH key<input name="sshKey" maxlength="4096" placeholder="/root/.ssh/id_ed25519 (optional)"></label>
