@@ -112,7 +112,8 @@ export function argInfos(def: AnyCommand<unknown>): ArgInfo[] {
     const info: ArgInfo = {
       name,
       positional: positional.has(name),
-      required: !field.safeParse(undefined).success,
+      // zod marks optional and defaulted fields (optin); cheaper than parsing undefined at every CLI start.
+      required: !field._zod.optin,
       list: inner instanceof z.ZodArray,
       boolean: inner instanceof z.ZodBoolean,
     };

@@ -4,7 +4,6 @@
 // file that went in (plus package.json and npm's lock files). Fresh = each of them is older than that time.
 // A source file that is not in the list cannot matter until a listed file imports it, which changes that
 // file. Cost: one stat per listed file (~250, ~2 ms).
-import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -51,6 +50,8 @@ export function buildBundles(root = ROOT, { verbose = false } = {}) {
     return false;
   }
   const args = ['--import', tsx, join(root, 'scripts', 'build-bundles.ts'), ...(verbose ? ['--verbose'] : [])];
+  // Loaded here, not at the top: child_process costs every command ~7 ms to load, and builds are rare.
+  const { spawnSync } = createRequire(import.meta.url)('node:child_process');
   const r = spawnSync(process.execPath, args, { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   if (r.status === 0) {
     if (verbose && r.stderr) process.stderr.write(r.stderr);
