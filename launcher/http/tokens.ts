@@ -16,6 +16,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import picomatch from 'picomatch';
 import type { AuditSink } from '../../capabilities/audit-sqlite.js';
+import type { Statement } from 'better-sqlite3';
 import { registerMigration, type Db } from '../../capabilities/db.js';
 import { MeshpilotError } from '../../capabilities/errors.js';
 import { GlobListSchema, MAX_EXPIRY_S, TokenNameSchema } from './token-args.js';
@@ -93,9 +94,15 @@ export class TokenStore {
   private readonly touched = new Map<number, number>();
   private readonly matchers = new Map<number, { d: (s: string) => boolean; c: (s: string) => boolean }>();
 
+  private readonly byPrefix: Statement<[string], Row>;
+  private readonly touch: Statement<[number, number]>;
+
   constructor(private readonly db: Db, private readonly audit: AuditSink, private readonly now: () => number = Date.now) {
     // The runtime may have opened the database before this module registered its migration.
     db.exec(TOKENS_SQL);
+    // Prepared once: verify runs on every API request.
+    this.byPrefix = db.prepare('SELECT * FROM api_tokens WHERE prefix = ?');
+    this.touch = db.prepare('UPDATE api_tokens SET last_used_at = ? WHERE id = ?');
   }
 
   create(input: { name: string; devices: string[]; capabilities: string[]; expiresInS: number; rate: { count: number; windowS: number }; by: string }): { token: string; record: TokenRecord } {
@@ -151,7 +158,7 @@ export class TokenStore {
       timingSafeEqual(given, DUMMY);
       return { ok: false, reason: 'malformed' };
     }
-    const rows = this.db.prepare('SELECT * FROM api_tokens WHERE prefix = ?').all(m[1]) as Row[];
+    const rows = this.byPrefix.all(m[1]!);
     let found: Row | undefined;
     for (const r of rows) if (timingSafeEqual(given, Buffer.from(r.hash, 'hex'))) found = r;
     if (rows.length === 0) timingSafeEqual(given, DUMMY);
@@ -161,7 +168,7 @@ export class TokenStore {
     if (found.expires_at <= now) return { ok: false, reason: 'expired' };
     if ((this.touched.get(found.id) ?? 0) < now - 10_000) {
       this.touched.set(found.id, now);
-      this.db.prepare('UPDATE api_tokens SET last_used_at = ? WHERE id = ?').run(now, found.id);
+      this.touch.run(now, found.id);
     }
     let match = this.matchers.get(found.id);
     const rec = toRecord(found);

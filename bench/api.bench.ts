@@ -1,0 +1,91 @@
+/**
+ * HTTP API figures, on the real server (launcher/http/, the /v1 surface) over a temporary
+ * MESHPILOT_HOME, with a device `box` (local transport) and fs.list of a small folder: a capability
+ * that runs in the launcher process (readdir), so the figures are the API's own cost.
+ *
+ *   api.exec_overhead_p50  ms     p50 of POST /v1/exec (keep-alive HTTP, bearer auth, token bucket,
+ *                                 body validation, scopes, invoke, JSON answer) minus p50 of the same
+ *                                 invoke called directly, interleaved over 1,000 calls each
+ *   api.throughput         req/s  8 concurrent keep-alive clients posting /v1/exec for 3 s
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pino } from 'pino';
+import { HttpConfigSchema } from '../capabilities/config.js';
+import { apiSurface } from '../launcher/http/api/index.js';
+import { startHttpServer } from '../launcher/http/server.js';
+import { TokenStore } from '../launcher/http/tokens.js';
+import { openRuntime } from '../launcher/runtime.js';
+import type { BenchFigure } from './run.js';
+
+export const figures = ['api.exec_overhead_p50', 'api.throughput'];
+
+const CALLS = 1000;
+const CLIENTS = 8;
+const THROUGHPUT_MS = 3000;
+
+function p50(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+}
+
+export async function run(): Promise<BenchFigure[]> {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'mp-bench-api-'));
+  const rt = openRuntime({ root });
+  const dir = path.join(root, 'files');
+  mkdirSync(dir);
+  for (const f of ['a', 'b', 'c']) writeFileSync(path.join(dir, f), f);
+  writeFileSync(path.join(rt.home.manifests, 'box.yaml'), `device: box\nos: linux\ntransport: { kind: local }\ncapabilities:\n  fs.list: { paths_allowed: ["${dir}/**", "${dir}"] }\n`);
+  const srv = await startHttpServer({ runtime: rt, http: HttpConfigSchema.parse({ listen: '127.0.0.1:0' }), logger: pino({ level: 'silent' }) }, [apiSurface()]);
+  const { token } = new TokenStore(rt.db, rt.audit).create({ name: 'bench', devices: ['box'], capabilities: ['fs.*'], expiresInS: 86400, rate: { count: 100_000, windowS: 1 }, by: 'bench' });
+  const body = JSON.stringify({ device: 'box', capability: 'fs.list', args: { path: dir } });
+  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  const url = new URL(`${srv.url}/v1/exec`);
+  const post = (): Promise<number> => new Promise((resolve, reject) => {
+    const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', agent, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+  const direct = (): Promise<unknown> => rt.invoker.invoke({ device: 'box', capability: 'fs.list', args: { path: dir }, actor: 'bench' });
+  try {
+    for (let i = 0; i < 100; i++) { await direct(); if ((await post()) !== 200) throw new Error('POST /v1/exec did not answer 200'); }
+    const viaHttp: number[] = [];
+    const inProcess: number[] = [];
+    for (let i = 0; i < CALLS; i++) {
+      const t0 = performance.now();
+      await direct();
+      const t1 = performance.now();
+      await post();
+      viaHttp.push(performance.now() - t1);
+      inProcess.push(t1 - t0);
+    }
+    const overhead = p50(viaHttp) - p50(inProcess);
+    process.stderr.write(`# api: invoke p50 ${p50(inProcess).toFixed(3)} ms, POST /v1/exec p50 ${p50(viaHttp).toFixed(3)} ms\n`);
+
+    let done = 0;
+    let bad = 0;
+    const until = performance.now() + THROUGHPUT_MS;
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: CLIENTS }, async () => {
+      while (performance.now() < until) {
+        if ((await post()) === 200) done++; else bad++;
+      }
+    }));
+    const rps = done / ((performance.now() - t0) / 1000);
+    if (bad) process.stderr.write(`# api: ${bad} answers were not 200\n`);
+    return [
+      { name: 'api.exec_overhead_p50', value: overhead, unit: 'ms', target: '<= 2' },
+      { name: 'api.throughput', value: Math.round(rps), unit: 'req/s', target: '>= 500' },
+    ];
+  } finally {
+    agent.destroy();
+    await srv.close();
+    await rt.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
