@@ -6,7 +6,7 @@
  * the grid and the device page go to docs/ when MESHPILOT_SCREENSHOTS=1.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
@@ -16,9 +16,9 @@ import { CHROMIUM, logIn, startBrowser, startDashboard, type BrowserEnv, type Da
 let env: DashboardEnv;
 let b: BrowserEnv;
 
-function setHealth(device: string, state: DeviceState, detail: string): void {
-  const now = Date.now();
-  const info: DeviceHealth = { device, state, since: now, detail, transport: 'local', meshIp: null, lastHandshake: null, agent: null, ssh: null, bot: 'running', chain: null };
+function setHealth(device: string, state: DeviceState, detail: string, extra: Partial<DeviceHealth> = {}, sinceMs = 0): void {
+  const now = Date.now() - sinceMs;
+  const info: DeviceHealth = { device, state, since: now, detail, transport: 'local', meshIp: null, lastHandshake: null, agent: null, ssh: null, bot: 'running', chain: null, ...extra };
   new HealthStore(env.rt.db, () => now).write((w) => {
     w.save({ device, state, since_ms: now, detail, info: JSON.stringify(info), agent_failures: 0, ssh_failures: 0, bot_bad: null, reminded_ms: null, updated_ms: now });
     w.transition(device, now, null, state, detail);
@@ -35,6 +35,39 @@ afterAll(async () => {
   await b?.close();
   await env?.stop();
 });
+
+/** docs/dashboard-*.png for the README (MESHPILOT_SCREENSHOTS=1): a small fleet in every state. */
+async function screenshots(phone: import('playwright-core').Page): Promise<void> {
+  const manifest = (name: string, transport: string): string => `device: ${name}\nos: linux\ntransport: ${transport}\noperators: []\ncapabilities:\n  sys.info: {}\n  sys.health: {}\n  proc.list: {}\n`;
+  const nowS = Math.floor(Date.now() / 1000);
+  const fleet: Array<[string, string, DeviceState, string, Partial<DeviceHealth>, number]> = [
+    ['nas', '{ kind: mesh, address: 10.99.0.2 }', 'online', 'handshake 40 s ago, agent ok', { transport: 'mesh', lastHandshake: nowS - 40, agent: { ok: true, failures: 0, version: '0.1.0' } }, 3 * 86400_000],
+    ['web-1', '{ kind: ssh, host: web-1.example.org, user: deploy }', 'online', 'ssh ok (12 ms)', { transport: 'ssh', ssh: { ok: true, failures: 0, ms: 12 } }, 5 * 3600_000],
+    ['laptop', '{ kind: mesh, address: 10.99.0.3 }', 'stale', 'last handshake 9 min ago', { transport: 'mesh', lastHandshake: nowS - 540, agent: { ok: true, failures: 0, version: '0.1.0' } }, 4 * 60_000],
+    ['pi-garage', '{ kind: mesh, address: 10.99.0.4 }', 'offline', 'no handshake for 2 days', { transport: 'mesh', lastHandshake: nowS - 2 * 86400, agent: null, bot: 'running' }, 2 * 86400_000],
+    ['db-1', '{ kind: ssh, host: db-1.example.org, user: deploy }', 'unreachable', 'ssh failed 3 times: connection refused', { transport: 'ssh', ssh: { ok: false, failures: 3, error: 'connection refused' } }, 20 * 60_000],
+  ];
+  for (const [name, transport, state, detail, extra, since] of fleet) {
+    writeFileSync(path.join(env.home, 'manifests', `${name}.yaml`), manifest(name, transport));
+    setHealth(name, state, detail, extra, since);
+  }
+  setHealth('local', 'online', 'this machine', {}, 7 * 86400_000);
+  rmSync(path.join(env.home, 'manifests', 'appr.yaml'));
+  await b.page.setViewportSize({ width: 1100, height: 520 });
+  await b.page.goto(`${env.server.url}/`);
+  await b.page.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-grid.png') });
+  await b.page.setViewportSize({ width: 1000, height: 700 });
+  await b.page.goto(`${env.server.url}/devices/local`);
+  await b.page.click('#cap-proc-list summary');
+  await b.page.selectOption('#cap-proc-list select[name="sort"]', 'mem');
+  await b.page.fill('#cap-proc-list input[name="limit"]', '5');
+  await b.page.click('#cap-proc-list button[type="submit"]');
+  await b.page.waitForSelector('#result-proc-list [data-outcome]');
+  await b.page.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-device.png'), fullPage: true });
+  await phone.goto(`${env.server.url}/`);
+  await phone.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-phone.png') });
+  await b.page.setViewportSize({ width: 1280, height: 900 });
+}
 
 describe('dashboard in a browser', () => {
   it('refuses pages without a session and logs in through a one-time magic link', async () => {
@@ -197,15 +230,7 @@ describe('dashboard in a browser', () => {
     expect(await p.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
     await p.goto(`${env.server.url}/audit`);
     expect(await p.textContent('#audit')).toContain('fs.list');
-    if (process.env['MESHPILOT_SCREENSHOTS'] === '1') {
-      await b.page.goto(`${env.server.url}/`);
-      await b.page.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-grid.png') });
-      await b.page.goto(`${env.server.url}/devices/local`);
-      await b.page.click('#cap-sys-info summary');
-      await b.page.click('#cap-sys-info button[type="submit"]');
-      await b.page.waitForSelector('#result-sys-info [data-outcome]');
-      await b.page.screenshot({ path: path.join(PACKAGE_ROOT, 'docs', 'dashboard-device.png'), fullPage: false });
-    }
+    if (process.env['MESHPILOT_SCREENSHOTS'] === '1') await screenshots(p);
     await phone.close();
   }, 30_000);
 });
