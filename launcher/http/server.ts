@@ -115,7 +115,7 @@ export async function startHttpServer(deps: Omit<HttpDeps, 'baseUrl'>, surfaces:
   const addr = server.address() as AddressInfo;
   const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   url = `http://${shown === '0.0.0.0' || shown === '[::]' ? '127.0.0.1' : shown}:${addr.port}`;
-  deps.logger.info({ url, listen: deps.http.listen }, 'http server listening');
+  deps.logger.debug({ url, listen: deps.http.listen }, 'http server listening');
   let closing: Promise<void> | undefined;
   return {
     url, host, port: addr.port, app,
