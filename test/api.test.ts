@@ -289,6 +289,16 @@ describe('/v1 API', () => {
     expect(steps.length).toBeGreaterThan(2);
     expect(steps.map((s) => s.data.index)).toEqual(steps.map((_, i) => i + 1));
     expect(events[events.length - 1]).toMatchObject({ type: 'result', data: { ok: true } });
+    // a real run that fails: each step starts (step-start) and ends (step) once; the failure and the rollback are in the stream
+    const failed = await fetch(`${srv.url}/v1/devices`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'newbox', via: 'ssh', ssh: 'me@127.0.0.1:1' }) });
+    const ftext = await failed.text();
+    const fev = [...ftext.matchAll(/event: ([\w-]+)\ndata: (.*)\n/g)].map((m) => ({ type: m[1]!, data: JSON.parse(m[2]!) as { status?: string; ok?: boolean; step?: string } }));
+    const ended = fev.filter((e) => e.type === 'step');
+    expect(ended.length, ftext).toBeGreaterThanOrEqual(1);
+    expect(ended[ended.length - 1]!.data.status).toBe('failed');
+    expect(fev.filter((e) => e.type === 'step-start').map((e) => e.data.step)).toEqual(ended.map((e) => e.data.step));
+    expect(fev[fev.length - 1]).toMatchObject({ type: 'result', data: { ok: false } });
+    expect(existsSync(path.join(rt.home.manifests, 'newbox.yaml'))).toBe(false);
     // a token without fleet.add-pc may not
     const no = await api('POST', '/v1/devices', { token: await tokenFor('nofleet', '*', 'sys.*'), body: { name: 'newbox', via: 'ssh', ssh: 'me@127.0.0.1:1' } });
     expect(no.status).toBe(403);

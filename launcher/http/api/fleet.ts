@@ -1,6 +1,7 @@
 /**
- * Write endpoints: POST /v1/devices (add-pc, its progress as server-sent events: one `step` event per
- * step, `undo` per rollback, `info`/`warn`, then one `result`) and DELETE /v1/devices/<d>?confirm=<d>
+ * Write endpoints: POST /v1/devices (add-pc, its progress as server-sent events: `start`, one `step`
+ * event per step when it has finished (`step-start` when it begins), `undo` per rollback, `info`/`warn`,
+ * then one `result`) and DELETE /v1/devices/<d>?confirm=<d>
  * (revoke). Both need the token's device globs to match the name and its capability globs to match
  * `fleet.add-pc` / `fleet.revoke` (a `*` token does). The enrollment and revoke flows audit themselves,
  * with actor `api:<token name>`.
@@ -33,7 +34,9 @@ export function fleetRoutes(deps: HttpDeps): Hono<ApiEnv> {
       stream.onAbort(() => abort.abort());
       let chain = Promise.resolve();
       const send = (e: EnrollEvent): void => {
-        chain = chain.then(() => stream.writeSSE({ event: e.type, data: JSON.stringify(e) })).catch(() => undefined);
+        // One `step` event per step, when it has finished (done, skipped, failed); its start is `step-start`.
+        const event = e.type === 'step' && e.status === 'running' ? 'step-start' : e.type;
+        chain = chain.then(() => stream.writeSSE({ event, data: JSON.stringify(e) })).catch(() => undefined);
       };
       await runAddPc({
         name: b.name, via: b.via, ssh: b.ssh, home, actor: p.actor, signal: abort.signal,

@@ -45,7 +45,7 @@ export const ROUTES: Route[] = [
     responses: { 200: { description: 'the device', schema: S.DeviceDetailSchema }, 404: E('unknown device'), ...COMMON },
   },
   {
-    method: 'post', path: '/v1/devices', summary: 'add a device (add-pc); progress as server-sent events: step, undo, info, warn, then result', body: S.AddDeviceRequestSchema,
+    method: 'post', path: '/v1/devices', summary: 'add a device (add-pc); progress as server-sent events: start, step-start and step (one per step, when finished), undo, info, warn, then result', body: S.AddDeviceRequestSchema,
     responses: { 200: { description: 'text/event-stream of enrollment events', sse: true }, 400: E('bad body'), 403: E('not in the token\'s scopes (needs fleet.add-pc)'), ...COMMON },
   },
   {
