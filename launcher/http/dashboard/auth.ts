@@ -11,6 +11,7 @@
 import type { Context, MiddlewareHandler } from 'hono';
 import { deleteCookie, getCookie, setCookie } from 'hono/cookie';
 import { html } from 'hono/html';
+import type { Logger } from 'pino';
 import { csrfMatches, DashboardLogins, SESSION_TTL_MS, type DashboardSession } from '../../../capabilities/dashboard-login.js';
 import { httpError } from '../errors.js';
 import type { HttpEnv } from '../types.js';
@@ -67,7 +68,7 @@ export function authMiddleware(logins: DashboardLogins): MiddlewareHandler<DashE
   };
 }
 
-export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: DashboardLogins): void {
+export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: DashboardLogins, log: Logger): void {
   app.get('/login', (c) => {
     const t = (c.req.query('t') ?? '').slice(0, 128);
     return c.html(page({ title: 'Log in' }, html`<h1>Log in to meshpilot</h1>
@@ -78,9 +79,11 @@ export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: Dashboard
     const form = await formOf(c);
     const r = logins.consumeLink(form['t'] ?? '');
     if (!r.ok) {
+      log.warn({ reason: r.reason, address: c.get('clientAddress') }, 'login link refused');
       const why = r.reason === 'used' ? 'This link was already used.' : r.reason === 'expired' ? 'This link has expired (links work for 5 minutes).' : 'This link is not valid.';
       return c.html(page({ title: 'Log in' }, html`<h1>Log in</h1><p class="bad">${why}</p><p>Get a new one: <code>meshpilot dashboard</code>, or <code>!dashboard</code> to a device bot.</p>`), 401);
     }
+    log.info({ actor: r.session.actor, address: c.get('clientAddress') }, 'logged in');
     setCookie(c, COOKIE, r.sessionId, {
       httpOnly: true, sameSite: 'Strict', path: '/', maxAge: Math.floor(SESSION_TTL_MS / 1000),
       secure: new URL(c.req.url).protocol === 'https:',

@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import type { Hono } from 'hono';
 import { html, raw } from 'hono/html';
 import { streamSSE } from 'hono/streaming';
+import type { Logger } from 'pino';
 import { validateArgs, type AnyCommand } from '../../../capabilities/commands.js';
 import { DEVICE_NAME } from '../../../capabilities/manifest.js';
 import { ENROLL_COMMANDS } from '../../commands/addpc.js';
@@ -65,7 +66,7 @@ export function eventLine(e: EnrollEvent): Html | undefined {
   }
 }
 
-export function enrollRoutes(app: Hono<DashEnv>, enroller: Enroller, home: string): { close(): void } {
+export function enrollRoutes(app: Hono<DashEnv>, enroller: Enroller, home: string, log: Logger): { close(): void } {
   const jobs = new Map<string, Job>();
 
   const start = (kind: Job['kind'], device: string, actor: string, run: (on: OnEvent) => Promise<EnrollResult>): Job => {
@@ -76,7 +77,9 @@ export function enrollRoutes(app: Hono<DashEnv>, enroller: Enroller, home: strin
       job.events.push(e);
       for (const l of job.listeners) l();
     };
+    log.info({ kind, device, actor }, 'job started');
     void run(on).catch((err: unknown) => ({ ok: false, exit: 6, status: 'failed' as const, message: String(err) })).then((r) => {
+      log.info({ kind, device, actor, ok: r.ok, exit: r.exit }, 'job finished');
       job.result = r;
       for (const l of job.listeners) l();
     });

@@ -60,6 +60,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       // The runtime opened meshpilot.db before these modules registered their tables (approvals, health):
       // opening it once more applies the named migrations registered since.
       openDatabase(rt.home.db).close();
+      const log = deps.logger.child({ component: 'dashboard' });
       const logins = new DashboardLogins(rt.db);
       const timeoutMs = opts.approvalTimeoutMs ?? (deps.config ? deps.config.approvals.timeout_s * 1000 : 5 * 60_000);
       const approvals = new DashboardApprovals(rt.db, timeoutMs, deps.supervisor);
@@ -67,7 +68,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       const app = new Hono<HttpEnv>();
       assetRoutes(app);
       app.use(authMiddleware(logins));
-      loginRoutes(app, logins);
+      loginRoutes(app, logins, log);
 
       app.get('/', (c) => {
         const s = sessionOf(c);
@@ -97,7 +98,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       }));
 
       deviceRoutes(app, { runtime: rt, approvals });
-      const jobs = enrollRoutes(app, opts.enroller ?? defaultEnroller, rt.home.root);
+      const jobs = enrollRoutes(app, opts.enroller ?? defaultEnroller, rt.home.root, log);
       auditRoutes(app, rt);
       tokenRoutes(app, rt);
       closers.push(() => feed.stop(), () => approvals.close(), () => jobs.close());
