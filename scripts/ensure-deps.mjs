@@ -45,6 +45,10 @@ const SYSTEM_PACKAGES = [
   { check: 'pocketsphinx-en-us', path: '/usr/share/pocketsphinx/model/en-us/en-us', pkg: 'pocketsphinx-en-us' },
   // the dashboard's browser tests drive it with playwright-core (test/dashboard*.test.ts)
   { check: 'chromium', path: '/usr/bin/chromium', pkg: 'chromium' },
+  // the vm.* capabilities' podman backend and its tests (test/vm*.test.ts: runc, an image from busybox-static)
+  { check: 'podman', pkg: 'podman' },
+  { check: 'runc', path: '/usr/sbin/runc', pkg: 'runc' },
+  { check: 'busybox-static', path: '/bin/busybox', pkg: 'busybox-static' },
 ];
 
 function has(entry) {
