@@ -28,13 +28,14 @@ export type CapabilityResult = z.infer<typeof CapabilityResultSchema>;
  * - paths: each named argument (a string path, or absent) must be under paths_allowed and not under paths_denied;
  * - binary: argv[0] must be in `binaries`; `cwd` (if given) under paths_allowed; env keys in env_allowed;
  * - eval: the manifest must say `enabled: true`;
- * - names: each named argument must match a glob in the given option list (when the list is set).
+ * - names: each named argument must match a glob in the given option list (when the list is set;
+ *   `required`: the manifest must set the list, as paths_allowed).
  */
 export type CapabilityScope =
   | { kind: 'paths'; args: readonly string[] }
   | { kind: 'binary' }
   | { kind: 'eval' }
-  | { kind: 'names'; option: 'containers' | 'services' | 'packages'; args: readonly string[] };
+  | { kind: 'names'; option: 'containers' | 'services' | 'packages' | 'images'; args: readonly string[]; required?: true };
 
 export interface Limits {
   timeoutMs: number;
@@ -46,6 +47,8 @@ export interface CapabilityContext {
   device: string;
   os: 'linux' | 'darwin' | 'windows';
   limits: Limits;
+  /** Who asks (InvokeRequest.actor): vm.new labels the VM with it as its owner. */
+  actor?: string;
 }
 
 export interface CapabilityDefinition<S extends z.ZodType = z.ZodType> {

@@ -195,7 +195,7 @@ export class Invoker {
     let deviceAudit: { seq: number; hash: string } | undefined;
     try {
       if (endpoint.kind === 'host') {
-        result = await def.run(verdict.args, { host: endpoint.host, device: req.device, os: manifest.os, limits });
+        result = await def.run(verdict.args, { host: endpoint.host, device: req.device, os: manifest.os, limits, actor: req.actor });
       } else {
         const r = await endpoint.remote.run({ capability: def.name, args: verdict.args, actor: req.actor, requestId, ...(approver ? { approvedBy: approver } : {}) });
         result = r.result;

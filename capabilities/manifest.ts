@@ -9,10 +9,11 @@ import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 
 import { z } from 'zod';
 import type { AnyCapability, Risk } from './capability.js';
 import { MeshpilotError } from './errors.js';
+import { LevelSchema, type Level } from './levels.js';
 import { builtinRegistry, type CapabilityRegistry } from './registry.js';
 
-export const DEVICE_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
-export const DeviceNameSchema = z.string().regex(DEVICE_NAME, 'must be 1-32 characters of a-z, 0-9 and -, not starting with -');
+import { DeviceNameSchema } from './names.js';
+export { DEVICE_NAME, DeviceNameSchema } from './names.js';
 export const OsSchema = z.enum(['linux', 'darwin', 'windows']);
 export type DeviceOs = z.infer<typeof OsSchema>;
 export const ApprovalSchema = z.enum(['never', 'risky', 'always']);
@@ -54,6 +55,8 @@ const CommonOptions = {
   approval: ApprovalSchema.optional(),
   timeout_s: z.number().int().min(1).max(3600).optional(),
   max_output_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).optional(),
+  /** The trust levels this capability is granted to (capabilities/levels.ts); default operator and admin. */
+  tiers: z.array(LevelSchema).min(1).max(4).optional(),
 };
 
 /** The manifest options a capability accepts, derived from what its scope constrains. */
@@ -83,12 +86,18 @@ export function capabilityOptionsSchema(def: AnyCapability) {
         paths_denied: z.array(PathPatternSchema).max(256).optional(),
       }).strict();
     case 'names':
-      return z.object({ ...CommonOptions, [scope.option]: z.array(NameGlob).max(512).optional() }).strict();
+      return z.object({
+        ...CommonOptions,
+        [scope.option]: scope.required
+          ? z.array(NameGlob).min(1, `${def.name} needs ${scope.option}`).max(512)
+          : z.array(NameGlob).max(512).optional(),
+      }).strict();
   }
 }
 
 export interface CapabilityOptions {
   approval?: Approval;
+  tiers?: Level[];
   timeout_s?: number;
   max_output_bytes?: number;
   paths_allowed?: string[];
@@ -99,6 +108,7 @@ export interface CapabilityOptions {
   containers?: string[];
   services?: string[];
   packages?: string[];
+  images?: string[];
 }
 
 function manifestSchema(registry: CapabilityRegistry) {
