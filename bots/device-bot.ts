@@ -17,7 +17,7 @@ import type { Manifest } from '../capabilities/manifest.js';
 import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
-import { DEVICE_COMMANDS, type DeviceCommandContext } from './device-commands.js';
+import { APPROVAL_COMMANDS, DEVICE_COMMANDS, type DeviceCommandContext } from './device-commands.js';
 import { DashboardLogins, loginUrl } from '../capabilities/dashboard-login.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
 import type { LlmCaller, TurnAction } from './llm.js';
@@ -205,10 +205,10 @@ export class DeviceBot {
       return;
     }
     if (this.interceptor && this.interceptor({ roomId: msg.roomId, sender: msg.sender, text: msg.body })) return;
-    // Approvals must get through while a turn in the same room waits for them.
-    const decision = /^!(approve|reject)\b\s*(\S*)/.exec(msg.body.trim());
-    if (decision) {
-      await this.reply(msg.roomId, this.approvals.onCommand(msg.roomId, msg.sender, decision[1] === 'approve', decision[2] || undefined)).catch((err) => {
+    // Approvals must get through while a turn in the same room waits for them: !approve and !reject
+    // (their declarations) run here, outside the room's queue.
+    if (/^!(approve|reject)\b/i.test(msg.body.trim())) {
+      await this.runCommand(APPROVAL_COMMANDS, msg).catch((err) => {
         this.o.logger.warn({ err: toMpError(err).message }, 'could not answer an approval command');
       });
       return;
@@ -256,10 +256,7 @@ export class DeviceBot {
     // overhead). "Stopped typing" is sent after "typing" has been answered, so they never arrive swapped.
     const typing = this.o.chat.setTyping(msg.roomId, true, TYPING_MS).catch(() => undefined);
     try {
-      const text = msg.body.trim();
-      // Senders are operators (onMessage turned the others away); the permission check is the declarations' own.
-      const caller = { may: (p: Permission) => p === 'operator' && this.isOperator(msg.sender), reply: (t: string) => this.reply(msg.roomId, t) };
-      if (await dispatchChat(DEVICE_COMMANDS, text, caller, this.commandContext(msg))) return;
+      if (await this.runCommand(DEVICE_COMMANDS, msg)) return;
       await this.llmTurn(msg);
     } finally {
       this.busyCount--;
@@ -381,6 +378,13 @@ export class DeviceBot {
   }
 
   // ---- commands (declared in device-commands.ts) ---------------------------------------------
+
+  /** Runs a `!command` from the table; false when the message is none. */
+  private runCommand(table: typeof DEVICE_COMMANDS, msg: ChatMessage): Promise<boolean> {
+    // Senders are operators (onMessage turned the others away); the permission check is the declarations' own.
+    const caller = { may: (p: Permission) => p === 'operator' && this.isOperator(msg.sender), reply: (t: string) => this.reply(msg.roomId, t) };
+    return dispatchChat(table, msg.body.trim(), caller, this.commandContext(msg));
+  }
 
   private commandContext(msg: ChatMessage): DeviceCommandContext {
     return {

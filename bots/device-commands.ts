@@ -73,3 +73,6 @@ export const DEVICE_COMMANDS: ReadonlyArray<AnyCommand<DeviceCommandContext>> = 
     run: (_a, c: DeviceCommandContext) => c.dashboard(),
   }),
 ];
+
+/** `!approve` and `!reject`: the bot runs them outside the room's queue (a turn may be waiting for them). */
+export const APPROVAL_COMMANDS = DEVICE_COMMANDS.filter((c) => c.name === 'approve' || c.name === 'reject');
