@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'manifest_invalid'
   | 'policy_denied'      // the manifest does not allow this call
   | 'approval_rejected'  // a human (or the lack of one) said no
+  | 'quota'              // a trust level's quota would be exceeded (capabilities/vm/quota.ts)
   | 'tool_missing'       // the binary a capability needs is not installed on the device
   | 'timeout'
   | 'output_limit'

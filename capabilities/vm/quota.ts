@@ -1,42 +1,50 @@
 /**
- * The seam between the vm.* capabilities and trust levels: quotas and ownership.
- *
- * Contract (so the vm capabilities and the gate agree):
- * - The Invoker runs a CallGate (capabilities/invoke.ts) before the transport; the VM gate
- *   (capabilities/vm/quota-gate.ts) reserves a vm.new against the caller's quota (QuotaGate.reserve,
- *   atomic: capabilities/vm/quota-sqlite.ts), releases it when the create fails, when vm.rm succeeds,
- *   and when the reaper removes the VM (release). vm.new itself does not call reserve.
- * - The gate sets `owner` in the arguments of vm.new (always, from the caller: nobody chooses it) and of
- *   vm.ls for callers below operator (they list only their own VMs). So vm.new and vm.ls declare
- *   `owner: z.string().max(256).optional()`; vm.new labels the VM with it, vm.ls with it filters on
- *   that label.
- * - vm.rm / exec / stop / start / logs / share / unshare name a VM with `name`; below operator, the gate
- *   denies a VM whose reservation belongs to someone else (or to no one), audited as a denial.
+ * The quota seam: vm.new asks the gate to reserve what the VM will use before the backend creates
+ * it, and releases the reservation when creation fails or the VM is removed (vm.rm, the reaper).
+ * The default lets everything through; trust levels and quotas (capabilities/levels.ts and the quota
+ * store) plug a real gate in with setQuotaGate. The gate runs where the capability runs: in the
+ * launcher for local and ssh devices, in the device agent for mesh devices.
  */
-import type { Level } from '../levels.js';
+import type { MpError } from '../errors.js';
 
-/** What one VM takes from its owner's quota. */
-export interface VmRequest {
+export interface QuotaRequest {
+  /** The invoking actor (InvokeRequest.actor), e.g. `@ann:example.org` or `llm:@ann:example.org`. */
+  actor: string;
+  /** The VM's owner label (the actor without an `llm:`/`voice:` prefix). */
+  owner: string;
+  device: string;
+  name: string;
   cpus: number;
   memory_mb: number;
   disk_mb: number;
   ttl_h: number;
 }
 
-export type QuotaVerdict = { ok: true } | { ok: false; code: 'quota'; message: string };
+export type QuotaVerdict = { ok: true } | { ok: false; error: MpError };
 
 export interface QuotaGate {
-  /** Checks the level's quota against the owner's current use on every device and records the VM, atomically. */
-  reserve(level: Level, owner: string, device: string, name: string, request: VmRequest): QuotaVerdict;
-  /** Frees the VM's reservation (removed, reaped or failed to create); a VM without one is fine. */
-  release(device: string, name: string): void;
-  /** Who the VM was created for, when meshpilot created it. */
-  ownerOf(device: string, name: string): string | undefined;
+  /** Checks and reserves atomically; a refusal names the quota and the current use. */
+  reserve(req: QuotaRequest): Promise<QuotaVerdict>;
+  /** Gives back what `name` on `device` holds (no-op when nothing is reserved). */
+  release(device: string, name: string, owner: string): Promise<void>;
 }
 
-/** No quotas and no owners: every reservation succeeds, no VM has a known owner. */
-export const noQuotaGate: QuotaGate = {
-  reserve: () => ({ ok: true }),
-  release: () => undefined,
-  ownerOf: () => undefined,
+export const noQuota: QuotaGate = {
+  reserve: async () => ({ ok: true }),
+  release: async () => undefined,
 };
+
+let gate: QuotaGate = noQuota;
+
+export function setQuotaGate(g: QuotaGate | undefined): void {
+  gate = g ?? noQuota;
+}
+
+export function quotaGate(): QuotaGate {
+  return gate;
+}
+
+/** The person behind an actor: `llm:@ann:x` and `voice:@ann:x` are `@ann:x`. */
+export function ownerOf(actor: string): string {
+  return actor.replace(/^(llm|voice):/, '');
+}
