@@ -11,7 +11,7 @@ import { toMpError } from '../capabilities/errors.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { logger } from '../capabilities/log.js';
 import { formatIssue } from '../capabilities/manifest.js';
-import type { CliIo } from './cli.js';
+import type { CliIo } from './commands/context.js';
 import { loadConfig } from '../capabilities/config.js';
 import type { Runtime } from './runtime.js';
 import { BOT_BUNDLE, BOT_SOURCE, buildBotBundle } from './bundle.js';
