@@ -12,6 +12,7 @@ import { z } from 'zod';
 import { MeshpilotError } from './errors.js';
 import { DeviceNameSchema } from './manifest.js';
 import { DEFAULT_LLM_MODEL } from './llm-model.js';
+import { LevelSchema } from './levels.js';
 
 const Mxid = z.string().regex(/^@[^:\s]+:\S+$/, 'must be a Matrix ID like @you:example.org');
 
@@ -61,6 +62,25 @@ export const HttpConfigSchema = z.object({
 }).strict();
 export type HttpConfig = z.infer<typeof HttpConfigSchema>;
 
+/** One level's VM quota: across all devices, per owner (capabilities/vm/quota-sqlite.ts). */
+export const QuotaLimitsSchema = z.object({
+  vms: z.number().int().min(0).max(10_000),
+  cpus: z.number().min(0).max(100_000),
+  memory_mb: z.number().int().min(0).max(100_000_000),
+  disk_mb: z.number().int().min(0).max(1_000_000_000),
+  max_ttl_h: z.number().min(0).max(24 * 365),
+}).strict();
+export type QuotaLimits = z.infer<typeof QuotaLimitsSchema>;
+
+/** Quotas per level: newbie and citizen have defaults; operators and admins have none unless set. */
+export const QuotasSchema = z.object({
+  newbie: QuotaLimitsSchema.default({ vms: 1, cpus: 1, memory_mb: 512, disk_mb: 2048, max_ttl_h: 4 }),
+  citizen: QuotaLimitsSchema.default({ vms: 3, cpus: 4, memory_mb: 4096, disk_mb: 20480, max_ttl_h: 24 }),
+  operator: QuotaLimitsSchema.optional(),
+  admin: QuotaLimitsSchema.optional(),
+}).strict();
+export type Quotas = z.infer<typeof QuotasSchema>;
+
 export const ConfigSchema = z.object({
   matrix: z.object({
     homeserver_url: z.url().max(512),
@@ -80,6 +100,12 @@ export const ConfigSchema = z.object({
   }).strict(),
   /** Operators for every device (a manifest's own `operators` add to these). */
   operators: z.array(Mxid).min(1).max(32),
+  /** Admins for every device (capabilities/levels.ts). */
+  admins: z.array(Mxid).max(32).default([]),
+  /** Matrix ID → trust level (newbie, citizen, operator, admin); what each level may do is up to the manifests' `tiers`. */
+  users: z.record(Mxid, LevelSchema).refine((u) => Object.keys(u).length <= 10_000, 'at most 10000 users').default({}),
+  /** VM quotas per level (capabilities/vm/quota-sqlite.ts). */
+  quotas: QuotasSchema.prefault({}),
   llm: z.object({
     api_key: z.string().min(1).max(512).optional(),
     base_url: z.url().max(512).optional(),

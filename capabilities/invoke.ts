@@ -20,6 +20,7 @@ import type { AuditSink } from './audit-sqlite.js';
 import { toMpError, type ErrorCode, type MpError } from './errors.js';
 import type { Manifest } from './manifest.js';
 import { decide, precheck, type PathResolver } from './policy.js';
+import { grantedTo, type Caller, type Level } from './levels.js';
 import { builtinRegistry, type CapabilityRegistry } from './registry.js';
 import { DefaultTransports, hostResolver, type TransportProvider } from './transports/index.js';
 import { logger as makeLogger } from './log.js';
@@ -30,6 +31,11 @@ export interface InvokeRequest {
   args: unknown;
   /** Who asks: `@lucas:example.org`, `cli:root`, `llm:@lucas:example.org`, `api:token-name`. */
   actor: string;
+  /**
+   * The person and their trust level, resolved once where the request came in (capabilities/levels.ts).
+   * Absent: an operator's surface (CLI, API token, reaper), as before levels existed.
+   */
+  caller?: Caller;
   requestId?: string;
   /** Recorded in the audit entry (e.g. a voice transcript and the engine that produced it). */
   context?: Record<string, unknown>;
@@ -68,6 +74,22 @@ export interface InvokeResult {
   deviceAudit?: { seq: number; hash: string };
 }
 
+/**
+ * A check that runs after the policy's own (before the device is contacted) and may deny, or rewrite
+ * the arguments; `settle` learns whether the call ran and succeeded (false also when it never ran:
+ * denied, rejected, unreachable). The VM gate (capabilities/vm/quota-gate.ts) reserves quotas and
+ * checks ownership this way.
+ */
+export interface CallGate {
+  admit(call: { device: string; def: AnyCapability; args: Record<string, unknown>; caller: Caller }): GateAdmission;
+}
+export type GateAdmission =
+  | { ok: true; args: Record<string, unknown>; settle?: (succeeded: boolean) => void }
+  | { ok: false; code: ErrorCode; message: string };
+
+/** Who a request without a caller is: the operator surfaces (CLI, API, reaper). */
+const OPERATOR_CALLER_LEVEL: Level = 'operator';
+
 export interface ManifestSource {
   get(device: string): Manifest | undefined;
 }
@@ -78,6 +100,8 @@ export interface InvokerOptions {
   registry?: CapabilityRegistry;
   approve?: ApprovalHook;
   transports?: TransportProvider;
+  /** Extra checks after the policy (quotas, ownership). */
+  gate?: CallGate;
   logger?: Logger;
 }
 
@@ -89,6 +113,7 @@ export class Invoker {
   private readonly manifests: ManifestSource;
   private readonly audit: AuditSink;
   private readonly approve: ApprovalHook;
+  private readonly gate: CallGate | undefined;
   private readonly log: Logger;
 
   constructor(opts: InvokerOptions) {
@@ -96,14 +121,16 @@ export class Invoker {
     this.manifests = opts.manifests;
     this.audit = opts.audit;
     this.approve = opts.approve ?? autoApprove;
+    this.gate = opts.gate;
     this.transports = opts.transports ?? new DefaultTransports();
     this.log = opts.logger ?? makeLogger('invoke');
   }
 
-  /** The capabilities a device's manifest enables (for LLM tools and help). */
-  allowedCapabilities(device: string): AnyCapability[] {
+  /** The capabilities a device's manifest enables (for LLM tools and help); with `level`, those it grants to that level. */
+  allowedCapabilities(device: string, level?: Level | null): AnyCapability[] {
     const m = this.manifests.get(device);
     if (!m) return [];
+    if (level !== undefined) return grantedTo(m, this.registry.all(), level);
     return this.registry.all().filter((d) => m.capabilities[d.name] !== undefined);
   }
 
@@ -130,7 +157,9 @@ export class Invoker {
         reason: extra.reason ? extra.reason.slice(0, MAX_REASON) : null,
         context: req.context ? (redactArgs(req.context) as Record<string, unknown>) : null,
       });
+    let settle: ((succeeded: boolean) => void) | undefined;
     const deny = (code: ErrorCode, message: string, decision: Decision = 'denied'): InvokeResult => {
+      settle?.(false);
       const entry = record(decision, 'not_run', { error_code: code, reason: message });
       this.log.info({ device: req.device, capability: req.capability, actor: req.actor, code }, 'denied');
       return { ...base, ok: false, decision, error: { code, message }, audit: { seq: entry.seq, hash: entry.hash } };
@@ -146,12 +175,24 @@ export class Invoker {
         .join('; ');
       return deny('invalid_args', `${def.name}: ${msg}`);
     }
-    const args = parsed.data as Record<string, unknown>;
+    let args = parsed.data as Record<string, unknown>;
+    const caller: Caller = req.caller ?? { user: req.actor, level: OPERATOR_CALLER_LEVEL };
 
     // Everything that needs nothing from the device first: a call the manifest denies is audited as
     // denied even when the device cannot be reached.
-    const early = precheck(manifest, def, args);
+    const early = precheck(manifest, def, args, caller.level);
     if (early) return deny('policy_denied', early.reason);
+    if (this.gate) {
+      let admitted: GateAdmission;
+      try {
+        admitted = this.gate.admit({ device: req.device, def, args, caller });
+      } catch (err) {
+        admitted = { ok: false, code: 'internal', message: `${def.name}: the quota and ownership check failed: ${toMpError(err).message}` };
+      }
+      if (!admitted.ok) return deny(admitted.code, admitted.message);
+      args = admitted.args;
+      settle = admitted.settle;
+    }
 
     let endpoint;
     let resolver: PathResolver;
@@ -160,11 +201,12 @@ export class Invoker {
       resolver = endpoint.kind === 'host' ? await hostResolver(endpoint.host, manifest.os) : await endpoint.remote.resolver();
     } catch (err) {
       const e = toMpError(err, 'unreachable');
+      settle?.(false);
       const entry = record('allowed', 'error', { error_code: e.code, reason: e.message });
       return { ...base, ok: false, decision: 'allowed', error: e, audit: { seq: entry.seq, hash: entry.hash } };
     }
 
-    const verdict = await decide(manifest, def, args, resolver);
+    const verdict = await decide(manifest, def, args, resolver, caller.level);
     if (verdict.kind === 'deny') return deny('policy_denied', verdict.reason);
 
     let decision: Decision = 'allowed';
@@ -205,6 +247,7 @@ export class Invoker {
       result = failResult(toMpError(err, 'exec_failed'), Math.round(performance.now() - t0));
     }
     result = capResult(result, limits.maxOutputBytes);
+    settle?.(result.ok);
 
     const outcome: Outcome = result.ok ? 'ok' : result.error?.code === 'timeout' ? 'timeout' : 'error';
     const entry = record(decision, outcome, {

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import picomatch from 'picomatch';
 import type { AnyCapability, Risk } from './capability.js';
 import { defaultApproval, type Approval, type CapabilityOptions, type DeviceOs, type Manifest } from './manifest.js';
+import { grants, tiersOf, type Level } from './levels.js';
 
 export type PolicyDecision =
   | { kind: 'allow'; args: Record<string, unknown>; approval: false; risk: Risk }
@@ -149,14 +150,18 @@ function riskOf(def: AnyCapability): Risk {
 }
 
 /**
- * Every check that needs nothing from the device: the capability is enabled, argv[0] is a listed
- * binary, env keys are allowed, names match their globs. invoke() runs this before it contacts the
- * device, so an unreachable device still records a denial as a denial. Null: nothing denies (yet).
+ * Every check that needs nothing from the device: the capability is enabled and granted to the
+ * caller's level (its `tiers`), argv[0] is a listed binary, env keys are allowed, names match their
+ * globs. invoke() runs this before it contacts the device, so an unreachable device still records a
+ * denial as a denial. Null: nothing denies (yet). `level`: the caller's trust level (capabilities/levels.ts).
  */
-export function precheck(manifest: Manifest, def: AnyCapability, args: Record<string, unknown>): { kind: 'deny'; reason: string } | null {
+export function precheck(manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, level: Level = 'operator'): { kind: 'deny'; reason: string } | null {
   const opts = manifest.capabilities[def.name];
   if (!opts) {
     return { kind: 'deny', reason: `${def.name} is not enabled on ${manifest.device} (not listed in its manifest)` };
+  }
+  if (!grants(opts, level)) {
+    return { kind: 'deny', reason: `${def.name} is not granted to ${level}s on ${manifest.device} (tiers ${listText([...tiersOf(opts)])})` };
   }
   const scope = def.scope;
 
@@ -213,9 +218,9 @@ export function precheck(manifest: Manifest, def: AnyCapability, args: Record<st
 
 /** precheck, then the path checks (they need the device: its home for ~ and its realpath), then approval. */
 export async function decide(
-  manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, resolver: PathResolver,
+  manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, resolver: PathResolver, level: Level = 'operator',
 ): Promise<PolicyDecision> {
-  const denied = precheck(manifest, def, args);
+  const denied = precheck(manifest, def, args, level);
   if (denied) return denied;
   const opts = manifest.capabilities[def.name]!; // precheck denies a capability the manifest does not list
   const out: Record<string, unknown> = { ...args };

@@ -82,7 +82,7 @@ function isTimeout(err: unknown): boolean {
 const KNOWN_CODES = new Set<string>([
   'usage', 'invalid_args', 'unknown_device', 'unknown_capability', 'manifest_invalid', 'policy_denied',
   'approval_rejected', 'tool_missing', 'timeout', 'output_limit', 'not_found', 'permission', 'unreachable',
-  'host_key', 'auth', 'exec_failed', 'audit_broken', 'config', 'internal',
+  'host_key', 'auth', 'exec_failed', 'audit_broken', 'config', 'internal', 'quota',
 ]);
 /** A code the agent sent, if it is one of ours (anything else becomes `fallback`). */
 export function asErrorCode(code: string | undefined, fallback: ErrorCode): ErrorCode {

@@ -3,7 +3,13 @@
  * it, and releases the reservation when creation fails or the VM is removed (vm.rm, the reaper).
  * The default lets everything through; trust levels and quotas (capabilities/levels.ts and the quota
  * store) plug a real gate in with setQuotaGate. The gate runs where the capability runs: in the
- * launcher for local and ssh devices, in the device agent for mesh devices.
+ * launcher for local and ssh devices, in the device agent for mesh devices. *
+ * Trust levels use the Invoker's gate instead (capabilities/vm/quota-gate.ts, CallGate in invoke.ts):
+ * it reserves on the controller for every transport (mesh too), knows the caller's level, and its
+ * refusals are audited as denials before the device is contacted; it releases after vm.rm and failed
+ * creates. So setQuotaGate stays unset (no-op) in the launcher and the bots. The gate sets `owner` in the
+ * arguments of vm.new and, below operator, of vm.ls when the capability declares that field: vm.ls
+ * with `owner` lists only that owner's VMs.
  */
 import type { MpError } from '../errors.js';
 

@@ -19,7 +19,7 @@ export type HttpError = { code: HttpErrorCode; message: string };
 const STATUS: Partial<Record<HttpErrorCode, ContentfulStatusCode>> = {
   usage: 400, invalid_args: 400, config: 400,
   auth: 401,
-  forbidden: 403, policy_denied: 403, permission: 403, approval_rejected: 403,
+  forbidden: 403, policy_denied: 403, permission: 403, approval_rejected: 403, quota: 403,
   not_found: 404, unknown_device: 404, unknown_capability: 404,
   method_not_allowed: 405, conflict: 409,
   too_large: 413, rate_limited: 429,
