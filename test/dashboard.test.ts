@@ -233,4 +233,17 @@ describe('dashboard in a browser', () => {
     if (process.env['MESHPILOT_SCREENSHOTS'] === '1') await screenshots(p);
     await phone.close();
   }, 30_000);
+
+  // Last: it leaves this address limited for a while.
+  it('limits failed logins per client address (http.auth_failures_per_min), then 429', async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const r = await fetch(`${env.server.url}/login`, { method: 'POST', body: new URLSearchParams({ t: `guess-${i}-${'x'.repeat(30)}` }) });
+      statuses.push(r.status);
+      if (r.status === 429) expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
+    }
+    // 10 per minute are allowed (one may still be spent by the reused link above).
+    expect(statuses.slice(0, 9).every((s) => s === 401)).toBe(true);
+    expect(statuses.slice(10)).toEqual([429, 429]);
+  }, 30_000);
 });

@@ -2,7 +2,8 @@
  * Dashboard sessions: the magic link's landing page, the session cookie, and the CSRF check.
  *
  * - GET /login?t=… shows a "Log in" button; only its POST spends the link. A link preview or a
- *   prefetch that GETs the URL does not burn it.
+ *   prefetch that GETs the URL does not burn it. Failed POSTs are limited per client address
+ *   (`http.auth_failures_per_min`, then 429), like failed API authentications.
  * - The session cookie is HttpOnly, SameSite=Strict, Path=/ (Secure when the page came over https).
  * - Every state-changing request (any method but GET/HEAD) must carry the session's CSRF token, as the
  *   `X-CSRF-Token` header (htmx, from the page's hx-headers) or the `_csrf` form field (plain forms);
@@ -13,6 +14,7 @@ import { deleteCookie, getCookie, setCookie } from 'hono/cookie';
 import { html } from 'hono/html';
 import type { Logger } from 'pino';
 import { csrfMatches, DashboardLogins, SESSION_TTL_MS, type DashboardSession } from '../../../capabilities/dashboard-login.js';
+import { RateLimiter, rateLimitHeaders } from '../api/rate-limit.js';
 import { httpError } from '../errors.js';
 import type { HttpEnv } from '../types.js';
 import { page } from './layout.js';
@@ -68,7 +70,9 @@ export function authMiddleware(logins: DashboardLogins): MiddlewareHandler<DashE
   };
 }
 
-export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: DashboardLogins, log: Logger): void {
+/** Failed link logins per client address per minute (http.auth_failures_per_min), as for the API's tokens. */
+export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: DashboardLogins, log: Logger, failuresPerMin: number): void {
+  const failures = new RateLimiter();
   app.get('/login', (c) => {
     const t = (c.req.query('t') ?? '').slice(0, 128);
     return c.html(page({ title: 'Log in' }, html`<h1>Log in to meshpilot</h1>
@@ -76,14 +80,20 @@ export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: Dashboard
 <p class="muted"><small>The link works once and for 5 minutes.</small></p>`));
   });
   app.post('/login', async (c) => {
+    const addr = c.get('clientAddress') ?? 'unknown';
+    const pre = failures.take(addr, failuresPerMin, 60, { peek: true });
+    if (!pre.ok) {
+      return c.html(page({ title: 'Log in' }, html`<h1>Log in</h1><p class="bad">Too many failed logins from here: retry in ${pre.retryAfterS} s.</p>`), 429, rateLimitHeaders('dashboard-login-failures', failuresPerMin, 60, pre));
+    }
     const form = await formOf(c);
     const r = logins.consumeLink(form['t'] ?? '');
     if (!r.ok) {
-      log.warn({ reason: r.reason, address: c.get('clientAddress') }, 'login link refused');
+      failures.take(addr, failuresPerMin, 60);
+      log.warn({ reason: r.reason, address: addr }, 'login link refused');
       const why = r.reason === 'used' ? 'This link was already used.' : r.reason === 'expired' ? 'This link has expired (links work for 5 minutes).' : 'This link is not valid.';
       return c.html(page({ title: 'Log in' }, html`<h1>Log in</h1><p class="bad">${why}</p><p>Get a new one: <code>meshpilot dashboard</code>, or <code>!dashboard</code> to a device bot.</p>`), 401);
     }
-    log.info({ actor: r.session.actor, address: c.get('clientAddress') }, 'logged in');
+    log.info({ actor: r.session.actor, address: addr }, 'logged in');
     setCookie(c, COOKIE, r.sessionId, {
       httpOnly: true, sameSite: 'Strict', path: '/', maxAge: Math.floor(SESSION_TTL_MS / 1000),
       secure: new URL(c.req.url).protocol === 'https:',

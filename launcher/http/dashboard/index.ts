@@ -68,7 +68,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       const app = new Hono<HttpEnv>();
       assetRoutes(app);
       app.use(authMiddleware(logins));
-      loginRoutes(app, logins, log);
+      loginRoutes(app, logins, log, deps.http.auth_failures_per_min);
 
       app.get('/', (c) => {
         const s = sessionOf(c);
