@@ -218,6 +218,14 @@ describe('dashboard in a browser', () => {
     expect(rows.every((r) => r.includes('fs.list'))).toBe(true);
     await b.page.click('text=Verify the chains');
     expect(await b.page.textContent('#verify li[data-device="local"]')).toMatch(/local: ok \d+ entries/);
+    // A rewritten entry: verify names the first broken seq.
+    for (let i = 1; i <= 3; i++) {
+      env.rt.audit.append({ device: 'tampered', actor: 'cli:tester', request_id: null, capability: 'fs.list', args: { path: `/var/log/${i}` }, decision: 'allowed', outcome: 'ok', exit_code: 0, output_sha256: null, duration_ms: 1, error_code: null, reason: null, context: null });
+    }
+    env.rt.db.prepare("UPDATE audit SET body = replace(body, '/var/log/2', '/etc/shadow') WHERE device = 'tampered' AND seq = 2").run();
+    await b.page.goto(`${env.server.url}/audit/verify`);
+    expect(await b.page.textContent('#verify li[data-device="tampered"]')).toMatch(/tampered: BROKEN at seq 2/);
+    expect(await b.page.textContent('#verify li[data-device="local"]')).toMatch(/local: ok/);
   }, 30_000);
 
   it('reads on a phone, and without JavaScript', async () => {
