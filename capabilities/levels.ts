@@ -21,7 +21,8 @@ export const DEFAULT_TIERS: readonly Level[] = ['operator', 'admin'];
 export interface Caller {
   /** A Matrix ID (`@ana:example.org`), or the surface's own principal (`cli:root`, `api:<token>`). */
   user: string;
-  level: Level;
+  /** null: a stranger (nothing is granted to them). */
+  level: Level | null;
 }
 
 /** Operators and admins see and act on everything (every VM, every approval). */

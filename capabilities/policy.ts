@@ -155,13 +155,13 @@ function riskOf(def: AnyCapability): Risk {
  * globs. invoke() runs this before it contacts the device, so an unreachable device still records a
  * denial as a denial. Null: nothing denies (yet). `level`: the caller's trust level (capabilities/levels.ts).
  */
-export function precheck(manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, level: Level = 'operator'): { kind: 'deny'; reason: string } | null {
+export function precheck(manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, level: Level | null = 'operator'): { kind: 'deny'; reason: string } | null {
   const opts = manifest.capabilities[def.name];
   if (!opts) {
     return { kind: 'deny', reason: `${def.name} is not enabled on ${manifest.device} (not listed in its manifest)` };
   }
   if (!grants(opts, level)) {
-    return { kind: 'deny', reason: `${def.name} is not granted to ${level}s on ${manifest.device} (tiers ${listText([...tiersOf(opts)])})` };
+    return { kind: 'deny', reason: `${def.name} is not granted to ${level === null ? 'strangers' : `${level}s`} on ${manifest.device} (tiers ${listText([...tiersOf(opts)])})` };
   }
   const scope = def.scope;
 
@@ -218,7 +218,7 @@ export function precheck(manifest: Manifest, def: AnyCapability, args: Record<st
 
 /** precheck, then the path checks (they need the device: its home for ~ and its realpath), then approval. */
 export async function decide(
-  manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, resolver: PathResolver, level: Level = 'operator',
+  manifest: Manifest, def: AnyCapability, args: Record<string, unknown>, resolver: PathResolver, level: Level | null = 'operator',
 ): Promise<PolicyDecision> {
   const denied = precheck(manifest, def, args, level);
   if (denied) return denied;

@@ -55,6 +55,7 @@ export class VmGate implements CallGate {
 
     if (def.name === 'vm.new') {
       if (!name) return { ok: false, code: 'invalid_args', message: 'vm.new: name is missing' };
+      if (caller.level === null) return { ok: false, code: 'policy_denied', message: 'vm.new: strangers have no quota' };
       const r = this.quota.reserve(caller.level, caller.user, device, name, {
         cpus: num(args['cpus']), memory_mb: num(args['memory_mb']), disk_mb: num(args['disk_mb']), ttl_h: num(args['ttl_h']),
       });
