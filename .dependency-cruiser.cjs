@@ -6,11 +6,9 @@
  *   capabilities/ the one invoke path  imports nothing above it
  *
  * and no circular imports anywhere (sources, tests, benches). Type-only imports count: a layer that
- * needs another's types depends on it. By hand: `npx depcruise capabilities bots launcher bin scripts test bench`.
+ * needs another's types depends on it.
+ * By hand: `npx depcruise capabilities bots launcher bin scripts test bench`.
  */
-const KNOWN_CLI_CIRCLE_HUB = '^launcher/cli\\.ts$';
-const KNOWN_CLI_CIRCLE = '^launcher/(cli\\.ts|up\\.ts|commands/)';
-
 /** @type {import('dependency-cruiser').IConfiguration} */
 module.exports = {
   forbidden: [
@@ -33,19 +31,7 @@ module.exports = {
       comment: 'A circle means two files share one job, or a shared part belongs in a third file.',
       severity: 'error',
       from: { path: '^(capabilities|bots|launcher|bin|scripts|test|bench)/' },
-      to: { circular: true, viaNot: KNOWN_CLI_CIRCLE_HUB },
-    },
-    {
-      // KNOWN EXCEPTION (issue 15): launcher/cli.ts imports commands/index.ts and up.ts, which import
-      // cli.ts back (its io/runtime helpers). Being removed; until then only circles that stay
-      // within cli.ts, up.ts and commands/ are let through. Delete this rule and the viaNot above
-      // when the circle is gone.
-      name: 'no-circular-beyond-known-cli-circle',
-      comment: 'A circle through launcher/cli.ts that reaches beyond cli.ts, up.ts and commands/ is new.',
-      severity: 'error',
-      // (via and viaSomeNot do not combine in dependency-cruiser 17: the last one wins; hence `from`.)
-      from: { path: KNOWN_CLI_CIRCLE },
-      to: { circular: true, viaSomeNot: KNOWN_CLI_CIRCLE },
+      to: { circular: true },
     },
   ],
   options: {
