@@ -89,7 +89,7 @@ export function capabilityOptionsSchema(def: AnyCapability) {
       return z.object({
         ...CommonOptions,
         [scope.option]: scope.required
-          ? z.array(NameGlob).min(1, `${def.name} needs ${scope.option}`).max(512)
+          ? z.array(NameGlob, { error: (iss) => (iss.input === undefined ? `${def.name} needs ${scope.option}` : undefined) }).min(1, `${def.name} needs ${scope.option}`).max(512)
           : z.array(NameGlob).max(512).optional(),
       }).strict();
   }

@@ -10,6 +10,7 @@ import { gitCapabilities } from './catalog/git.js';
 import { dockerCapabilities } from './catalog/docker.js';
 import { svcCapabilities } from './catalog/svc.js';
 import { pkgCapabilities } from './catalog/pkg.js';
+import { vmCapabilities } from './catalog/vm.js';
 
 export const BUILTIN_CAPABILITIES: readonly AnyCapability[] = [
   ...sysCapabilities,
@@ -20,6 +21,7 @@ export const BUILTIN_CAPABILITIES: readonly AnyCapability[] = [
   ...dockerCapabilities,
   ...svcCapabilities,
   ...pkgCapabilities,
+  ...vmCapabilities,
 ];
 
 export class CapabilityRegistry {

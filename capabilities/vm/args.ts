@@ -1,0 +1,61 @@
+/**
+ * The vm.* capabilities' arguments, as zod schemas in a file that imports nothing but zod and the
+ * name rules: the capabilities (capabilities/catalog/vm.ts) and the `vm` commands (capabilities/vm/
+ * commands.ts, loaded at CLI start) both derive from them.
+ */
+import { z } from 'zod';
+import { DEVICE_NAME } from '../names.js';
+
+/** A VM name: the same rules as a device name (capabilities/names.ts). */
+export const VmNameSchema = z.string().regex(DEVICE_NAME, 'a VM name is 1-32 characters of a-z, 0-9 and -, not starting with -')
+  .describe('The VM\'s name (unique on the device): a-z, 0-9 and -, e.g. dev.');
+
+/** An image reference: registry/path:tag or @sha256 digest; no leading - (never read as a flag). */
+export const IMAGE_REF = /^[a-z0-9][a-z0-9._\-/:@]{0,254}$/i;
+export const ImageSchema = z.string().max(255).regex(IMAGE_REF, 'image must be a reference like debian:12 or localhost/base:latest')
+  .describe('Image reference, e.g. localhost/busybox:latest or docker.io/library/debian:12 (must match the manifest\'s images globs).');
+
+const noNul = (s: string): boolean => !s.includes('\0');
+
+export const VmNewInput = z.object({
+  name: VmNameSchema,
+  image: ImageSchema,
+  cpus: z.number().min(0.1).max(64).default(1).describe('CPU limit (may be fractional, e.g. 0.5).'),
+  memory_mb: z.number().int().min(16).max(262_144).default(512).describe('Memory limit in MiB.'),
+  disk_mb: z.number().int().min(64).max(1_048_576).default(2048).describe('Disk size in MiB (enforced where the storage driver supports it; always counted by quotas).'),
+  ttl_h: z.number().min(0.01).max(8760).default(24).describe('Hours until the reaper stops and removes it.'),
+  ports: z.array(z.number().int().min(1).max(65535)).max(16).default([])
+    .describe('Guest ports published on the device\'s loopback (a free host port each), e.g. [80, 8080].'),
+  command: z.array(z.string().max(4096).refine(noNul, 'must not contain NUL bytes')).min(1).max(64).optional()
+    .describe('Program and arguments to run instead of the image\'s default command (argv, no shell).'),
+}).strict();
+
+export const VmNameInput = z.object({ name: VmNameSchema }).strict();
+
+export const VmLsInput = z.object({
+  all: z.boolean().default(true).describe('Include stopped VMs (default true).'),
+}).strict();
+
+export const VmRmInput = z.object({
+  name: VmNameSchema,
+  expired_before: z.string().datetime().optional()
+    .describe('Only remove it when its expiry is before this time (the reaper uses it, so a VM whose TTL changed is kept).'),
+}).strict();
+
+export const VmLogsInput = z.object({
+  name: VmNameSchema,
+  tail: z.number().int().min(1).max(5000).default(200).describe('How many lines from the end (default 200).'),
+}).strict();
+
+export const VmExecInput = z.object({
+  name: VmNameSchema,
+  argv: z.array(z.string().max(8192).refine(noNul, 'must not contain NUL bytes')).min(1).max(256)
+    .refine((a) => (a[0] ?? '') !== '', 'argv[0] (the program) must not be empty')
+    .describe('Program and arguments run inside the VM, e.g. ["ls","-la","/"]. No shell: quotes, pipes and $() are literal.'),
+  timeout_s: z.number().int().min(1).max(3600).optional().describe('Kill it after this many seconds (capped by the device limit).'),
+}).strict();
+
+export const VmImageImportInput = z.object({
+  path: z.string().min(1).max(4096).refine(noNul, 'must not contain NUL bytes').describe('A rootfs tarball on the device (.tar, .tar.gz), e.g. /srv/images/alpine-rootfs.tar.gz.'),
+  image: ImageSchema.describe('The image to create, e.g. localhost/alpine:3 (must match the manifest\'s images globs for vm.new to use it).'),
+}).strict();
