@@ -85,11 +85,14 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
           pending.push(await feed.render());
           while (!stream.aborted) {
             while (pending.length) await stream.writeSSE({ event: 'grid', data: pending.splice(0, pending.length).pop()! });
+            let timer: NodeJS.Timeout | undefined;
             await new Promise<void>((resolve) => {
               wake = resolve;
               // A comment line every 25 s keeps proxies and idle timers from closing the stream.
-              setTimeout(resolve, 25_000).unref();
+              timer = setTimeout(resolve, 25_000);
+              timer.unref();
             });
+            clearTimeout(timer);
             if (!pending.length && !stream.aborted) await stream.write(': keep-alive\n\n');
           }
         } finally {
