@@ -136,6 +136,11 @@ describe('/v1 API', () => {
     expect(denied.status).toBe(403);
     expect(denied.json).toMatchObject({ ok: false, decision: 'denied', error: { code: 'policy_denied' } });
     expect(rt.audit.get('box', denied.json.audit.seq)).toMatchObject({ actor: 'api:ci2', decision: 'denied' });
+    // any capability name passes the body check (vm.image.import has three parts); invoke decides
+    const unknown = await api('POST', '/v1/exec', { token: await tokenFor('ci3', 'box', '*'), body: { device: 'box', capability: 'vm.image.import', args: {} } });
+    expect(unknown.json.decision).toBe('denied');
+    expect(unknown.json.code).not.toBe('usage');
+    expect(unknown.json.audit.seq).toBeGreaterThan(0);
     const bad = await api('POST', '/v1/exec', { token, body: { device: 'box', capability: 'fs.list', args: { path: 42 } } });
     expect(bad.status).toBe(400);
     expect(bad.json.error.code).toBe('invalid_args');

@@ -16,7 +16,7 @@ const ApprovalId = z.string().regex(/^ap_[A-Za-z0-9_-]{16,32}$/);
 
 export const ExecRequestSchema = z.object({
   device: DeviceNameSchema,
-  capability: z.string().regex(/^[a-z]+\.[a-z_]+$/, 'must be a capability name like sys.info').max(64),
+  capability: z.string().regex(/^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$/, 'must be a capability name like sys.info').max(64),
   args: z.record(z.string(), z.unknown()).default({}),
   /** When the call needs approval: wait up to this many seconds for the verdict before answering 202. */
   wait: z.number().int().min(0).max(300).default(0),
