@@ -49,6 +49,7 @@ import { dispatchChat } from '../capabilities/commands.js';
 import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import { AUDIT_HEAD_EVENT } from '../bots/device-bot.js';
 import { escapeHtml } from '../bots/format.js';
+import { vmReaperJob } from '../capabilities/vm/reaper.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, registerWithSharedSecret, type MatrixMessage, type MatrixSession, type MatrixSessionOptions } from '../bots/matrix/index.js';
 
 export const OPERATOR_CREDENTIALS = '_operator';
@@ -465,6 +466,7 @@ export async function startOperatorServices(o: OperatorServicesOptions): Promise
       anchors: roomAnchors(roomId, session),
       send: async (text) => { await session.sendText(roomId, text); },
       logger: log.child({ component: 'health' }),
+      afterCycle: [vmReaperJob(rt, log.child({ component: 'vm-reaper' }))],
       ...o.monitorOverrides,
     });
     const bot = new OperatorBot({

@@ -81,3 +81,16 @@ export class VmReaper {
     return out;
   }
 }
+
+/** The reaper as a health-monitor job (HealthMonitorOptions.afterCycle) over the launcher's runtime. */
+export function vmReaperJob(
+  rt: { invoker: ReaperOptions['invoker']; devices: { list(): Array<{ manifest?: Manifest | undefined }> } },
+  logger?: Logger,
+): { name: string; run(now: number): Promise<ReapOutcome[]> } {
+  const reaper = new VmReaper({
+    invoker: rt.invoker,
+    manifests: () => rt.devices.list().flatMap((l) => (l.manifest ? [l.manifest] : [])),
+    ...(logger ? { logger } : {}),
+  });
+  return { name: 'vm-reaper', run: (now) => reaper.run(now) };
+}

@@ -87,6 +87,8 @@ export interface HealthMonitorOptions {
   /** Re-read anchors of every device every N cycles (devices without a mirror: every cycle). */
   anchorEvery?: number;
   logger?: Logger;
+  /** Jobs that run on the same schedule, after each cycle (the VM reaper: capabilities/vm/reaper.ts); a failure is logged, never fails the cycle. */
+  afterCycle?: ReadonlyArray<{ name: string; run(now: number): Promise<unknown> }>;
 }
 
 interface Probe {
@@ -290,6 +292,9 @@ export class HealthMonitor {
     this.last = result;
     this.log[transitions.length ? 'info' : 'debug']({ devices: devices.length, transitions: transitions.length, ms: Math.round(result.durationMs) }, 'health cycle');
     await this.flush();
+    for (const job of this.o.afterCycle ?? []) {
+      try { await job.run(this.now()); } catch (err) { this.log.error({ job: job.name, err: toMpError(err).message }, 'after-cycle job failed'); }
+    }
     return result;
   }
 
