@@ -12,6 +12,7 @@ import { isIP } from 'node:net';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { defineCommand } from '../../capabilities/commands.js';
+import { DEVICE_NAME } from '../../capabilities/names.js';
 import { UsageError, type CliEntry, type CommandContext } from './context.js';
 
 const cli = ['cli'] as const;
@@ -31,7 +32,7 @@ export const AGENT_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'agent init', summary: 'write agent.yaml, agent.secret and manifest.yaml for a device into --out, and the controller copy of the secret', permission: 'operator', surfaces: cli,
     args: z.object({
-      device: z.string().describe('device name'),
+      device: z.string().regex(DEVICE_NAME, { error: '--device must be 1-32 characters of a-z, 0-9 and -' }).describe('device name'),
       address: z.string().refine((a) => isIP(a) !== 0, { error: '--address must be an IP address' }).describe("the device's mesh (WireGuard) IP the agent listens on"),
       port: z.coerce.number({ error: PORT }).int({ error: PORT }).min(1, { error: PORT }).max(65535, { error: PORT }).default(7420).describe('agent port'),
       out: z.string().describe('directory to write (copy it to the device, e.g. /etc/meshpilot)'),
@@ -39,8 +40,7 @@ export const AGENT_COMMANDS: CliEntry[] = [
     }),
     cli: { flags: { device: '--device <device>', address: '--address <ip>', port: '--port <port>', out: '--out <dir>' } },
     run: async (opts, ctx: CommandContext) => {
-      const { DEVICE_NAME, renderTemplate } = await import('../../capabilities/manifest.js');
-      if (!DEVICE_NAME.test(opts.device)) throw new UsageError('--device must be 1-32 characters of a-z, 0-9 and -');
+      const { renderTemplate } = await import('../../capabilities/manifest.js');
       const { generateSecret, loadSecretFile, writeSecretFile } = await import('../../capabilities/agent/auth.js');
       const { ensureHome, resolveHome, templateText, thisOs } = await import('../../capabilities/home.js');
       const { agentSecretPath } = await import('../../capabilities/agent/client.js');
