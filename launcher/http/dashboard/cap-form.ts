@@ -50,7 +50,7 @@ function field(name: string, p: Prop, required: boolean): Html {
       return label(html`<select id="${id}" name="${name}"><option value="">(default)</option><option value="true">true</option><option value="false">false</option></select>`);
     case 'integer':
     case 'number':
-      return label(html`<input id="${id}" name="${name}" type="number"${p.type === 'integer' ? ' step="1"' : ' step="any"'}${p.minimum !== undefined ? html` min="${p.minimum}"` : ''}${p.maximum !== undefined && p.maximum < 1e15 ? html` max="${p.maximum}"` : ''}${required ? ' required' : ''}>`);
+      return label(html`<input id="${id}" name="${name}" type="number"${p.type === 'integer' ? html` step="1"` : html` step="any"`}${p.minimum !== undefined ? html` min="${p.minimum}"` : ''}${p.maximum !== undefined && p.maximum < 1e15 ? html` max="${p.maximum}"` : ''}${required ? ' required' : ''}>`);
     case 'array':
       return label(html`<textarea id="${id}" name="${name}" rows="3" placeholder="one item per line"${required ? ' required' : ''}></textarea>`);
     case 'object':
