@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { chatHelpLines, defineCommand, type AnyCommand } from '../capabilities/commands.js';
-import { DEVICE_NAME } from '../capabilities/manifest.js';
+import { DEVICE_NAME } from '../capabilities/names.js';
 
 /** What the commands need from the operator bot, bound to the operator who sent the command. */
 export interface OperatorCommandContext {
