@@ -12,8 +12,9 @@ import { redactArgs } from '../capabilities/audit.js';
 import type { AuditSink } from '../capabilities/audit-sqlite.js';
 import type { Db } from '../capabilities/db.js';
 import { toMpError } from '../capabilities/errors.js';
-import type { InvokeResult, Invoker } from '../capabilities/invoke.js';
+import type { ApprovalHook, InvokeResult, Invoker } from '../capabilities/invoke.js';
 import type { Manifest } from '../capabilities/manifest.js';
+import { isStaff, mayTalk, resolveLevel, type Caller, type Level } from '../capabilities/levels.js';
 import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
@@ -53,6 +54,8 @@ export interface ChatMessage {
   msgtype: string;
   /** Extra audit context (e.g. a voice transcript and its engine). */
   context?: Record<string, unknown>;
+  /** The sender and their trust level, set once when the message arrives. */
+  caller?: Caller;
 }
 
 /**
@@ -71,6 +74,10 @@ export interface DeviceBotOptions {
   manifest: () => Manifest | undefined;
   /** Operators from the config; the manifest's own operators add to them. */
   operators: readonly string[];
+  /** Admins from the config (capabilities/levels.ts). */
+  admins?: readonly string[];
+  /** Matrix ID → trust level, from the config's `users:`. */
+  users?: Readonly<Record<string, Level>>;
   invoker: Invoker;
   audit: AuditSink;
   db: Db;
@@ -96,7 +103,7 @@ export class DeviceBot {
 
   constructor(private readonly o: DeviceBotOptions) {
     this.conversations = new ConversationStore(o.db, { device: o.device });
-    this.guard = new RoomGuard({ device: o.device, chat: o.chat, isOperator: (u) => this.isOperator(u), operators: () => this.operators(), logger: o.logger });
+    this.guard = new RoomGuard({ device: o.device, chat: o.chat, isOperator: (u) => this.isOperator(u), mayTalk: (u) => this.mayTalk(u), operators: () => this.operators(), logger: o.logger });
     const safe = (room: string): Promise<string> => this.guard.roomFor(room);
     this.chat = {
       sendText: async (room, text) => o.chat.sendText(await safe(room), text),
@@ -116,12 +123,24 @@ export class DeviceBot {
     return this.busyCount > 0;
   }
 
+  /** Everyone at operator level or above: the config's operators and admins, the manifest's operators, users: listed as such. */
   operators(): string[] {
-    return [...new Set([...this.o.operators, ...(this.o.manifest()?.operators ?? [])])];
+    const listed = Object.entries(this.o.users ?? {}).filter(([, l]) => isStaff(l)).map(([u]) => u);
+    return [...new Set([...this.o.operators, ...(this.o.manifest()?.operators ?? []), ...(this.o.admins ?? []), ...listed])];
+  }
+
+  /** The user's trust level on this device (null: a stranger); resolved once per message and carried with it. */
+  levelOf(userId: string): Level | null {
+    return resolveLevel(userId, { operators: this.o.operators, ...(this.o.admins ? { admins: this.o.admins } : {}), ...(this.o.users ? { users: this.o.users } : {}) }, this.o.manifest());
   }
 
   isOperator(userId: string): boolean {
-    return this.operators().includes(userId);
+    return isStaff(this.levelOf(userId));
+  }
+
+  /** Operators and admins; below them, a user whose level this device grants at least one capability. */
+  mayTalk(userId: string): boolean {
+    return mayTalk(this.o.manifest(), this.levelOf(userId));
   }
 
   /** Ensures a DM with each operator; returns the rooms created now (where "live" was announced). */
@@ -178,9 +197,9 @@ export class DeviceBot {
     }
   }
 
-  /** Invites: joined only when they come from an operator; others are refused and audited. */
+  /** Invites: joined only when they come from an operator or a user this device grants something; others are refused and audited. */
   async onInvite(roomId: string, inviter: string): Promise<void> {
-    if (this.isOperator(inviter)) {
+    if (this.mayTalk(inviter)) {
       await this.o.chat.joinRoom(roomId);
       return;
     }
@@ -200,10 +219,12 @@ export class DeviceBot {
   /** Entry point for a text message (or a transcribed voice message). */
   async onMessage(msg: ChatMessage): Promise<void> {
     if (msg.sender === this.o.chat.userId) return;
-    if (!this.isOperator(msg.sender)) {
+    const caller: Caller = { user: msg.sender, level: this.levelOf(msg.sender) };
+    if (!mayTalk(this.o.manifest(), caller.level)) {
       this.auditStranger(msg.sender, 'chat.message', msg.roomId);
       return;
     }
+    msg = { ...msg, caller };
     if (this.interceptor && this.interceptor({ roomId: msg.roomId, sender: msg.sender, text: msg.body })) return;
     // Approvals must get through while a turn in the same room waits for them: !approve and !reject
     // (their declarations) run here, outside the room's queue.
@@ -246,6 +267,12 @@ export class DeviceBot {
 
   /** Handles the message in a room that holds only operators: this one, or the one the guard moves to. */
   private async handleIn(msg: ChatMessage): Promise<void> {
+    if (!isStaff(this.callerOf(msg).level) && (await this.guard.outsiders(msg.roomId)).length > 0) {
+      // Below operator, the bot answers only in the user's own room (they and the bot alone): nothing moves to an operator's DM.
+      this.o.logger.info({ sender: msg.sender }, 'a user below operator wrote from a shared room: not answered there');
+      await this.o.chat.sendText(msg.roomId, `I answer ${msg.sender} only in a DM of their own with me.`).catch(() => undefined);
+      return;
+    }
     const room = await this.guard.roomFor(msg.roomId, msg.sender);
     await this.handle(room === msg.roomId ? msg : { ...msg, roomId: room });
   }
@@ -268,10 +295,40 @@ export class DeviceBot {
   /** `expired` collects the audit seqs of calls whose approval timed out (the footer says "expired", not "rejected"). */
   private async invoke(msg: ChatMessage, capability: string, args: unknown, actor: string, expired?: Set<number>): Promise<InvokeResult> {
     const requestId = randomUUID();
-    const req = { device: this.o.device, capability, args, actor, requestId, ...(msg.context ? { context: msg.context } : {}) };
-    const r = await this.o.invoker.invoke(req, this.approvals.hookFor(msg.roomId));
+    const caller = this.callerOf(msg);
+    const req = { device: this.o.device, capability, args, actor, caller, requestId, ...(msg.context ? { context: msg.context } : {}) };
+    // A request below operator level is approved by an operator, in the operator's own DM (never where the requester reads).
+    const room = isStaff(caller.level) ? msg.roomId : await this.operatorDm();
+    if (room === undefined) {
+      return this.o.invoker.invoke(req, async () => ({ approved: false, by: 'error', reason: `no operator of ${this.o.device} has a DM with this bot to approve it in` }));
+    }
+    const ask = this.approvals.hookFor(room);
+    const hook: ApprovalHook = room === msg.roomId ? ask : async (a) => {
+      await this.reply(msg.roomId, `⏳ ${a.capability} on ${this.o.device} waits for an operator's approval.`).catch(() => undefined);
+      return ask(a);
+    };
+    const r = await this.o.invoker.invoke(req, hook);
     if (expired && r.decision === 'rejected' && r.audit && this.approvals.stateOf(requestId) === 'expired') expired.add(r.audit.seq);
     return r;
+  }
+
+  /** The message's caller (set when it arrived; a message that did not come through onMessage is resolved here). */
+  private callerOf(msg: ChatMessage): Caller {
+    return msg.caller ?? { user: msg.sender, level: this.levelOf(msg.sender) };
+  }
+
+  /** The first operator's DM with this bot: where requests from users below operator are approved. */
+  private async operatorDm(): Promise<string | undefined> {
+    for (const op of this.operators()) {
+      const room = await this.o.chat.findDm(op).catch(() => undefined);
+      if (room) return room;
+    }
+    return undefined;
+  }
+
+  /** The capabilities this caller sees: all the manifest enables for operators and admins, else those granted to their level. */
+  private capabilitiesFor(caller: Caller): ReturnType<Invoker['allowedCapabilities']> {
+    return isStaff(caller.level) ? this.o.invoker.allowedCapabilities(this.o.device) : this.o.invoker.allowedCapabilities(this.o.device, caller.level);
   }
 
   private async llmTurn(msg: ChatMessage): Promise<void> {
@@ -286,9 +343,13 @@ export class DeviceBot {
       return;
     }
     const { auditFooter, buildSystemPrompt, buildTools, runTurn } = await import('./llm.js');
-    const tools = buildTools(this.o.invoker.allowedCapabilities(this.o.device));
+    // The LLM sees only the caller's own tools, and the prompt lists only those.
+    const caller = this.callerOf(msg);
+    const mine = this.capabilitiesFor(caller);
+    const tools = buildTools(mine);
     const expired = new Set<number>();
-    const system = buildSystemPrompt({ ...manifest, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
+    const visible = isStaff(caller.level) ? manifest : { ...manifest, capabilities: Object.fromEntries(mine.map((d) => [d.name, manifest.capabilities[d.name]])) };
+    const system = buildSystemPrompt({ ...visible, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
     const result = await runTurn({
       client: llm.client, system, tools,
       history: this.conversations.load(msg.roomId),
@@ -381,9 +442,15 @@ export class DeviceBot {
 
   /** Runs a `!command` from the table; false when the message is none. */
   private runCommand(table: typeof DEVICE_COMMANDS, msg: ChatMessage): Promise<boolean> {
-    // Senders are operators (onMessage turned the others away); the permission check is the declarations' own.
-    const caller = { may: (p: Permission) => p === 'operator' && this.isOperator(msg.sender), reply: (t: string) => this.reply(msg.roomId, t) };
+    // Senders may talk to this bot (onMessage turned the others away); the permission check is the declarations' own.
+    const caller = { may: (p: Permission) => this.may(msg, p), reply: (t: string) => this.reply(msg.roomId, t) };
     return dispatchChat(table, msg.body.trim(), caller, this.commandContext(msg));
+  }
+
+  /** `operator`: operators and admins; `user`: anyone this device grants something. */
+  private may(msg: ChatMessage, p: Permission): boolean {
+    const level = this.callerOf(msg).level;
+    return p === 'operator' ? isStaff(level) : mayTalk(this.o.manifest(), level);
   }
 
   private commandContext(msg: ChatMessage): DeviceCommandContext {
@@ -416,13 +483,14 @@ export class DeviceBot {
     if (name) {
       const def = this.o.invoker.registry.get(name);
       if (!def) return this.reply(msg.roomId, `Unknown capability ${name}.`);
-      const allowed = this.o.invoker.allowedCapabilities(this.o.device).some((d) => d.name === name);
+      const allowed = this.capabilitiesFor(this.callerOf(msg)).some((d) => d.name === name);
       const lines = describeArgs(def);
       return this.chat.sendHtml(msg.roomId, `${def.name} (${def.risk})${allowed ? '' : ' — not enabled on this device'}\n${def.description}\n${lines.join('\n')}`,
         `<b>${escapeHtml(def.name)}</b> (${def.risk})${allowed ? '' : ' — <i>not enabled on this device</i>'}<br>${escapeHtml(def.description)}<pre><code>${escapeHtml(lines.join('\n') || 'no arguments')}</code></pre>`).then(() => undefined);
     }
-    const caps = this.o.invoker.allowedCapabilities(this.o.device).map((d) => d.name);
-    const cmdLines = chatHelpLines(DEVICE_COMMANDS);
+    // Only what this caller may use: their commands and the capabilities granted to their level.
+    const caps = this.capabilitiesFor(this.callerOf(msg)).map((d) => d.name);
+    const cmdLines = chatHelpLines(DEVICE_COMMANDS.filter((c) => this.may(msg, c.permission)));
     const plain = `Commands:\n${cmdLines.join('\n')}\n\nCapabilities here: ${caps.join(', ') || 'none'}\nOr just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     const html = `<b>Commands</b><br>${cmdLines.map((l) => escapeHtml(l)).join('<br>')}<br><br><b>Capabilities here</b>: ${escapeHtml(caps.join(', ') || 'none')}<br>Or just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     await this.chat.sendHtml(msg.roomId, plain, html);

@@ -23,7 +23,7 @@ const N_RANGE = 'with n from 1 to 200';
 
 export const DEVICE_COMMANDS: ReadonlyArray<AnyCommand<DeviceCommandContext>> = [
   defineCommand({
-    name: 'help', summary: 'this list, or one capability\'s arguments', permission: 'operator', surfaces: on,
+    name: 'help', summary: 'this list, or one capability\'s arguments', permission: 'user', surfaces: on,
     args: z.object({ capability: z.string().optional() }), positional: ['capability'],
     run: (a, c: DeviceCommandContext) => c.help(a.capability),
   }),
@@ -34,7 +34,7 @@ export const DEVICE_COMMANDS: ReadonlyArray<AnyCommand<DeviceCommandContext>> = 
   }),
   defineCommand({
     // The capability's own schema parses the key=value words (capabilities/args.ts), in the handler.
-    name: 'cap', summary: 'run one capability, e.g. !cap fs.list path=/var/log', permission: 'operator', surfaces: on,
+    name: 'cap', summary: 'run one capability, e.g. !cap fs.list path=/var/log', permission: 'user', surfaces: on,
     usage: '<capability> key=value …',
     args: z.object({ capability: z.string().optional(), pairs: z.array(z.string()) }), positional: ['capability', 'pairs'],
     run: (a, c: DeviceCommandContext) => c.cap(a.capability, a.pairs),
@@ -58,7 +58,7 @@ export const DEVICE_COMMANDS: ReadonlyArray<AnyCommand<DeviceCommandContext>> = 
     run: (a, c: DeviceCommandContext) => c.decide(a.id, false),
   }),
   defineCommand({
-    name: 'reset', summary: 'forget this conversation\'s history', permission: 'operator', surfaces: on,
+    name: 'reset', summary: 'forget this conversation\'s history', permission: 'user', surfaces: on,
     args: z.object({}),
     run: (_a, c: DeviceCommandContext) => c.reset(),
   }),

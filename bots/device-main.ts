@@ -13,6 +13,8 @@ import { logger } from '../capabilities/log.js';
 import { builtinRegistry } from '../capabilities/registry.js';
 import { loadConfig } from '../capabilities/config.js';
 import { DeviceRegistry } from '../capabilities/device-registry.js';
+import { VmGate } from '../capabilities/vm/quota-gate.js';
+import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
 import { ParentMessageSchema, type ChildMessageInput, type ParentMessage } from './ipc.js';
@@ -64,7 +66,8 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const kind = devices.get(device)?.transport.kind;
   if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
   if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
-  const invoker = new Invoker({ manifests: devices, audit });
+  // Quotas and VM ownership (capabilities/vm/quota-gate.ts): reservations live in meshpilot.db, shared by every bot.
+  const invoker = new Invoker({ manifests: devices, audit, gate: new VmGate(new SqliteQuotaStore(db, config.quotas, log.child({ component: 'quota' }))) });
   const homeserverUrl = creds.homeserverUrl ?? config.matrix.homeserver_url;
   const encryption = config.matrix.encryption === 'auto' && cryptoAvailable() ? await prepareEncryption() : undefined;
   const session = createMatrixSession({
@@ -95,7 +98,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
         return {
           storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(password ? { password } : {}),
           // Room keys go to operators only: a stranger invited into a DM cannot read it (keys are shared after start, once bot exists).
-          keyRecipients: (u: string) => bot.isOperator(u),
+          keyRecipients: (u: string) => bot.mayTalk(u),
         };
       } catch (err) {
         const e = toMpError(err);
@@ -116,6 +119,8 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     device,
     manifest: () => devices.get(device),
     operators: config.operators,
+    admins: config.admins,
+    users: config.users,
     invoker, audit, db,
     chat: {
       get userId() { return session.userId ?? creds.userId; },
@@ -165,7 +170,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       await bot.onMessage({ roomId: m.roomId, eventId: m.eventId, sender: m.sender, body: m.body, msgtype: m.msgtype });
     } else if (m.msgtype === 'm.audio' && voiceHandler) {
       await voiceHandler(m, bot);
-    } else if (bot.isOperator(m.sender)) {
+    } else if (bot.mayTalk(m.sender)) {
       await session.sendText(m.roomId, `I can't handle ${m.msgtype.replace('m.', '')} messages${m.msgtype === 'm.audio' ? ' yet' : ''}; send text or !help.`);
     }
   }));

@@ -4,6 +4,8 @@
  * encryption, get the room keys). So before anything is posted, the room's members (joined and
  * invited) are checked; a room holding a non-operator is left for a room that holds only operators
  * (the operator's other DM with the bot, else a new one), and the bot says once, in each, why.
+ * A user below operator level whom the device grants something (capabilities/levels.ts) has a room of
+ * their own: one where they are the only member besides the bot.
  */
 import type { Logger } from 'pino';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
@@ -27,6 +29,8 @@ export interface RoomGuardOptions {
   device: string;
   chat: GuardChat;
   isOperator(userId: string): boolean;
+  /** Whether the user may talk to this bot at all (operators, and users the device grants something). */
+  mayTalk?(userId: string): boolean;
   operators(): string[];
   logger: Logger;
 }
@@ -44,9 +48,11 @@ export class RoomGuard {
   /** The non-operators joined to or invited into a room (the bot itself excepted). */
   async outsiders(roomId: string): Promise<string[]> {
     const members = await this.o.chat.roomMembers(roomId);
-    return members
-      .filter((m) => (m.membership === 'join' || m.membership === 'invite') && m.userId !== this.o.chat.userId && !this.o.isOperator(m.userId))
-      .map((m) => m.userId);
+    const others = members.filter((m) => (m.membership === 'join' || m.membership === 'invite') && m.userId !== this.o.chat.userId);
+    const outsiders = others.filter((m) => !this.o.isOperator(m.userId)).map((m) => m.userId);
+    // A citizen's own room: they are alone in it with the bot.
+    if (others.length === 1 && outsiders.length === 1 && this.o.mayTalk?.(outsiders[0]!)) return [];
+    return outsiders;
   }
 
   /**

@@ -15,8 +15,11 @@
 import { z } from 'zod';
 import { coerceArg } from './args.js';
 
-/** Who may run a command. Only operators today; a value (not a boolean) so trust levels can come later. */
-export const PermissionSchema = z.enum(['operator']);
+/**
+ * Who may run a command: `operator` (operators and admins), or `user`: anyone a device bot talks to
+ * (a user whose trust level the device grants a capability: capabilities/levels.ts).
+ */
+export const PermissionSchema = z.enum(['operator', 'user']);
 export type Permission = z.infer<typeof PermissionSchema>;
 
 /** Where a command appears. */

@@ -10,6 +10,9 @@ import { ensureHome, resolveHome, type HomeLayout } from '../capabilities/home.j
 import { Invoker, type ApprovalHook } from '../capabilities/invoke.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
 import { DeviceRegistry } from '../capabilities/device-registry.js';
+import { loadConfig, QuotasSchema } from '../capabilities/config.js';
+import { VmGate } from '../capabilities/vm/quota-gate.js';
+import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 
 export interface Runtime {
   home: HomeLayout;
@@ -29,7 +32,10 @@ export function openRuntime(opts: { root?: string; approve?: ApprovalHook } = {}
   const audit = new SqliteAuditLog(db);
   const capabilities = builtinRegistry();
   const devices = new DeviceRegistry(home.manifests, capabilities);
-  const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, ...(opts.approve ? { approve: opts.approve } : {}) });
+  // The CLI, the API and the reaper call as operators; the VM gate still records owners and releases quotas (vm.rm).
+  const config = loadConfig(home.config);
+  const gate = new VmGate(new SqliteQuotaStore(db, config.ok ? config.config.quotas : QuotasSchema.parse({})));
+  const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, gate, ...(opts.approve ? { approve: opts.approve } : {}) });
   return {
     home, created, enrolledLocal, db, audit, capabilities, devices, invoker,
     async close() {
