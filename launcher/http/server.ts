@@ -66,8 +66,9 @@ export function createApp(deps: HttpDeps, surfaces: ReadonlyArray<{ path: string
       log.warn({ rid, method: c.req.method, path: c.req.path, status: 403, address }, 'refused: Host header is not a loopback name');
       return res;
     }
-    await next();
+    // Before next(): set after, hono rebuilds the finished Response (and the Node adapter loses its fast path).
     c.header('X-Request-Id', rid);
+    await next();
     const status = c.res.status;
     const line = { rid, method: c.req.method, path: c.req.path, status, ms: Math.round((performance.now() - t0) * 10) / 10, address };
     if (status >= 500) log.warn(line, 'request');
