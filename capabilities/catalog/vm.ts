@@ -92,9 +92,11 @@ const vmLs = defineCapability({
       const r = await backendFor(ctx).list(args.all);
       if (!r.ok) return failed(r);
       const now = Date.now();
-      const text = r.value.length ? r.value.map((v) => vmLine(v, now)).join('\n') : `no VMs on ${ctx.device}`;
+      // `owner`: set by the VM gate for callers below operator (capabilities/vm/quota-gate.ts), who see only their own.
+      const vms = args.owner === undefined ? r.value : r.value.filter((v) => v.owner === args.owner);
+      const text = vms.length ? vms.map((v) => vmLine(v, now)).join('\n') : `no VMs on ${ctx.device}${args.owner === undefined ? '' : ` for ${args.owner}`}`;
       const out = capText(text, ctx.limits.maxOutputBytes);
-      return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: out.text, truncated: out.truncated, data: r.value });
+      return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: out.text, truncated: out.truncated, data: vms });
     }),
 });
 

@@ -34,6 +34,7 @@ export const VmNameInput = z.object({ name: VmNameSchema }).strict();
 
 export const VmLsInput = z.object({
   all: z.boolean().default(true).describe('Include stopped VMs (default true).'),
+  owner: z.string().min(1).max(256).optional().describe('Only the VMs of this owner (a Matrix ID). Below operator level meshpilot sets it to you.'),
 }).strict();
 
 export const VmRmInput = z.object({
