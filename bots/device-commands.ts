@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { defineCommand, type AnyCommand } from '../capabilities/commands.js';
+import { vmChatCommands } from '../capabilities/vm/commands.js';
 
 /** What the commands need from the bot, bound to the message being answered. */
 export interface DeviceCommandContext {
@@ -72,6 +73,8 @@ export const DEVICE_COMMANDS: ReadonlyArray<AnyCommand<DeviceCommandContext>> = 
     args: z.object({}),
     run: (_a, c: DeviceCommandContext) => c.dashboard(),
   }),
+  // `!vm new dev image=…`, `!vm ls`, …: thin commands over the vm.* capabilities (through !cap), which the manifest grants per level.
+  ...vmChatCommands('user'),
 ];
 
 /** `!approve` and `!reject`: the bot runs them outside the room's queue (a turn may be waiting for them). */

@@ -223,10 +223,20 @@ export interface ChatCaller {
  */
 export async function dispatchChat<C>(commands: readonly AnyCommand<C>[], text: string, caller: ChatCaller, ctx: C, prefix = '!'): Promise<boolean> {
   if (!text.startsWith(prefix)) return false;
-  const [word = '', ...words] = text.slice(prefix.length).split(/\s+/).filter(Boolean);
-  const cmd = commands.find((c) => c.name === word.toLowerCase());
+  const all = text.slice(prefix.length).split(/\s+/).filter(Boolean);
+  const word = all[0] ?? '';
+  // A name may be several words (`vm new`): the longest one the message starts with.
+  let cmd: AnyCommand<C> | undefined;
+  let used = 1;
+  for (const c of commands) {
+    const n = c.name.split(' ');
+    if ((!cmd || n.length > used) && n.every((w, i) => all[i]?.toLowerCase() === w)) { cmd = c; used = n.length; }
+  }
+  const words = all.slice(used);
   if (!cmd) {
-    await caller.reply(`Unknown command ${prefix}${word.slice(0, 40)}. Send ${prefix}help for the list.`);
+    const family = commands.filter((c) => c.name.startsWith(`${word.toLowerCase()} `)).map((c) => c.name.slice(word.length + 1));
+    if (word && family.length) await caller.reply(`Usage: ${prefix}${word.toLowerCase()} ${family.join('|')} … (send ${prefix}help for each one's arguments)`);
+    else await caller.reply(`Unknown command ${prefix}${word.slice(0, 40)}. Send ${prefix}help for the list.`);
     return true;
   }
   if (!caller.may(cmd.permission)) {

@@ -107,6 +107,14 @@ describe('command declarations', () => {
       '!reset — forget this conversation\'s history',
       '!budget — LLM tokens used today and the daily budget',
       '!dashboard — a one-time login link for the web dashboard, sent to you in our DM (works once, for 5 minutes)',
+      '!vm new <name> <image=…> [cpus=…] [memory_mb=…] [disk_mb=…] [ttl_h=…] [ports=…] [command=…] — create and start a VM',
+      '!vm ls [all=…] [owner=…] — list the VMs with owner, ports and expiry',
+      '!vm exec <name> <argv…> [timeout_s=…] — run a program in a VM (argv, no shell)',
+      '!vm stop <name> — stop a VM (its disk stays)',
+      '!vm start <name> — start a stopped VM',
+      '!vm logs <name> [tail=…] — the last lines of a VM\'s output',
+      '!vm rm <name> [expired_before=…] — remove a VM (already gone counts as removed)',
+      '!vm image import <path> <image> — make an image from a rootfs tarball on the device',
     ]);
     const auditCmd = DEVICE_COMMANDS.find((c) => c.name === 'audit')! as AnyCommand<unknown>;
     expect(parseChatArgs(auditCmd, ['0'])).toEqual({ ok: false, message: 'Usage: !audit [n] with n from 1 to 200' });

@@ -19,7 +19,7 @@ export interface VmVerb {
 }
 
 export const VM_VERBS: readonly VmVerb[] = [
-  { verb: 'new', capability: 'vm.new', args: VmNewInput, positional: ['name'], summary: 'create and start a VM (image, cpus, memory_mb, disk_mb, ttl_h, ports)' },
+  { verb: 'new', capability: 'vm.new', args: VmNewInput, positional: ['name'], summary: 'create and start a VM' },
   { verb: 'ls', capability: 'vm.ls', args: VmLsInput, positional: [], summary: 'list the VMs with owner, ports and expiry' },
   { verb: 'exec', capability: 'vm.exec', args: VmExecInput, positional: ['name', 'argv'], summary: 'run a program in a VM (argv, no shell)' },
   { verb: 'stop', capability: 'vm.stop', args: VmNameInput, positional: ['name'], summary: 'stop a VM (its disk stays)' },
