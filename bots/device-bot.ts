@@ -14,7 +14,7 @@ import type { Db } from '../capabilities/db.js';
 import { toMpError } from '../capabilities/errors.js';
 import type { ApprovalHook, InvokeResult, Invoker } from '../capabilities/invoke.js';
 import type { Manifest } from '../capabilities/manifest.js';
-import { isStaff, mayTalk, resolveLevel, type Caller, type Level } from '../capabilities/levels.js';
+import { isStaff, mayTalk, resolveLevel, staffIds, type Caller, type Level } from '../capabilities/levels.js';
 import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
@@ -125,8 +125,8 @@ export class DeviceBot {
 
   /** Everyone at operator level or above: the config's operators and admins, the manifest's operators, users: listed as such. */
   operators(): string[] {
-    const listed = Object.entries(this.o.users ?? {}).filter(([, l]) => isStaff(l)).map(([u]) => u);
-    return [...new Set([...this.o.operators, ...(this.o.manifest()?.operators ?? []), ...(this.o.admins ?? []), ...listed])];
+    const staff = staffIds({ operators: this.o.operators, ...(this.o.admins ? { admins: this.o.admins } : {}), ...(this.o.users ? { users: this.o.users } : {}) });
+    return [...new Set([...staff, ...(this.o.manifest()?.operators ?? [])])];
   }
 
   /** The user's trust level on this device (null: a stranger); resolved once per message and carried with it. */

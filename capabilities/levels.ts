@@ -41,6 +41,12 @@ export interface LevelSource {
   admins?: readonly string[];
 }
 
+/** Everyone the config makes an operator or an admin (the operator room's members, every bot's operators). */
+export function staffIds(src: LevelSource): string[] {
+  const listed = Object.entries(src.users ?? {}).filter(([, l]) => isStaff(l)).map(([u]) => u);
+  return [...new Set([...src.operators, ...(src.admins ?? []), ...listed])];
+}
+
 /** The user's level on a device: the highest the config and the manifest's own operators give, or null (a stranger). */
 export function resolveLevel(userId: string, src: LevelSource, manifest?: { operators: readonly string[] }): Level | null {
   let best: Level | null = null;

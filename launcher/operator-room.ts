@@ -50,6 +50,7 @@ import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import { AUDIT_HEAD_EVENT } from '../bots/device-bot.js';
 import { escapeHtml } from '../bots/format.js';
 import { vmReaperJob } from '../capabilities/vm/reaper.js';
+import { staffIds } from '../capabilities/levels.js';
 import { checkCryptoDevice, createMatrixSession, cryptoAvailable, registerWithSharedSecret, type MatrixMessage, type MatrixSession, type MatrixSessionOptions } from '../bots/matrix/index.js';
 
 export const OPERATOR_CREDENTIALS = '_operator';
@@ -354,7 +355,7 @@ async function prepareEncryption(rt: Runtime, config: Config, creds: OperatorCre
     encryption: {
       storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(current.password ? { password: current.password } : {}),
       // Alerts and fleet commands are for operators: anyone else let into the room gets no room keys.
-      keyRecipients: (userId) => config.operators.includes(userId),
+      keyRecipients: (userId) => staffIds(config).includes(userId),
     },
   };
 }
@@ -374,9 +375,9 @@ async function operatorRoom(rt: Runtime, config: Config, creds: OperatorCreds, s
   if (!roomId) {
     roomId = await session.createRoom({
       name: 'meshpilot operators', topic: 'meshpilot health alerts and fleet commands (!help)', preset: 'private_chat',
-      invite: config.operators,
+      invite: staffIds(config),
       // Synapse refuses an override whose users leave out the creator; the bot keeps 100, operators 50.
-      userPowerLevels: { ...Object.fromEntries(config.operators.map((o) => [o, 50])), [creds.userId]: 100 },
+      userPowerLevels: { ...Object.fromEntries(staffIds(config).map((o) => [o, 50])), [creds.userId]: 100 },
       encrypted: session.encryptionEnabled(),
     });
     rt.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run('operator_room', roomId);
@@ -386,7 +387,7 @@ async function operatorRoom(rt: Runtime, config: Config, creds: OperatorCreds, s
   // Operators added to the config since: invite them (those already in the room make this fail harmlessly).
   const members = await session.roomMembers(roomId).catch(() => []);
   const joined = new Set(members.filter((m) => m.membership === 'join').map((m) => m.userId));
-  for (const op of config.operators) {
+  for (const op of staffIds(config)) {
     if (joined.has(op)) continue;
     await session.invite(roomId, op).catch(() => undefined);
   }
@@ -470,14 +471,14 @@ export async function startOperatorServices(o: OperatorServicesOptions): Promise
       ...o.monitorOverrides,
     });
     const bot = new OperatorBot({
-      roomId, userId: creds.userId, operators: o.config.operators, monitor, runtime: rt,
+      roomId, userId: creds.userId, operators: staffIds(o.config), monitor, runtime: rt,
       chat: { sendText: (r, t) => session.sendText(r, t), sendHtml: (r, p, h) => session.sendHtml(r, p, h) },
       ...(o.addPc ? { addPc: o.addPc } : {}), ...(o.revoke ? { revoke: o.revoke } : {}),
       ...(o.now ? { now: o.now } : {}), logger: log,
     });
     session.onMessage((m: MatrixMessage) => bot.onMessage(m));
     session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender, e.reason));
-    session.onInvite(async (i) => { if (i.roomId === roomId || o.config.operators.includes(i.sender)) await session.joinRoom(i.roomId).catch(() => undefined); });
+    session.onInvite(async (i) => { if (i.roomId === roomId || staffIds(o.config).includes(i.sender)) await session.joinRoom(i.roomId).catch(() => undefined); });
     if (!o.noSchedule) monitor.start();
     void monitor.flush();
     return {

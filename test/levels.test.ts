@@ -8,7 +8,7 @@ import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { ConfigSchema } from '../capabilities/config.js';
 import { openDatabase } from '../capabilities/db.js';
 import { Invoker } from '../capabilities/invoke.js';
-import { grantedTo, mayTalk, resolveLevel, type Level } from '../capabilities/levels.js';
+import { grantedTo, mayTalk, resolveLevel, staffIds, type Level } from '../capabilities/levels.js';
 import { parseManifest } from '../capabilities/manifest.js';
 import { CapabilityRegistry } from '../capabilities/registry.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
@@ -66,7 +66,8 @@ describe('trust levels: who resolves to what', () => {
     expect(resolveLevel('@op:x', src)).toBe('operator');
     expect(resolveLevel('@root:x', src)).toBe('admin');
     expect(resolveLevel('@eve:x', src)).toBeNull();
-    expect(resolveLevel('@ann:x', src, { operators: ['@ann:x'] })).toBe('operator');
+    expect(resolveLevel('@ann:x', src, { operators: ['@ann:x'] })).toBe('operator');    // The operator room and every bot's DMs: the config's operators, admins, and users listed as operator or admin.
+    expect(staffIds({ ...src, users: { ...src.users, '@lee:x': 'admin' } }).sort()).toEqual(['@lee:x', '@op:x', '@root:x']);
   });
 
   it('the config parses users, admins and per-level quotas (newbie and citizen have defaults) and rejects unknown levels', () => {
