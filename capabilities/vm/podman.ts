@@ -24,6 +24,8 @@ import { LABELS, type BackendResult, type ExecOutput, type VmBackend, type VmInf
 export const CONTAINER_PREFIX = 'mp-';
 export const PODMAN_RUN_FLAGS = ['--runtime', 'runc', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096'] as const;
 const STOP_TIMEOUT_S = 5;
+/** podman's warning when it cannot apply --memory/--cpus (rootless on cgroups v1): it runs the container anyway. */
+const RESOURCE_LIMITS_IGNORED = /Resource limits are not supported and ignored/i;
 /** Listings and inspections are ours, not the caller's output: a larger cap than the manifest's. */
 const META_BYTES = 4 * 1024 * 1024;
 
@@ -187,16 +189,22 @@ export class PodmanBackend implements VmBackend {
     let diskEnforced = diskSupport.get(this.device) !== false;
     let out = await this.podman(diskEnforced ? [...argv, '--storage-opt', `size=${spec.diskMb}m`, ...tail] : [...argv, ...tail]);
     let spent = out.durationMs;
-    if (diskEnforced && out.exitCode !== 0 && /storage-opt|overlay\.size|only supported for|quota/i.test(out.stderr.toString('utf8'))) {
+    if (diskEnforced && out.exitCode !== 0 && /storage-opt|overlay\.size|only supported for|quota|not support size/i.test(out.stderr.toString('utf8'))) {
       diskSupport.set(this.device, false);
       diskEnforced = false;
       out = await this.podman([...argv, ...tail]);
       spent += out.durationMs;
     } else if (diskEnforced && out.exitCode === 0) diskSupport.set(this.device, true);
-    if (out.exitCode !== 0 || out.timedOut) {
+    const ignoredLimits = RESOURCE_LIMITS_IGNORED.test(out.stderr.toString('utf8'));
+    if (out.exitCode !== 0 || out.timedOut || ignoredLimits) {
       // A failed run may leave a created container behind: remove it (ours, by its labels).
-      if (!/already in use/i.test(out.stderr.toString('utf8'))) await this.podman(['rm', '-f', '--', CONTAINER_PREFIX + spec.name]).catch(() => undefined);
-      return { ok: false, error: this.failure(out, `vm.new ${spec.name}`), durationMs: spent, stderr: out.stderr.toString('utf8') };
+      if (!/already in use/i.test(out.stderr.toString('utf8'))) await this.podman(['rm', '-f', '-t', '0', '--', CONTAINER_PREFIX + spec.name]).catch(() => undefined);
+      idsOf(this.device).delete(spec.name);
+      // A VM without its limits is no sandbox: refuse rather than run it unbounded.
+      const error: MpError = ignoredLimits
+        ? { code: 'exec_failed', message: `podman on ${this.device} runs rootless on cgroups v1 and ignores memory and CPU limits; run the device's podman as root (ssh user root, or the agent as root) or move the device to cgroups v2` }
+        : this.failure(out, `vm.new ${spec.name}`);
+      return { ok: false, error, durationMs: spent, stderr: out.stderr.toString('utf8') };
     }
     const fullId = out.stdout.toString('utf8').trim().split('\n').pop() ?? '';
     idsOf(this.device).set(spec.name, fullId);
