@@ -176,9 +176,9 @@ export function toToolName(capability: string): string {
   return capability.replace(/\./g, '_');
 }
 
-/** `fs_read` → `fs.read`: the first underscore is the family separator (families have none). */
+/** `fs_read` → `fs.read`, `vm_image_import` → `vm.image.import`: capability names have no underscores. */
 export function toCapabilityName(tool: string): string {
-  return tool.replace('_', '.');
+  return tool.replace(/_/g, '.');
 }
 
 /** Whether a capability name survives the round trip and is a valid tool name. */
