@@ -490,7 +490,7 @@ export class DeviceBot {
     }
     // Only what this caller may use: their commands and the capabilities granted to their level.
     const caps = this.capabilitiesFor(this.callerOf(msg)).map((d) => d.name);
-    const cmdLines = chatHelpLines(DEVICE_COMMANDS.filter((c) => this.may(msg, c.permission)));
+    const cmdLines = chatHelpLines(DEVICE_COMMANDS.filter((c) => this.may(msg, c.permission) && (c.capability === undefined || caps.includes(c.capability))));
     const plain = `Commands:\n${cmdLines.join('\n')}\n\nCapabilities here: ${caps.join(', ') || 'none'}\nOr just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     const html = `<b>Commands</b><br>${cmdLines.map((l) => escapeHtml(l)).join('<br>')}<br><br><b>Capabilities here</b>: ${escapeHtml(caps.join(', ') || 'none')}<br>Or just ask in plain words${this.o.llm ? '' : ' (once an LLM is configured)'}.`;
     await this.chat.sendHtml(msg.roomId, plain, html);

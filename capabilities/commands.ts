@@ -49,6 +49,8 @@ export interface CommandDefinition<S extends ArgsSchema, C> {
   /** The usage shown after the name when the derived one is not what users should read, e.g. `<capability> key=value …`. */
   readonly usage?: string;
   readonly permission: Permission;
+  /** The capability the command runs, when it is one (`!vm new` → vm.new): help lists it only to callers granted that capability. */
+  readonly capability?: string;
   readonly surfaces: readonly Surface[];
   readonly cli?: CliHints<S>;
   /** Runs after the arguments validated and the caller's permission was checked. */

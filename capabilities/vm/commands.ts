@@ -44,7 +44,7 @@ export interface VmChatContext {
 /** `!vm new …`, `!vm ls`, … on a device bot (the device is the bot's own). */
 export function vmChatCommands(permission: Permission = 'operator'): Array<AnyCommand<VmChatContext>> {
   return VM_VERBS.map((v) => defineCommand({
-    name: `vm ${v.verb}`, summary: v.summary, permission, surfaces: ['device-chat'],
+    name: `vm ${v.verb}`, summary: v.summary, permission, capability: v.capability, surfaces: ['device-chat'],
     args: v.args, positional: v.positional as never,
     run: (a: Record<string, unknown>, c: VmChatContext) => c.cap(v.capability, toPairs(a)),
   }) as AnyCommand<VmChatContext>);
