@@ -1,6 +1,6 @@
 /**
  * vm.* against bare podman, measured side by side (interleaved) in one run on the local device:
- *   vm.new_ratio  = meshpilot vm.new through invoke (policy, quota gate, audit started + outcome,
+ *   vm.new_ratio  = meshpilot vm.new through invoke (policy, the VM gate's reservation, audit started + outcome,
  *                   podman run -d with labels) / bare `podman run -d` of the same image with the
  *                   same runtime, ulimit, memory and CPU flags (the ones this machine needs);
  *   vm.exec_ratio = vm.exec through invoke / bare `podman exec` of the same argv in the same VM.
@@ -16,6 +16,9 @@ import { openDatabase } from '../capabilities/db.js';
 import { Invoker } from '../capabilities/invoke.js';
 import { parseManifest } from '../capabilities/manifest.js';
 import { PODMAN_RUN_FLAGS } from '../capabilities/vm/podman.js';
+import { VmGate } from '../capabilities/vm/quota-gate.js';
+import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
+import { QuotasSchema } from '../capabilities/config.js';
 import type { BenchFigure } from './run.js';
 
 export const figures = ['vm.new_ms', 'vm.new_bare_ms', 'vm.new_ratio', 'vm.exec_ms', 'vm.exec_bare_ms', 'vm.exec_ratio'];
@@ -52,8 +55,11 @@ capabilities:
 `, 'local.yaml');
     if (!parsed.ok) throw new Error('bench manifest invalid');
     const manifest = parsed.manifest;
-    const audit = new SqliteAuditLog(openDatabase(path.join(dir, 'meshpilot.db')));
-    const invoker = new Invoker({ manifests: { get: (d) => (d === 'local' ? manifest : undefined) }, audit });
+    const db = openDatabase(path.join(dir, 'meshpilot.db'));
+    const audit = new SqliteAuditLog(db);
+    // As the launcher builds it (launcher/runtime-core.ts): the VM gate records owners and reservations.
+    const gate = new VmGate(new SqliteQuotaStore(db, QuotasSchema.parse({})));
+    const invoker = new Invoker({ manifests: { get: (d) => (d === 'local' ? manifest : undefined) }, audit, gate });
     const newVm = async (name: string): Promise<void> => {
       made.push(`mp-${name}`);
       const r = await invoker.invoke({ device: 'local', capability: 'vm.new', args: { name, image, cpus: 1, memory_mb: 128 }, actor: 'bench' });
