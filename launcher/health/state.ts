@@ -83,19 +83,8 @@ export interface HealthRow {
   updated_ms: number;
 }
 
-/** What one cycle stores for a device. */
-export interface HealthUpdate {
-  device: string;
-  state: DeviceState;
-  since_ms: number;
-  detail: string;
-  info: string;
-  agent_failures: number;
-  ssh_failures: number;
-  bot_bad: string | null;
-  reminded_ms: number | null;
-  updated_ms: number;
-}
+/** What one cycle stores for a device (revocation is marked apart, by markRevoked). */
+export type HealthUpdate = Omit<HealthRow, 'revoked'>;
 
 /** The controller's mirror of a device agent's audit chain: not a valid device name, so it never collides. */
 export const mirrorKey = (device: string): string => `${device}@agent`;
