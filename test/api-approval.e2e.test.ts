@@ -6,21 +6,21 @@
  * actor api:<token>. The dashboard's way (IPC approval-decide) decides the same approval.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pino } from 'pino';
-import { HttpConfigSchema, loadConfigOrThrow } from '../capabilities/config.js';
-import { openRuntime, type Runtime } from '../launcher/runtime.js';
-import { Supervisor } from '../launcher/supervisor.js';
+import { HttpConfigSchema, type Config } from '../capabilities/config.js';
+import type { Runtime } from '../launcher/runtime.js';
+import type { Supervisor } from '../launcher/supervisor.js';
 import { apiSurface } from '../launcher/http/api/index.js';
 import { startHttpServer, type RunningHttpServer } from '../launcher/http/server.js';
 import { TokenStore } from '../launcher/http/tokens.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
-import { createBotEnv, DEVICE_MAIN, type BotEnv } from './helpers/bot-env.js';
+import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
+import { silentLogger as silent, startSupervisedBot } from './helpers/supervised-bot.js';
 import { bodyOf } from './helpers/phone.js';
 
-const silent = pino({ level: 'silent' });
 let env: BotEnv;
 let rt: Runtime;
 let sup: Supervisor;
+let config: Config;
 let srv: RunningHttpServer;
 let token: string;
 let room: string;
@@ -43,22 +43,8 @@ async function react(ev: ClientEvent, key: string): Promise<void> {
 
 beforeAll(async () => {
   env = await createBotEnv({ approvalTimeoutS: 60 });
-  botUser = (await env.registerBot('apibox')).userId;
-  env.writeManifest('apibox', '  sys.info: {}\n  shell.exec: { binaries: ["echo"], approval: always }\n');
-  rt = openRuntime({ root: env.home });
-  const config = loadConfigOrThrow(rt.home.config);
-  sup = new Supervisor({
-    entry: DEVICE_MAIN, home: env.home, desiredDevices: () => ['apibox'], watch: false,
-    settings: { maxCrashes: 3, crashWindowS: 60, backoffMaxS: 1, readyTimeoutMs: 60_000 },
-    env: { MESHPILOT_MATRIX_E2EE: 'off', MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
-    logger: silent,
-  });
-  const ready = new Promise<void>((resolve) => sup.once('ready', () => resolve()));
-  await sup.start();
-  await ready;
-  const live = await env.phone.waitFor((e) => e.sender === botUser && /✓ apibox live/.test(bodyOf(e)), 60_000);
-  room = live.room_id;
-  await env.phone.waitFor((e) => e.room_id === room && e.type === 'm.room.member' && e.state_key === env.operator.userId && (e.content as { membership?: string }).membership === 'join');
+  const bot = await startSupervisedBot(env, 'apibox', '  sys.info: {}\n  shell.exec: { binaries: ["echo"], approval: always }\n');
+  ({ rt, sup, config, botUser, room } = bot);
   srv = await startHttpServer({ runtime: rt, config, supervisor: sup, http: HttpConfigSchema.parse({ listen: '127.0.0.1:0' }), logger: silent }, [apiSurface()]);
   token = new TokenStore(rt.db, rt.audit).create({ name: 'ci', devices: ['apibox'], capabilities: ['*'], expiresInS: 86400, rate: { count: 100, windowS: 60 }, by: 'test' }).token;
 }, 120_000);

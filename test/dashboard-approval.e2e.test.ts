@@ -6,22 +6,22 @@
  * - a request asked in chat (`!cap …`) shows on the device page, and rejecting it there rejects it in
  *   chat: the bot says so and nothing runs.
  */
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HttpConfigSchema, loadConfigOrThrow } from '../capabilities/config.js';
+import { HttpConfigSchema, type Config } from '../capabilities/config.js';
 import { dashboardSurface, createLoginLink } from '../launcher/http/dashboard/index.js';
 import { startHttpServer, type RunningHttpServer } from '../launcher/http/server.js';
-import { openRuntime, type Runtime } from '../launcher/runtime.js';
-import { Supervisor } from '../launcher/supervisor.js';
+import type { Runtime } from '../launcher/runtime.js';
+import type { Supervisor } from '../launcher/supervisor.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
-import { createBotEnv, DEVICE_MAIN, type BotEnv } from './helpers/bot-env.js';
+import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
+import { silentLogger as silent, startSupervisedBot } from './helpers/supervised-bot.js';
 import { logIn, startBrowser, type BrowserEnv } from './helpers/dashboard-env.js';
 import { bodyOf } from './helpers/phone.js';
 
-const silent = pino({ level: 'silent' });
 let env: BotEnv;
 let rt: Runtime;
 let sup: Supervisor;
+let config: Config;
 let srv: RunningHttpServer;
 let b: BrowserEnv;
 let room: string;
@@ -33,22 +33,8 @@ function askFor(marker: string, sinceIdx: number): Promise<ClientEvent> {
 
 beforeAll(async () => {
   env = await createBotEnv({ approvalTimeoutS: 60, withLlm: false });
-  botUser = (await env.registerBot('dashbox')).userId;
-  env.writeManifest('dashbox', '  sys.info: {}\n  shell.exec: { binaries: ["echo"], approval: always }\n');
-  rt = openRuntime({ root: env.home });
-  const config = loadConfigOrThrow(rt.home.config);
-  sup = new Supervisor({
-    entry: DEVICE_MAIN, home: env.home, desiredDevices: () => ['dashbox'], watch: false,
-    settings: { maxCrashes: 3, crashWindowS: 60, backoffMaxS: 1, readyTimeoutMs: 60_000 },
-    env: { MESHPILOT_MATRIX_E2EE: 'off', MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
-    logger: silent,
-  });
-  const ready = new Promise<void>((resolve) => sup.once('ready', () => resolve()));
-  await sup.start();
-  await ready;
-  const live = await env.phone.waitFor((e) => e.sender === botUser && /✓ dashbox live/.test(bodyOf(e)), 60_000);
-  room = live.room_id;
-  await env.phone.waitFor((e) => e.room_id === room && e.type === 'm.room.member' && e.state_key === env.operator.userId && (e.content as { membership?: string }).membership === 'join');
+  const bot = await startSupervisedBot(env, 'dashbox', '  sys.info: {}\n  shell.exec: { binaries: ["echo"], approval: always }\n');
+  ({ rt, sup, config, botUser, room } = bot);
   srv = await startHttpServer({ runtime: rt, config, supervisor: sup, http: HttpConfigSchema.parse({ listen: '127.0.0.1:0' }), logger: silent }, [dashboardSurface()]);
   b = await startBrowser();
   await logIn(b.page, createLoginLink({ runtime: rt }, srv.url, env.operator.userId));
