@@ -15,6 +15,9 @@ import { parseManifest, type Manifest } from '../capabilities/manifest.js';
 import { VmReaper } from '../capabilities/vm/reaper.js';
 import { setQuotaGate, type QuotaRequest } from '../capabilities/vm/quota.js';
 import type { VmInfo } from '../capabilities/vm/backend.js';
+import { backendFor } from '../capabilities/vm/podman.js';
+import { LocalHost } from '../capabilities/transports/local.js';
+import { connect } from 'node:net';
 import { makeTempDir } from './helpers/tmp.js';
 
 const RUN = `t${process.pid.toString(36)}`;
@@ -64,7 +67,7 @@ beforeAll(() => {
   const root = path.join(tmp.dir, 'rootfs');
   for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc']) mkdirSync(path.join(root, d), { recursive: true });
   copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'cat', 'echo', 'ls', 'id', 'hostname', 'head']) symlinkSync('busybox', path.join(root, 'bin', a));
+  for (const a of ['sh', 'sleep', 'cat', 'echo', 'ls', 'id', 'hostname', 'head', 'true']) symlinkSync('busybox', path.join(root, 'bin', a));
   execFileSync('tar', ['-C', root, '-cf', path.join(tmp.dir, 'rootfs.tar'), '.']);
   env = setup();
 }, 60_000);
@@ -248,6 +251,40 @@ capabilities:
     } finally {
       setQuotaGate(undefined);
     }
+  }, 60_000);
+
+  it('publish: where the device reaches a guest port (the published loopback port, else the VM on the bridge)', async () => {
+    const name = vm('web');
+    const serve = (port: number) => `while true; do /bin/busybox nc -l -p ${port} < /etc/msg; done &`;
+    const r = await env.invoker.invoke({ device: 'local', capability: 'vm.new', args: {
+      name, image: IMAGE, ports: [8080],
+      command: ['/bin/sh', '-c', `echo hello-from-${name} > /etc/msg; ${serve(8080)} ${serve(9090)} wait`],
+    }, actor: OP });
+    expect(r.error).toBeUndefined();
+    const backend = backendFor({ host: new LocalHost('local'), device: 'local', os: 'linux', limits: { timeoutMs: 30_000, maxOutputBytes: 65_536 } });
+    const read = (address: string, port: number) => new Promise<string>((resolve, reject) => {
+      let got = '';
+      const s = connect(port, address);
+      s.on('data', (d: Buffer) => { got += d.toString(); });
+      s.on('end', () => resolve(got));
+      s.on('error', reject);
+      setTimeout(() => { s.destroy(); resolve(got); }, 3000);
+    });
+    const published = await backend.publish(name, 8080);
+    expect(published).toMatchObject({ ok: true, value: { address: '127.0.0.1', via: 'loopback' } });
+    const bridged = await backend.publish(name, 9090);
+    expect(bridged).toMatchObject({ ok: true, value: { port: 9090, via: 'bridge' } });
+    for (const p of [published, bridged]) {
+      if (!p.ok) throw new Error('unreachable');
+      let text = '';
+      for (let i = 0; i < 20 && !text; i++) {
+        text = await read(p.value.address, p.value.port).catch(() => '');
+        if (!text) await new Promise((res) => setTimeout(res, 100));
+      }
+      expect(text).toBe(`hello-from-${name}\n`);
+    }
+    expect(await backend.publish('nope-vm', 80)).toMatchObject({ ok: false, error: { code: 'not_found' } });
+    await env.invoker.invoke({ device: 'local', capability: 'vm.rm', args: { name }, actor: OP });
   }, 60_000);
 
   it('says which package to install when podman is missing', async () => {

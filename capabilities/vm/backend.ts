@@ -61,6 +61,13 @@ export interface ExecOutput {
   timedOut: boolean;
 }
 
+/** Where the device reaches a VM's guest port: its published loopback port, or the VM's own address on the device's bridge. */
+export interface VmEndpoint {
+  address: string;
+  port: number;
+  via: 'loopback' | 'bridge';
+}
+
 export type BackendResult<T> = { ok: true; value: T; durationMs: number } | { ok: false; error: MpError; durationMs: number; stderr?: string };
 
 export interface VmBackend {
@@ -77,4 +84,6 @@ export interface VmBackend {
   logs(name: string, tail: number): Promise<BackendResult<ExecOutput>>;
   exec(name: string, argv: string[], timeoutMs?: number): Promise<BackendResult<ExecOutput>>;
   importImage(tarball: string, image: string): Promise<BackendResult<{ image: string; id: string }>>;
+  /** Where a guest port is reachable on the device (for a share gateway): published at vm.new, or on the bridge. */
+  publish(name: string, guestPort: number): Promise<BackendResult<VmEndpoint>>;
 }

@@ -19,7 +19,7 @@ import { randomUUID } from 'node:crypto';
 import type { CapabilityContext } from '../capability.js';
 import { MeshpilotError, toMpError, type MpError } from '../errors.js';
 import type { ExecOutcome } from '../transports/types.js';
-import { LABELS, type BackendResult, type ExecOutput, type VmBackend, type VmInfo, type VmPort, type VmSpec } from './backend.js';
+import { LABELS, type BackendResult, type ExecOutput, type VmBackend, type VmEndpoint, type VmInfo, type VmPort, type VmSpec } from './backend.js';
 
 export const CONTAINER_PREFIX = 'mp-';
 export const PODMAN_RUN_FLAGS = ['--runtime', 'runc', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096'] as const;
@@ -67,10 +67,12 @@ function infoFrom(labels: Record<string, string>, rest: { id: string; image: str
   };
 }
 
-const INSPECT_FORMAT = '{{json .Config.Labels}}\t{{.State.Status}}\t{{.Id}}\t{{.ImageName}}\t{{json .NetworkSettings.Ports}}\t{{.Created.Unix}}';
+const INSPECT_FORMAT = '{{json .Config.Labels}}\t{{.State.Status}}\t{{.Id}}\t{{.ImageName}}\t{{json .NetworkSettings.Ports}}\t{{.Created.Unix}}\t{{.NetworkSettings.IPAddress}}';
 
-function parseInspectLine(line: string): { labels: Record<string, string>; info: VmInfo; fullId: string } | null {
-  const [labelsJson = 'null', state = '', id = '', image = '', portsJson = 'null', created = ''] = line.split('\t');
+interface Inspected { labels: Record<string, string>; info: VmInfo; fullId: string; address: string }
+
+function parseInspectLine(line: string): Inspected | null {
+  const [labelsJson = 'null', state = '', id = '', image = '', portsJson = 'null', created = '', address = ''] = line.split('\t');
   let labels: Record<string, string> = {};
   let portMap: Record<string, Array<{ HostPort?: string }> | null> = {};
   try {
@@ -85,7 +87,7 @@ function parseInspectLine(line: string): { labels: Record<string, string>; info:
   }));
   const createdS = Number(created);
   return {
-    labels, fullId: id,
+    labels, fullId: id, address: address.trim(),
     info: infoFrom(labels, { id, image, state, ports, created: Number.isFinite(createdS) ? new Date(createdS * 1000).toISOString() : '' }),
   };
 }
@@ -125,7 +127,7 @@ export class PodmanBackend implements VmBackend {
     return { code: 'exec_failed', message: `${what} failed${line ? `: ${line}` : ` with exit code ${out.exitCode}`}` };
   }
 
-  private async inspect(ref: string): Promise<BackendResult<{ labels: Record<string, string>; info: VmInfo; fullId: string } | null>> {
+  private async inspect(ref: string): Promise<BackendResult<Inspected | null>> {
     const out = await this.podman(['container', 'inspect', '--format', INSPECT_FORMAT, '--', ref]);
     if (out.exitCode !== 0 || out.timedOut) {
       const f = this.failure(out, `inspect ${ref}`);
@@ -301,6 +303,22 @@ export class PodmanBackend implements VmBackend {
       if (out.exitCode === 125 || (out.exitCode === 255 && /can only create exec sessions|container state improper|no such (container|object)/i.test(out.stderr.toString('utf8')))) return { ok: false, error: this.failure(out, `vm.exec ${name}`), durationMs: out.durationMs };
       return { ok: true, value: output(out), durationMs: out.durationMs };
     });
+  }
+
+  async publish(name: string, guestPort: number): Promise<BackendResult<VmEndpoint>> {
+    const r = await this.resolve(name, true);
+    if (!r.ok) return r;
+    if (!r.value) return { ok: false, error: { code: 'not_found', message: `no VM ${name} on ${this.device}` }, durationMs: r.durationMs };
+    const at = await this.inspect(r.value.id);
+    if (!at.ok) return at;
+    if (!at.value) return { ok: false, error: { code: 'not_found', message: `no VM ${name} on ${this.device}` }, durationMs: r.durationMs + at.durationMs };
+    const spent = r.durationMs + at.durationMs;
+    const published = at.value.info.ports.find((p) => p.guest === guestPort && p.host !== null);
+    if (published?.host) return { ok: true, value: { address: '127.0.0.1', port: published.host, via: 'loopback' }, durationMs: spent };
+    if (at.value.info.state !== 'running') return { ok: false, error: { code: 'exec_failed', message: `${name} on ${this.device} is not running (vm.start it first)` }, durationMs: spent };
+    // Rootful podman puts the VM on a bridge the device can reach: any guest port, without publishing it.
+    if (at.value.address) return { ok: true, value: { address: at.value.address, port: guestPort, via: 'bridge' }, durationMs: spent };
+    return { ok: false, error: { code: 'exec_failed', message: `${name} on ${this.device} has no address on the device's bridge; publish the port with vm.new ports=[${guestPort}]` }, durationMs: spent };
   }
 
   async importImage(tarball: string, image: string): Promise<BackendResult<{ image: string; id: string }>> {
