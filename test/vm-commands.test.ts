@@ -12,6 +12,7 @@ import { parseKeyValues } from '../capabilities/args.js';
 import { builtinRegistry } from '../capabilities/registry.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { DEVICE_COMMANDS } from '../bots/device-commands.js';
+import { VM_VERBS } from '../capabilities/vm/commands.js';
 import { makeTempDir } from './helpers/tmp.js';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
@@ -68,7 +69,8 @@ describe('!vm on the device bot', () => {
     expect(calls).toEqual([]);
     expect(replies[0]).toBe('Usage: !vm new <name> <image=…> [cpus=…] [memory_mb=…] [disk_mb=…] [ttl_h=…] [ports=…] [command=…]');
     expect(replies[1]).toContain('a VM name is 1-32 characters of a-z, 0-9 and -');
-    expect(replies[2]).toBe('Usage: !vm new|ls|exec|stop|start|logs|rm|image import … (send !help for each one\'s arguments)');
+    expect(replies[2]).toBe(`Usage: !vm ${VM_VERBS.map((v) => v.verb).join('|')} … (send !help for each one's arguments)`);
+    expect(replies[2]).toContain('!vm new|ls|exec|stop|start|logs|rm|');
     expect(replies[3]).toBe(replies[2]);
   });
 });
