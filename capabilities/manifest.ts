@@ -162,14 +162,14 @@ export function formatIssue(i: ManifestIssue): string {
 
 export type ManifestParse = { ok: true; manifest: Manifest } | { ok: false; issues: ManifestIssue[] };
 
-function fieldName(p: ReadonlyArray<PropertyKey>): string {
+export function fieldName(p: ReadonlyArray<PropertyKey>): string {
   let out = '';
   for (const seg of p) out += typeof seg === 'number' ? `[${seg}]` : out ? `.${String(seg)}` : String(seg);
   return out;
 }
 
 /** The line of the deepest YAML node along `p` (the key's line for a missing or unknown key). */
-function lineOf(doc: ReturnType<typeof parseDocument>, counter: LineCounter, p: ReadonlyArray<PropertyKey>): number | null {
+export function lineOf(doc: ReturnType<typeof parseDocument>, counter: LineCounter, p: ReadonlyArray<PropertyKey>): number | null {
   let node: unknown = doc.contents;
   let offset: number | undefined = (doc.contents as YamlNode | null)?.range?.[0];
   for (const seg of p) {
