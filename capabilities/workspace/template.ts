@@ -90,13 +90,13 @@ class Walker {
     this.files.set(file, pf);
     if (doc.errors.length > 0) {
       for (const e of doc.errors) {
-        this.issues.push({ file, line: e.linePos?.[0]?.line ?? null, field: '', message: `YAML syntax: ${e.message.split('\n')[0] ?? e.message}` });
+        this.issues.push({ file, line: e.linePos?.[0]?.line ?? counter.linePos(e.pos[0]).line, field: '', message: `YAML syntax: ${e.message.split('\n')[0] ?? e.message}` });
       }
       return null;
     }
     for (const w of doc.warnings) {
       // An unknown tag (a typo of !include) would otherwise be read as a plain string.
-      this.issues.push({ file, line: w.linePos?.[0]?.line ?? null, field: '', message: `YAML: ${w.message.split('\n')[0] ?? w.message}` });
+      this.issues.push({ file, line: w.linePos?.[0]?.line ?? counter.linePos(w.pos[0]).line, field: '', message: `YAML: ${w.message.split('\n')[0] ?? w.message}` });
     }
     return pf;
   }
@@ -233,7 +233,7 @@ export function parseTemplate(target: string, limits: Partial<TemplateLimits> = 
       if (iss.code === 'unrecognized_keys') for (const k of iss.keys) w.issue(top, [...iss.path.map(String), k], 'unknown field');
       else w.issue(top, iss.path.map((s) => (typeof s === 'number' ? s : String(s))), iss.message);
     }
-    return { ok: false, issues: w.issues };
+    return { ok: false, issues: sortIssues(w.issues) };
   }
   defaults = head.data.defaults;
   const workspaces: TemplateWorkspace[] = [];

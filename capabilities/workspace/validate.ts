@@ -36,8 +36,11 @@ export function validateTemplate(t: OrgTemplate, opts: ValidateOptions): Templat
   const homes = new Map<string, TemplateWorkspace>();
   for (const ws of t.all) {
     const first = byName.get(ws.name);
-    if (first) at(ws, 'name', `"${ws.name}" is already a workspace at ${where(first)}; names are unique`);
-    else byName.set(ws.name, ws);
+    if (first) {
+      at(ws, 'name', `"${ws.name}" is already a workspace at ${where(first)}; names are unique`);
+      continue;
+    }
+    byName.set(ws.name, ws);
     if (!ws.spawning) continue;
     if (!ws.role) at(ws, 'role', 'a workspace needs a role (its system prompt)');
     if (ws.device === undefined) {
