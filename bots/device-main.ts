@@ -15,6 +15,7 @@ import { loadConfig } from '../capabilities/config.js';
 import { DeviceRegistry } from '../capabilities/device-registry.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
+import { setShareStore, ShareStore } from '../capabilities/vm/shares.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
 import { ParentMessageSchema, type ChildMessageInput, type ParentMessage } from './ipc.js';
@@ -68,6 +69,8 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
   // Quotas and VM ownership (capabilities/vm/quota-gate.ts): reservations live in meshpilot.db, shared by every bot.
   const invoker = new Invoker({ manifests: devices, audit, gate: new VmGate(new SqliteQuotaStore(db, config.quotas, log.child({ component: 'quota' }))) });
+  // vm.share records its rows in meshpilot.db; the links name the launcher's HTTP server.
+  setShareStore(new ShareStore(db), baseUrlOf(config.http.listen));
   const homeserverUrl = creds.homeserverUrl ?? config.matrix.homeserver_url;
   const encryption = config.matrix.encryption === 'auto' && cryptoAvailable() ? await prepareEncryption() : undefined;
   const session = createMatrixSession({

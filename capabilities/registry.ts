@@ -11,6 +11,7 @@ import { dockerCapabilities } from './catalog/docker.js';
 import { svcCapabilities } from './catalog/svc.js';
 import { pkgCapabilities } from './catalog/pkg.js';
 import { vmCapabilities } from './catalog/vm.js';
+import { vmShareCapabilities } from './catalog/vm-share.js';
 
 export const BUILTIN_CAPABILITIES: readonly AnyCapability[] = [
   ...sysCapabilities,
@@ -22,6 +23,7 @@ export const BUILTIN_CAPABILITIES: readonly AnyCapability[] = [
   ...svcCapabilities,
   ...pkgCapabilities,
   ...vmCapabilities,
+  ...vmShareCapabilities,
 ];
 
 export class CapabilityRegistry {

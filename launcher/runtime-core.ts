@@ -13,6 +13,8 @@ import { DeviceRegistry } from '../capabilities/device-registry.js';
 import { loadConfig, QuotasSchema } from '../capabilities/config.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
+import { setShareStore, ShareStore } from '../capabilities/vm/shares.js';
+import { baseUrlOf } from '../capabilities/dashboard-login.js';
 
 export interface Runtime {
   home: HomeLayout;
@@ -36,6 +38,8 @@ export function openRuntime(opts: { root?: string; approve?: ApprovalHook } = {}
   const config = loadConfig(home.config);
   const gate = new VmGate(new SqliteQuotaStore(db, config.ok ? config.config.quotas : QuotasSchema.parse({})));
   const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, gate, ...(opts.approve ? { approve: opts.approve } : {}) });
+  // vm.share / vm.unshare record their rows here; links name the launcher's HTTP server.
+  setShareStore(new ShareStore(db), config.ok ? baseUrlOf(config.config.http.listen) : undefined);
   return {
     home, created, enrolledLocal, db, audit, capabilities, devices, invoker,
     async close() {

@@ -11,6 +11,8 @@ import { VmExecInput, VmImageImportInput, VmLogsInput, VmLsInput, VmNameInput, V
 import { backendFor } from '../vm/podman.js';
 import { ownerOf, quotaGate } from '../vm/quota.js';
 import { capText, guarded } from './shared.js';
+import { shareLine, sharesOf } from './vm-share.js';
+import { shareStore } from '../vm/shares.js';
 
 function failed<T>(r: BackendResult<T> & { ok: false }): CapabilityResult {
   return failResult(r.error, Math.round(r.durationMs), r.stderr ? { stderr: r.stderr } : {});
@@ -93,8 +95,11 @@ const vmLs = defineCapability({
       if (!r.ok) return failed(r);
       const now = Date.now();
       // `owner`: set by the VM gate for callers below operator (capabilities/vm/quota-gate.ts), who see only their own.
-      const vms = args.owner === undefined ? r.value : r.value.filter((v) => v.owner === args.owner);
-      const text = vms.length ? vms.map((v) => vmLine(v, now)).join('\n') : `no VMs on ${ctx.device}${args.owner === undefined ? '' : ` for ${args.owner}`}`;
+      const shares = sharesOf(ctx.device);
+      const vms = (args.owner === undefined ? r.value : r.value.filter((v) => v.owner === args.owner))
+        .map((v) => ({ ...v, shares: shares.filter((s) => s.vm === v.name) }));
+      // Each VM's shares (vm.share) on the lines under it.
+      const text = vms.length ? vms.map((v) => [vmLine(v, now), ...v.shares.map(shareLine)].join('\n')).join('\n') : `no VMs on ${ctx.device}${args.owner === undefined ? '' : ` for ${args.owner}`}`;
       const out = capText(text, ctx.limits.maxOutputBytes);
       return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: out.text, truncated: out.truncated, data: vms });
     }),
@@ -120,6 +125,7 @@ const vmRm = defineCapability({
       if (!r.ok) return failed(r);
       const owner = r.value.info?.owner;
       await quotaGate().release(ctx.device, args.name, owner ?? ownerOf(ctx.actor ?? ''));
+      shareStore()?.unshare(ctx.device, args.name); // its links answer 404 from now on
       const text = r.value.gone ? `${args.name} is already gone from ${ctx.device} (counts as removed)` : `removed ${args.name} from ${ctx.device}`;
       return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: text, data: { name: args.name, gone: r.value.gone, owner: owner ?? null } });
     }),

@@ -60,3 +60,19 @@ export const VmImageImportInput = z.object({
   path: z.string().min(1).max(4096).refine(noNul, 'must not contain NUL bytes').describe('A rootfs tarball on the device (.tar, .tar.gz), e.g. /srv/images/alpine-rootfs.tar.gz.'),
   image: ImageSchema.describe('The image to create, e.g. localhost/alpine:3 (must match the manifest\'s images globs for vm.new to use it).'),
 }).strict();
+
+/** A Matrix user ID, as the dashboard's sessions name people (capabilities/dashboard-login.ts ACTOR). */
+export const MatrixIdSchema = z.string().max(255).regex(/^@[^\s:]{1,200}:[^\s]{1,200}$/, 'a Matrix user ID like @friend:example.org');
+
+export const VmShareInput = z.object({
+  name: VmNameSchema,
+  port: z.number().int().min(1).max(65535).describe('The guest port to share (published with vm.new ports), e.g. 8080.'),
+  public: z.boolean().default(false).describe('Anyone with the link may open it (default false: only the people in `to`, logged in to the dashboard).'),
+  to: z.union([MatrixIdSchema, z.array(MatrixIdSchema).min(1).max(16)]).optional()
+    .describe('Who may open a private share, e.g. @friend:example.org (or a list): the device bot DMs each a one-time login link to it.'),
+}).strict();
+
+export const VmUnshareInput = z.object({
+  name: VmNameSchema,
+  port: z.number().int().min(1).max(65535).optional().describe('The shared guest port; without it, every share of the VM.'),
+}).strict();

@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { defineCommand, type AnyCommand, type Permission } from '../commands.js';
-import { VmExecInput, VmImageImportInput, VmLogsInput, VmLsInput, VmNameInput, VmNewInput, VmRmInput } from './args.js';
+import { VmExecInput, VmImageImportInput, VmLogsInput, VmLsInput, VmNameInput, VmNewInput, VmRmInput, VmShareInput, VmUnshareInput } from './args.js';
 
 export interface VmVerb {
   /** The words after `vm`: `new`, `image import`. */
@@ -26,6 +26,8 @@ export const VM_VERBS: readonly VmVerb[] = [
   { verb: 'start', capability: 'vm.start', args: VmNameInput, positional: ['name'], summary: 'start a stopped VM' },
   { verb: 'logs', capability: 'vm.logs', args: VmLogsInput, positional: ['name'], summary: 'the last lines of a VM\'s output' },
   { verb: 'rm', capability: 'vm.rm', args: VmRmInput, positional: ['name'], summary: 'remove a VM (already gone counts as removed)' },
+  { verb: 'share', capability: 'vm.share', args: VmShareInput, positional: ['name', 'port'], summary: 'share a VM port through the launcher (/s/<id>/): public, or to people who get a login link' },
+  { verb: 'unshare', capability: 'vm.unshare', args: VmUnshareInput, positional: ['name', 'port'], summary: 'stop sharing a VM port (the link answers 404 at once)' },
   { verb: 'image import', capability: 'vm.image.import', args: VmImageImportInput, positional: ['path', 'image'], summary: 'make an image from a rootfs tarball on the device' },
 ];
 
