@@ -1,0 +1,136 @@
+/**
+ * Org templates: parse, validate against the device manifests and plan a generated 200-workspace
+ * template (a main file including 10 team files, each including its members file: 21 files), against
+ * a workspaces table holding half of it from an earlier import (so the plan has creates, updates and
+ * unchanged rows). Median of 30 runs after 3 warm-ups; the first run is printed too. The ratio is
+ * against the bare YAML parse of the same 21 files (read from disk, yaml's parseDocument) measured
+ * in the same run. Cold (what one `meshpilot workspace import` process pays): fresh processes, timed
+ * from after their imports, ours and the bare parse interleaved, median of 5 each.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseDocument } from 'yaml';
+import { openDatabase } from '../capabilities/db.js';
+import { DeviceRegistry } from '../capabilities/device-registry.js';
+import { planImport } from '../capabilities/workspace/plan.js';
+import { WorkspaceStore } from '../capabilities/workspace/store.js';
+import { loadOrgTemplate } from '../capabilities/workspace/validate.js';
+import type { BenchFigure } from './run.js';
+
+export const figures = ['workspace.plan_200', 'workspace.plan_200_ratio', 'workspace.plan_200_cold', 'workspace.plan_200_cold_ratio'];
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+
+function generate(dir: string): string[] {
+  const files: string[] = [];
+  const put = (rel: string, text: string): void => {
+    const f = path.join(dir, rel);
+    mkdirSync(path.dirname(f), { recursive: true });
+    writeFileSync(f, text);
+    files.push(f);
+  };
+  const teams = Array.from({ length: 10 }, (_, t) => `team${t}`);
+  put('org.yaml', `name: bench-org
+defaults: { device: server, model: small, capabilities: [fs.read, fs.list] }
+workspaces:
+  - name: chief
+    role: Runs the org.
+    children:
+${teams.map((t) => `      - !include teams/${t}.yaml`).join('\n')}
+`);
+  teams.forEach((t, ti) => {
+    put(`teams/${t}.yaml`, `name: ${t}-lead\nrole: Leads ${t}.\ndevice: ${ti % 2 ? 'nas' : 'server'}\ncapabilities: [fs.list]\nchildren:\n  - !include members/${t}.yaml\n`);
+    const members = Array.from({ length: ti === 0 ? 18 : 19 }, (_, m) => `- name: ${t}-m${m}
+  role: Member ${m} of ${t}; checks its part of the lab and reports.
+  home: ~/workspaces/${t}/m${m}
+${m % 7 === 6 ? '  spawning: false\n' : ''}`);
+    put(`teams/members/${t}.yaml`, members.join(''));
+  });
+  return files;
+}
+
+function setup(tmp: string): { dir: string; files: string[] } {
+  mkdirSync(path.join(tmp, 'manifests'));
+  writeFileSync(path.join(tmp, 'manifests', 'server.yaml'), 'device: server\ncapabilities:\n  fs.read: { paths_allowed: ["~/**"] }\n  fs.list: { paths_allowed: ["~/**"] }\n');
+  writeFileSync(path.join(tmp, 'manifests', 'nas.yaml'), 'device: nas\ncapabilities:\n  fs.read: { paths_allowed: ["~/**"] }\n  fs.list: { paths_allowed: ["~/**"] }\n');
+  const dir = path.join(tmp, 'org');
+  return { dir, files: generate(dir) };
+}
+
+function parsePlan(dir: string, devices: DeviceRegistry, store: WorkspaceStore): number {
+  const t0 = performance.now();
+  const t = loadOrgTemplate(dir, { devices });
+  if (!t.ok) throw new Error(`bench template invalid: ${t.issues[0]?.message}`);
+  const plan = planImport(t.template, store.list(), 'reconcile');
+  const ms = performance.now() - t0;
+  if (t.template.all.length !== 200 || plan.blocked.length > 0) throw new Error(`bench plan: ${t.template.all.length} workspaces, blocked ${plan.blocked.join('; ')}`);
+  return ms;
+}
+
+function bareParse(files: string[]): number {
+  const t0 = performance.now();
+  for (const f of files) if (parseDocument(readFileSync(f, 'utf8')).errors.length) throw new Error('bad yaml');
+  return performance.now() - t0;
+}
+
+/** One cold measurement in this fresh process (MP_WS_BENCH_CHILD=ours|bare, argv: tmp dir). */
+async function child(kind: string, tmp: string): Promise<void> {
+  const dir = path.join(tmp, 'org');
+  if (kind === 'bare') {
+    const files = [path.join(dir, 'org.yaml')];
+    for (let t = 0; t < 10; t++) files.push(path.join(dir, `teams/team${t}.yaml`), path.join(dir, `teams/members/team${t}.yaml`));
+    process.stdout.write(`${bareParse(files)}\n`);
+    return;
+  }
+  const db = openDatabase(path.join(tmp, 'meshpilot.db'));
+  process.stdout.write(`${parsePlan(dir, new DeviceRegistry(path.join(tmp, 'manifests')), new WorkspaceStore(db))}\n`);
+  db.close();
+}
+if (process.env.MP_WS_BENCH_CHILD) await child(process.env.MP_WS_BENCH_CHILD, process.argv[2]!);
+
+export async function run(): Promise<BenchFigure[]> {
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mp-bench-ws-'));
+  try {
+    const { dir, files } = setup(tmp);
+    const devices = new DeviceRegistry(path.join(tmp, 'manifests'));
+    const db = openDatabase(path.join(tmp, 'meshpilot.db'));
+    const store = new WorkspaceStore(db);
+
+    const once = (): number => parsePlan(dir, devices, store);
+    const bare = (): number => bareParse(files);
+
+    // An earlier import of half the org, some of it since changed: creates, updates and unchanged rows.
+    const t = loadOrgTemplate(dir, { devices });
+    if (!t.ok) throw new Error('bench template invalid');
+    const seed = planImport(t.template, [], 'merge');
+    seed.upserts = seed.upserts.filter((_, i) => i % 2 === 0).map((u, i) => (i % 5 === 0 ? { ...u, model: 'older' } : u));
+    store.record(seed);
+
+    for (let w = 0; w < 3; w++) { once(); bare(); }
+    const ours: number[] = [];
+    const base: number[] = [];
+    for (let k = 0; k < 30; k++) {
+      if (k % 2) { ours.push(once()); base.push(bare()); } else { base.push(bare()); ours.push(once()); }
+    }
+    db.close();
+    const cold = (kind: string): number => Number(execFileSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), tmp], {
+      env: { ...process.env, MP_WS_BENCH_CHILD: kind, MESHPILOT_LOG_LEVEL: 'silent' }, encoding: 'utf8',
+    }).trim().split('\n').pop());
+    const coldOurs: number[] = [];
+    const coldBare: number[] = [];
+    for (let k = 0; k < 5; k++) { coldBare.push(cold('bare')); coldOurs.push(cold('ours')); }
+    const m = median(ours);
+    const c = median(coldOurs);
+    return [
+      { name: 'workspace.plan_200', value: m, unit: 'ms', target: '<= 500' },
+      { name: 'workspace.plan_200_ratio', value: m / median(base), unit: 'x (vs bare yaml parse of the 21 files)' },
+      { name: 'workspace.plan_200_cold', value: c, unit: 'ms', target: '<= 500' },
+      { name: 'workspace.plan_200_cold_ratio', value: c / median(coldBare), unit: 'x (vs a cold bare yaml parse of the 21 files)' },
+    ];
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
