@@ -23,6 +23,7 @@ import { DashboardLogins, loginUrl } from '../capabilities/dashboard-login.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
 import type { LlmCaller, TurnAction } from './llm.js';
 import { RoomGuard, type RoomMember } from './room-guard.js';
+import { sendShareLinks } from './share-links.js';
 
 /** Said when the LLM cannot help (kept here so a bot without an LLM never loads the SDK). */
 const COMMAND_MODE_HINT = 'Command mode still works: send `!help` for the commands.';
@@ -309,6 +310,11 @@ export class DeviceBot {
     };
     const r = await this.o.invoker.invoke(req, hook);
     if (expired && r.decision === 'rejected' && r.audit && this.approvals.stateOf(requestId) === 'expired') expired.add(r.audit.seq);
+    // vm.share with `to`: each person gets a one-time login link to the share in a DM (bots/share-links.ts).
+    if (capability === 'vm.share' && r.ok && r.result?.data) {
+      const links = await sendShareLinks({ device: this.o.device, db: this.o.db, chat: this.o.chat, dashboardUrl: this.o.dashboardUrl, logger: this.o.logger }, r.result.data);
+      if (links.failed.length) await this.reply(msg.roomId, `Could not send the share link to ${links.failed.map((f) => `${f.user} (${f.reason})`).join(', ')}.`).catch(() => undefined);
+    }
     return r;
   }
 

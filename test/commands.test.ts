@@ -114,6 +114,8 @@ describe('command declarations', () => {
       '!vm start <name> — start a stopped VM',
       '!vm logs <name> [tail=…] — the last lines of a VM\'s output',
       '!vm rm <name> [expired_before=…] — remove a VM (already gone counts as removed)',
+      '!vm share <name> <port> [public=…] [to=…] — share a VM port through the launcher (/s/<id>/): public, or to people who get a login link',
+      '!vm unshare <name> [port] — stop sharing a VM port (the link answers 404 at once)',
       '!vm image import <path> <image> — make an image from a rootfs tarball on the device',
     ]);
     const auditCmd = DEVICE_COMMANDS.find((c) => c.name === 'audit')! as AnyCommand<unknown>;

@@ -45,7 +45,15 @@ export async function formOf(c: Context<DashEnv>): Promise<Record<string, string
   return out;
 }
 
-export function authMiddleware(logins: DashboardLogins): MiddlewareHandler<DashEnv> {
+/** After logging in, a link may lead to one shared VM (`/login?t=…&next=/s/<id>/`, the device bot's share DMs); nowhere else. */
+const NEXT = /^\/s\/[0-9a-f]{32}\/$/;
+
+/**
+ * `mayUse(actor)`: may this session's person use the dashboard? A person a VM was shared with
+ * (launcher/http/share.ts) logs in through the same links, but only staff see the dashboard; the rest
+ * get 403 here and use their session for /s/<id>/ only. Default: everyone (no config: no such people).
+ */
+export function authMiddleware(logins: DashboardLogins, mayUse: (actor: string) => boolean = () => true): MiddlewareHandler<DashEnv> {
   return async (c, next) => {
     // The API (/v1, mounted before the dashboard) answers for itself, its 404s included.
     if (OPEN.test(c.req.path) || c.req.path === '/v1' || c.req.path.startsWith('/v1/')) return next();
@@ -56,6 +64,9 @@ export function authMiddleware(logins: DashboardLogins): MiddlewareHandler<DashE
         return c.html(page({ title: 'Log in' }, html`<h1>Log in</h1><p>Open a one-time login link: run <code>meshpilot dashboard</code> on the launcher's machine, or send <code>!dashboard</code> to a device bot in Matrix.</p>`), 401);
       }
       return httpError(c, 'auth', 'log in first: open a one-time link from `meshpilot dashboard` or `!dashboard`');
+    }
+    if (!mayUse(session.actor) && c.req.path !== '/logout') {
+      return httpError(c, 'forbidden', `${session.actor} may open what was shared with them (/s/…), not the dashboard`);
     }
     if (c.req.method !== 'GET' && c.req.method !== 'HEAD') {
       let token = c.req.header('x-csrf-token');
@@ -75,8 +86,9 @@ export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: Dashboard
   const failures = new RateLimiter();
   app.get('/login', (c) => {
     const t = (c.req.query('t') ?? '').slice(0, 128);
+    const next = NEXT.test(c.req.query('next') ?? '') ? c.req.query('next') ?? '' : '';
     return c.html(page({ title: 'Log in' }, html`<h1>Log in to meshpilot</h1>
-<form method="post" action="/login" class="stack"><input type="hidden" name="t" value="${t}"><button type="submit" id="login">Log in</button></form>
+<form method="post" action="/login" class="stack"><input type="hidden" name="t" value="${t}"><input type="hidden" name="next" value="${next}"><button type="submit" id="login">Log in</button></form>
 <p class="muted"><small>The link works once and for 5 minutes.</small></p>`));
   });
   app.post('/login', async (c) => {
@@ -98,7 +110,7 @@ export function loginRoutes(app: import('hono').Hono<DashEnv>, logins: Dashboard
       httpOnly: true, sameSite: 'Strict', path: '/', maxAge: Math.floor(SESSION_TTL_MS / 1000),
       secure: new URL(c.req.url).protocol === 'https:',
     });
-    return c.redirect('/', 303);
+    return c.redirect(NEXT.test(form['next'] ?? '') ? form['next']! : '/', 303);
   });
   app.post('/logout', (c) => {
     const id = getCookie(c, COOKIE);

@@ -17,6 +17,7 @@ import { html } from 'hono/html';
 import { streamSSE } from 'hono/streaming';
 import { DashboardLogins, loginUrl } from '../../../capabilities/dashboard-login.js';
 import { openDatabase } from '../../../capabilities/db.js';
+import { isStaff, resolveLevel } from '../../../capabilities/levels.js';
 import type { HttpDeps, HttpEnv, HttpSurface } from '../types.js';
 import { DashboardApprovals } from './approvals.js';
 import { assetRoutes } from './assets.js';
@@ -67,7 +68,11 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       const feed = new FleetFeed({ db: rt.db, devices: rt.devices, supervisor: deps.supervisor }, opts.pollMs ?? 100);
       const app = new Hono<HttpEnv>();
       assetRoutes(app);
-      app.use(authMiddleware(logins));
+      // With a config, only staff (CLI users, operators and admins) use the dashboard; people a VM was shared with only open /s/<id>/.
+      const cfg = deps.config;
+      const mayUse = cfg === undefined ? undefined : (actor: string): boolean =>
+        actor.startsWith('cli:') || isStaff(resolveLevel(actor, cfg)) || rt.devices.names().some((d) => rt.devices.get(d)?.operators.includes(actor));
+      app.use(authMiddleware(logins, mayUse));
       loginRoutes(app, logins, log, deps.http.auth_failures_per_min);
 
       app.get('/', (c) => {
