@@ -119,6 +119,11 @@ children:
     expect(issuesOf()).toEqual(['org.yaml:7 workspaces[0].children[0]: !include teams/nope.yaml: file not found']);
   });
 
+  it('an include of a directory (even the template directory itself) is refused as not a file', () => {
+    write({ 'org.yaml': `${HEAD}workspaces:\n  - !include teams\n  - !include .\n`, 'teams/a.yaml': 'name: a\nrole: r\n' });
+    expect(issuesOf()).toEqual(['org.yaml:4 workspaces[0]: !include teams: not a file', 'org.yaml:5 workspaces[1]: !include .: not a file']);
+  });
+
   it('a missing include inside an included file names that file', () => {
     write({ 'org.yaml': `${HEAD}workspaces:\n  - !include teams/a.yaml\n`, 'teams/a.yaml': `name: a\nrole: r\nchildren:\n\n  - !include gone.yaml\n` });
     expect(issuesOf()).toEqual(['teams/a.yaml:5 children[0]: !include gone.yaml: file not found']);
@@ -332,11 +337,17 @@ workspaces:
 
   it('size limits: file bytes, workspaces per template, a template directory without org.yaml', () => {
     write({ 'org.yaml': `${HEAD}workspaces:\n  - !include big.yaml\n`, 'big.yaml': `name: big\nrole: "${'x'.repeat(300 * 1024)}"\n` });
-    expect(issuesOf()).toEqual([`org.yaml:4 workspaces[0]: big.yaml is ${300 * 1024 + 19} bytes; a template file may have at most 262144`]);
+    expect(issuesOf()).toEqual([`org.yaml:4 workspaces[0]: !include big.yaml: ${300 * 1024 + 19} bytes; a template file may have at most 262144`]);
     const many = Array.from({ length: 6 }, (_, i) => `  - name: w${i}\n    role: r\n`).join('');
     write({ 'org.yaml': `${HEAD}workspaces:\n${many}` });
     const r = loadOrgTemplate(dir, { devices, limits: { workspaces: 5 } });
     expect(r.ok ? [] : r.issues.map((i) => formatTemplateIssue(i, dir))).toEqual(['org.yaml:14 workspaces[5]: more than 5 workspaces in one template']);
+    write({ 'org.yaml': `${HEAD}workspaces:\n  - !include a.yaml\n  - !include b.yaml\n`, 'a.yaml': 'name: a\nrole: r\n', 'b.yaml': 'name: b\nrole: r\n' });
+    const files = loadOrgTemplate(dir, { devices, limits: { files: 2 } });
+    expect(files.ok ? [] : files.issues.map((i) => formatTemplateIssue(i, dir))).toEqual(['org.yaml:5 workspaces[1]: !include b.yaml: more than 2 files in one template']);
+    const kids = Array.from({ length: 101 }, (_, i) => `{ name: k${i}, role: r }`).join(', ');
+    write({ 'org.yaml': `${HEAD}workspaces:\n  - name: big\n    role: r\n    children: [${kids}]\n` });
+    expect(issuesOf()).toEqual(['org.yaml:6 workspaces[0].children: Too big: expected array to have <=100 items']);
     const empty = path.join(tmp, 'empty');
     mkdirSync(empty);
     expect(issuesOf(empty)[0]).toMatch(/a template directory needs org\.yaml or org\.yml$/);

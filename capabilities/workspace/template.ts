@@ -63,11 +63,11 @@ class Walker {
   }
 
   /** Reads and parses one file (once); an issue (at `from`, when given) and null when it cannot. */
-  read(file: string, from?: { at: At; sub: Array<string | number> }): ParsedFile | null {
+  read(file: string, from?: { at: At; sub: Array<string | number>; label: string }): ParsedFile | null {
     const cached = this.files.get(file);
     if (cached !== undefined) return cached;
     const fail = (message: string): null => {
-      if (from) this.issue(from.at, from.sub, message);
+      if (from) this.issue(from.at, from.sub, `${from.label}: ${message}`);
       else this.issues.push({ file, line: null, field: '', message });
       this.files.set(file, null);
       return null;
@@ -76,13 +76,13 @@ class Walker {
     let size: number;
     try {
       const st = statSync(file);
-      if (!st.isFile()) return fail(`${path.relative(this.root, file) || file} is not a file`);
+      if (!st.isFile()) return fail('not a file');
       size = st.size;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       return fail(code === 'ENOENT' ? 'file not found' : `cannot read: ${(err as Error).message}`);
     }
-    if (size > this.limits.fileBytes) return fail(`${path.relative(this.root, file)} is ${size} bytes; a template file may have at most ${this.limits.fileBytes}`);
+    if (size > this.limits.fileBytes) return fail(`${size} bytes; a template file may have at most ${this.limits.fileBytes}`);
     const text = readFileSync(file, 'utf8');
     const counter = new LineCounter();
     const doc = parseDocument(text, { lineCounter: counter, prettyErrors: false, uniqueKeys: true, customTags: [includeTag] });
@@ -125,7 +125,7 @@ class Walker {
       return bad(`${INCLUDE} ${target}: include cycle ${names.join(' → ')}`);
     }
     if (chain.length > this.limits.includeDepth) return bad(`${INCLUDE} ${target}: includes nested deeper than ${this.limits.includeDepth}`);
-    return this.read(real, { at, sub });
+    return this.read(real, { at, sub, label: `${INCLUDE} ${target}` });
   }
 
   /** Walks a `workspaces:` or `children:` sequence. */
@@ -192,7 +192,7 @@ class Walker {
 
 function escapes(root: string, p: string): boolean {
   const rel = path.relative(root, p);
-  return rel === '' || rel.startsWith('..') || path.isAbsolute(rel);
+  return rel === '..' || rel.startsWith('..' + path.sep) || path.isAbsolute(rel);
 }
 
 /** The main file of a template given as a directory (org.yaml) or a file. */
