@@ -249,6 +249,9 @@ export function parseTemplate(target: string, limits: Partial<TemplateLimits> = 
   };
 }
 
+/** Issues by file (in the order files were first named), then by line. */
 export function sortIssues(issues: TemplateIssue[]): TemplateIssue[] {
-  return issues.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) : 0));
+  const order = new Map<string, number>();
+  for (const i of issues) if (!order.has(i.file)) order.set(i.file, order.size);
+  return issues.sort((a, b) => order.get(a.file)! - order.get(b.file)! || (a.line ?? 0) - (b.line ?? 0));
 }
