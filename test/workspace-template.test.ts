@@ -119,6 +119,17 @@ children:
     expect(issuesOf()).toEqual(['org.yaml:7 workspaces[0].children[0]: !include teams/nope.yaml: file not found']);
   });
 
+  it('!include anywhere but a workspace item is refused, not read as a string', () => {
+    write({ 'org.yaml': `name: !include n.yaml\nworkspaces:\n  - name: a\n    role: !include role.md\n    children:\n      - name: b\n        role: r\n        capabilities: [fs.read, !include caps.yaml]\n` });
+    expect(issuesOf()).toEqual(['org.yaml:1 name: !include works only for an item of workspaces or children']);
+    write({ 'org.yaml': `name: lab\nworkspaces:\n  - name: a\n    role: !include role.md\n    children:\n      - name: b\n        role: r\n        capabilities: [fs.read, !include caps.yaml]\n` });
+    expect(issuesOf()).toEqual([
+      'org.yaml:4 workspaces[0].role: !include works only for an item of workspaces or children',
+    ]);
+    write({ 'org.yaml': `name: lab\nworkspaces:\n  - name: a\n    role: r\n    children:\n      - name: b\n        role: r\n        capabilities: [fs.read, !include caps.yaml]\n` });
+    expect(issuesOf()).toEqual(['org.yaml:8 workspaces[0].children[0].capabilities: !include works only for an item of workspaces or children']);
+  });
+
   it('an include of a directory (even the template directory itself) is refused as not a file', () => {
     write({ 'org.yaml': `${HEAD}workspaces:\n  - !include teams\n  - !include .\n`, 'teams/a.yaml': 'name: a\nrole: r\n' });
     expect(issuesOf()).toEqual(['org.yaml:4 workspaces[0]: !include teams: not a file', 'org.yaml:5 workspaces[1]: !include .: not a file']);

@@ -8,7 +8,7 @@
  */
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import * as path from 'node:path';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type ScalarTag } from 'yaml';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Node as YamlNode, type ScalarTag, type YAMLMap } from 'yaml';
 import { fieldName, lineOf } from '../manifest.js';
 import {
   TEMPLATE_LIMITS, TemplateHeadSchema, WorkspaceNodeSchema,
@@ -128,6 +128,24 @@ class Walker {
     return this.read(real, { at, sub, label: `${INCLUDE} ${target}` });
   }
 
+  /** `!include` anywhere but an item of `listKey` (workspaces/children) is refused, not read as a plain string. */
+  strayIncludes(map: YAMLMap, at: At, listKey: string): void {
+    for (const pair of map.items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : '';
+      if (key === listKey || !pair.value) continue;
+      visit(pair.value as YamlNode, {
+        Scalar: (_k, n) => {
+          if (n.tag !== INCLUDE) return;
+          const off = n.range?.[0];
+          this.issues.push({
+            file: at.pf.file, line: off === undefined ? null : at.pf.counter.linePos(off).line,
+            field: fieldName([...at.docPath, key]), message: `${INCLUDE} works only for an item of workspaces or children`,
+          });
+        },
+      });
+    }
+  }
+
   /** Walks a `workspaces:` or `children:` sequence. */
   walkList(seq: unknown, at: At, parent: TemplateWorkspace | null, skippedBy: string | undefined, chain: string[], out: TemplateWorkspace[]): void {
     if (!isSeq(seq)) return; // the schema reported it
@@ -148,6 +166,9 @@ class Walker {
     }
     if ((item as YamlNode | null)?.tag === INCLUDE) return this.issue(at, [], `${INCLUDE} takes a file path`);
     if (!isMap(item)) return this.issue(at, [], `a workspace is a mapping (name, role, home, …) or ${INCLUDE} file.yaml`);
+    const before = this.issues.length;
+    this.strayIncludes(item, at, 'children');
+    if (this.issues.length > before) return;
     const parsed = WorkspaceNodeSchema.safeParse(item.toJS(at.pf.doc, { maxAliasCount: 50 }));
     if (!parsed.success) {
       for (const iss of parsed.error.issues) {
@@ -227,6 +248,8 @@ export function parseTemplate(target: string, limits: Partial<TemplateLimits> = 
   if (!pf) return { ok: false, issues: w.issues };
   if (w.issues.length > 0) return { ok: false, issues: w.issues };
   const top: At = { pf, docPath: [] };
+  if (isMap(pf.doc.contents)) w.strayIncludes(pf.doc.contents, top, 'workspaces');
+  if (w.issues.length > 0) return { ok: false, issues: sortIssues(w.issues) };
   const head = TemplateHeadSchema.safeParse(pf.doc.toJS({ maxAliasCount: 50 }) ?? {});
   if (!head.success) {
     for (const iss of head.error.issues) {
