@@ -124,6 +124,8 @@ describe('vm.share through the share gateway (real podman, real HTTP)', () => {
     expect(page.status).toBe(200);
     expect(await page.text()).toBe('<h1>hello from the VM</h1>\n');
     expect(page.headers.get('content-security-policy')).toMatch(/^sandbox /);
+    expect(page.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    expect(page.headers.get('content-length')).toBe('27');
     // Without the trailing slash: a redirect to it (relative links resolve inside the share).
     const bare = await get(`/s/${data.id}`);
     expect(bare.status).toBe(308);

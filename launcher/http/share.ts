@@ -19,6 +19,7 @@
  */
 import * as http from 'node:http';
 import { Readable } from 'node:stream';
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono, type Context } from 'hono';
 import { getCookie } from 'hono/cookie';
 import { DashboardLogins } from '../../capabilities/dashboard-login.js';
@@ -30,6 +31,11 @@ import type { HttpDeps, HttpEnv, HttpSurface } from './types.js';
 
 export const MAX_HEADERS = 100;
 export const MAX_HEADER_BYTES = 16 * 1024;
+/**
+ * Connections to the VMs are kept alive and reused (a new TCP connection through the port mapping per
+ * request doubled a small GET). Answers are parsed strictly, so one response cannot bleed into the next.
+ */
+const upstreamAgent = new http.Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16, timeout: 30_000 });
 /** Time to the VM's response headers. */
 const UPSTREAM_TIMEOUT_MS = 60_000;
 
@@ -92,7 +98,7 @@ function proxy(c: Context<HttpEnv>, share: VmShare, target: Target, rest: string
   return new Promise<Response>((resolve) => {
     const up = http.request({
       host: target.host, port: target.port, method: c.req.method, path: rest, headers,
-      maxHeaderSize: MAX_HEADER_BYTES, timeout: UPSTREAM_TIMEOUT_MS, agent: false,
+      maxHeaderSize: MAX_HEADER_BYTES, timeout: UPSTREAM_TIMEOUT_MS, agent: upstreamAgent,
     }, (res) => {
       const out = new Headers();
       const hop = hopHeaders(typeof res.headers['connection'] === 'string' ? res.headers['connection'] : undefined);
@@ -110,6 +116,21 @@ function proxy(c: Context<HttpEnv>, share: VmShare, target: Target, rest: string
       const status = res.statusCode ?? 502;
       const noBody = c.req.method === 'HEAD' || status === 204 || status === 304;
       if (noBody) res.resume();
+      // Under the Node adapter, the VM's body is piped straight to the client's socket (a web stream in
+      // between made a 4 MiB answer ~2.5x slower than the bare port); elsewhere (app.request) a Response.
+      const outgoing: unknown = (c.env as { outgoing?: unknown } | undefined)?.outgoing;
+      if (!noBody && outgoing instanceof http.ServerResponse && !outgoing.headersSent) {
+        const raw: string[] = ['x-request-id', c.get('requestId') ?? ''];
+        out.forEach((v, k) => { if (k !== 'set-cookie') raw.push(k, v); });
+        for (const v of out.getSetCookie()) raw.push('set-cookie', v);
+        outgoing.writeHead(status, raw);
+        res.on('error', () => outgoing.destroy());
+        // The client went away mid-answer: drop the VM's connection too (it cannot be reused half-read).
+        outgoing.on('close', () => { if (!res.complete) res.destroy(); });
+        res.pipe(outgoing);
+        resolve(RESPONSE_ALREADY_SENT);
+        return;
+      }
       // Readable.toWeb gives a web ReadableStream of Uint8Array; the DOM lib types it more narrowly.
       resolve(new Response(noBody ? null : (Readable.toWeb(res) as unknown as ReadableStream<Uint8Array>), { status, headers: out }));
     });
