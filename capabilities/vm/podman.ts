@@ -242,7 +242,7 @@ export class PodmanBackend implements VmBackend {
       ids.set(name, id);
       vms.push(infoFrom(labels, { id, image: String(row['Image'] ?? ''), state: String(row['State'] ?? ''), ports, created }));
     }
-    vms.sort((a, b) => a.name.localeCompare(b.name));
+    vms.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return { ok: true, value: vms, durationMs: out.durationMs };
   }
 

@@ -130,7 +130,7 @@ export function planImport(t: OrgTemplate, current: WorkspaceRow[], mode: PlanMo
       }
       return d;
     };
-    plan.removals = [...gone].sort((a, b) => depth(b) - depth(a) || a.name.localeCompare(b.name)).map((r) => r.name);
+    plan.removals = [...gone].sort((a, b) => depth(b) - depth(a) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((r) => r.name);
     // A workspace that stays must not be left reporting to a removed one (the template may move it: then its parent changes).
     const newParent = new Map(plan.upserts.map((u) => [u.name, u.parent]));
     for (const r of current) {
@@ -142,7 +142,7 @@ export function planImport(t: OrgTemplate, current: WorkspaceRow[], mode: PlanMo
     }
     // Removed subtrees as trees (a removed workspace under a removed parent nests there).
     const nodes = new Map<string, PlanNode>(gone.map((r) => [r.name, { name: r.name, action: 'remove', device: r.device, detail: 'no longer in the template', children: [] }]));
-    for (const r of [...gone].sort((a, b) => a.name.localeCompare(b.name))) {
+    for (const r of [...gone].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
       const n = nodes.get(r.name)!;
       const parentNode = r.parent ? nodes.get(r.parent) : undefined;
       if (parentNode) parentNode.children.push(n);
