@@ -289,7 +289,9 @@ describe('Supervisor (real child processes)', () => {
 
   it('a bot that never sends ready is killed and counted as a crash', async () => {
     const home = makeHome(['n'], { n: 'no-ready' });
-    const sup = makeSupervisor(home, { readyTimeoutMs: 1500, killGraceMs: 500, maxCrashes: 1, backoffBaseMs: 50 });
+    // 3 s: long enough for each child to start node and record its start on a loaded 2-core machine (at
+    // 1.5 s CI once killed the second child before it got that far).
+    const sup = makeSupervisor(home, { readyTimeoutMs: 3000, killGraceMs: 500, maxCrashes: 1, backoffBaseMs: 50 });
     const loop = once(sup, 'crash-loop', 'n');
     await sup.start();
     const first = await waitFor('first child', () => bot(sup, 'n')?.pid ?? undefined);
