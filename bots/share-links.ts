@@ -10,7 +10,6 @@ import type { Db } from '../capabilities/db.js';
 import { DashboardLogins, loginUrl } from '../capabilities/dashboard-login.js';
 import { toMpError } from '../capabilities/errors.js';
 import { MatrixIdSchema } from '../capabilities/vm/args.js';
-import type { ChatPort } from './device-bot.js';
 
 /** The part of vm.share's result the DMs need. */
 const ShareData = z.object({
@@ -24,7 +23,12 @@ const ShareData = z.object({
 export interface ShareLinkDeps {
   device: string;
   db: Db;
-  chat: Pick<ChatPort, 'findDm' | 'createDm' | 'sendText'>;
+  /** The part of the device bot's ChatPort (bots/device-bot.ts) it uses. */
+  chat: {
+    findDm(userId: string): Promise<string | undefined>;
+    createDm(userId: string, opts: { name: string; topic: string }): Promise<string>;
+    sendText(roomId: string, text: string): Promise<string>;
+  };
   /** The launcher's HTTP server (`http://127.0.0.1:7400`). */
   dashboardUrl: string | undefined;
   logger: Logger;

@@ -147,8 +147,10 @@ describe('architecture', () => {
   // outside invoke(). sshPing runs `true`; sshWgDump runs `wg show <if> dump`; the agent client
   // (capabilities/agent/client.ts) reads GET /health and the signed GET /v1/audit and has no way to
   // invoke (POST /v1/invoke is the mesh transport's MeshRunner, which extends it). Enrollment (add-pc)
-  // also reads the device's ssh host key before it trusts it: probeHostKey.
-  const READ_ONLY_PROBES = new Set(['sshPing', 'sshWgDump', 'AgentClient', 'probeHostKey']);
+  // also reads the device's ssh host key before it trusts it: probeHostKey. The share gateway
+  // (launcher/http/share.ts) runs nothing either: sshForward opens a stream to the loopback port an
+  // audited vm.share recorded.
+  const READ_ONLY_PROBES = new Set(['sshPing', 'sshWgDump', 'AgentClient', 'probeHostKey', 'sshForward']);
   // Imported from the transports or the agent client without reaching a device: names, paths, text,
   // the controller's own known_hosts file.
   const INERT = new Set(['resolveTarget', 'agentSecretPath', 'DEFAULT_AGENT_PORT', 'networkReason', 'asErrorCode', 'acceptHostKey', 'knownHostsPath', 'knownKeysFor']);

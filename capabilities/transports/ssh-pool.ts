@@ -502,6 +502,27 @@ export class PooledConnection {
   }
 
   /**
+   * A TCP stream to `127.0.0.1:port` as the device sees it (a direct-tcpip channel; runs nothing), for
+   * the share gateway (launcher/http/share.ts): a VM's port published on the device's loopback. It
+   * takes a channel slot until it closes.
+   */
+  async forwardOut(port: number): Promise<ClientChannel> {
+    const release = await this.slot();
+    return new Promise((resolve, reject) => {
+      try {
+        this.client.forwardOut('127.0.0.1', 0, '127.0.0.1', port, (err, channel) => {
+          if (err) { release(); return reject(err); }
+          channel.once('close', release);
+          resolve(channel);
+        });
+      } catch (err) {
+        release();
+        reject(err as Error);
+      }
+    });
+  }
+
+  /**
    * Opens an exec channel; rejects (and the caller poisons) when the connection is gone. A refused
    * channel is retried a few times: sshd frees a session slot a moment after the channel closes.
    */

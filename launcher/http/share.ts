@@ -6,10 +6,10 @@
  *   (capabilities/dashboard-login.ts, the cookie of launcher/http/dashboard/auth.ts) whose person is
  *   the share's owner or a grantee: no session or another person is 403. An id that is not (or no
  *   longer) a share is 404: the row is read on every request, so vm.unshare and vm.rm end it at once.
- * - Where: local devices → the port the VM's guest port is published on (127.0.0.1). ssh and mesh
- *   devices are not routed yet (502 saying so): the podman backend publishes on the device's
- *   loopback, which needs a forwarded channel on the pooled ssh connection, or a port published on
- *   the mesh address.
+ * - Where: local devices → the port the VM's guest port is published on (127.0.0.1); ssh devices →
+ *   that port on the device's loopback through a direct-tcpip channel on the pooled ssh connection
+ *   (sshForward, one channel per request). Mesh devices are not routed yet (502 saying so): the
+ *   podman backend publishes on the device's loopback, which the mesh address does not reach.
  * - How: HTTP/1.1 with the bodies streamed both ways; at most MAX_HEADERS request headers and
  *   MAX_HEADER_BYTES of them (431 over); hop-by-hop headers (and those the Connection header names)
  *   are not forwarded either way; the meshpilot session cookie never reaches the VM, and the VM cannot
@@ -18,12 +18,14 @@
  *   the shared app can act as them here, so share privately with people you trust with that.
  */
 import * as http from 'node:http';
-import { Readable } from 'node:stream';
+import { Readable, type Duplex } from 'node:stream';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono, type Context } from 'hono';
 import { getCookie } from 'hono/cookie';
 import { DashboardLogins } from '../../capabilities/dashboard-login.js';
 import { openDatabase } from '../../capabilities/db.js';
+import type { Manifest } from '../../capabilities/manifest.js';
+import { sshForward } from '../../capabilities/transports/ssh.js';
 import { mayOpen, SHARE_ID, ShareStore, type VmShare } from '../../capabilities/vm/shares.js';
 import { COOKIE } from './dashboard/auth.js';
 import { httpError } from './errors.js';
@@ -57,16 +59,21 @@ function cookiesForVm(cookie: string): string | undefined {
 export interface Target {
   host: string;
   port: number;
+  /** ssh devices: the stream comes from a direct-tcpip channel on the pooled connection. */
+  connect?: () => Promise<Duplex>;
 }
 
 export type Route = { ok: true; target: Target } | { ok: false; message: string };
 
 /** Where a share's port is reached from the launcher. */
-export function routeOf(share: VmShare, transport: string | undefined): Route {
-  if (transport === undefined) return { ok: false, message: `device ${share.device} is not enrolled any more` };
-  if (share.hostPort === null) return { ok: false, message: `${share.vm}:${share.port} is not published on ${share.device} (the VM is not running?)` };
-  if (transport === 'local') return { ok: true, target: { host: '127.0.0.1', port: share.hostPort } };
-  return { ok: false, message: `shares of VMs on ${transport} devices are not routed yet (${share.device}: the VM's port is published on the device's loopback)` };
+export function routeOf(share: VmShare, manifest: Manifest | undefined): Route {
+  if (manifest === undefined) return { ok: false, message: `device ${share.device} is not enrolled any more` };
+  const hostPort = share.hostPort;
+  if (hostPort === null) return { ok: false, message: `${share.vm}:${share.port} is not published on ${share.device} (the VM is not running?)` };
+  const kind = manifest.transport.kind;
+  if (kind === 'local') return { ok: true, target: { host: '127.0.0.1', port: hostPort } };
+  if (kind === 'ssh') return { ok: true, target: { host: '127.0.0.1', port: hostPort, connect: () => sshForward(manifest, hostPort) } };
+  return { ok: false, message: `shares of VMs on ${kind} devices are not routed yet (${share.device}: the VM's port is published on the device's loopback, out of the mesh's reach)` };
 }
 
 function proxy(c: Context<HttpEnv>, share: VmShare, target: Target, rest: string): Promise<Response> {
@@ -98,7 +105,16 @@ function proxy(c: Context<HttpEnv>, share: VmShare, target: Target, rest: string
   return new Promise<Response>((resolve) => {
     const up = http.request({
       host: target.host, port: target.port, method: c.req.method, path: rest, headers,
-      maxHeaderSize: MAX_HEADER_BYTES, timeout: UPSTREAM_TIMEOUT_MS, agent: upstreamAgent,
+      maxHeaderSize: MAX_HEADER_BYTES, timeout: UPSTREAM_TIMEOUT_MS,
+      ...(target.connect
+        ? {
+          // One ssh channel per request (closed with it); the ssh connection itself is the pool's.
+          createConnection: ((_o: unknown, done: (err: Error | null, s?: Duplex) => void) => {
+            target.connect!().then((s) => done(null, s), (e: Error) => done(e));
+            return undefined;
+          }) as unknown as http.RequestOptions['createConnection'],
+        }
+        : { agent: upstreamAgent }),
     }, (res) => {
       const out = new Headers();
       const hop = hopHeaders(typeof res.headers['connection'] === 'string' ? res.headers['connection'] : undefined);
@@ -178,7 +194,7 @@ export function shareSurface(): HttpSurface {
             return httpError(c, 'forbidden', `${share.vm}:${share.port} is not shared with ${session.actor}`);
           }
         }
-        const route = routeOf(share, rt.devices.get(share.device)?.transport.kind);
+        const route = routeOf(share, rt.devices.get(share.device));
         if (!route.ok) return httpError(c, 'unreachable', route.message);
         const url = new URL(c.req.url);
         const rest = url.pathname.slice(`/s/${id}`.length) + url.search;
