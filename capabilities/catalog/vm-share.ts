@@ -38,17 +38,12 @@ const vmShare = defineCapability({
       const store = shareStore();
       if (!store) return noStore();
       const t0 = performance.now();
-      const cur = await backendFor(ctx).get(args.name);
-      if (!cur.ok) return failResult(cur.error, Math.round(cur.durationMs));
-      if (!cur.value) return failResult({ code: 'not_found', message: `no VM ${args.name} on ${ctx.device}` }, Math.round(cur.durationMs));
-      const published = cur.value.ports.find((p) => p.guest === args.port);
-      if (!published) {
-        const ports = cur.value.ports.map((p) => p.guest).join(', ') || 'none';
-        return failResult({ code: 'invalid_args', message: `${args.name} does not publish port ${args.port} (published: ${ports}); create it with ports: [${args.port}]` }, Math.round(cur.durationMs));
-      }
+      // Where the device reaches the port: its published loopback port, else the VM's bridge address.
+      const at = await backendFor(ctx).publish(args.name, args.port);
+      if (!at.ok) return failResult(at.error, Math.round(at.durationMs));
       const to = args.to === undefined ? [] : typeof args.to === 'string' ? [args.to] : [...new Set(args.to)];
-      const owner = cur.value.owner || ownerOf(ctx.actor ?? 'unknown');
-      const { share, created } = store.share({ device: ctx.device, vm: args.name, port: args.port, hostPort: published.host, public: args.public, grantees: to, owner });
+      const owner = ownerOf(ctx.actor ?? 'unknown');
+      const { share, created } = store.share({ device: ctx.device, vm: args.name, port: args.port, address: at.value.address, hostPort: at.value.port, public: args.public, grantees: to, owner });
       const lines = [`${created ? 'shared' : 'updated the share of'} ${args.name}:${args.port} on ${ctx.device} (${share.public ? 'public: anyone with the link' : `private: ${[owner, ...share.grantees.filter((g) => g !== owner)].join(', ')}`})`, shareUrl(share.id)];
       if (to.length) lines.push(`a one-time login link goes to ${to.join(', ')} in a DM from the ${ctx.device} bot`);
       return okResult({

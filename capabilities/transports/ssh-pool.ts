@@ -502,15 +502,15 @@ export class PooledConnection {
   }
 
   /**
-   * A TCP stream to `127.0.0.1:port` as the device sees it (a direct-tcpip channel; runs nothing), for
-   * the share gateway (launcher/http/share.ts): a VM's port published on the device's loopback. It
-   * takes a channel slot until it closes.
+   * A TCP stream to `address:port` as the device sees it (a direct-tcpip channel; runs nothing), for
+   * the share gateway (launcher/http/share.ts): a VM's port published on the device's loopback, or on
+   * the VM's bridge address. It takes a channel slot until it closes.
    */
-  async forwardOut(port: number): Promise<ClientChannel> {
+  async forwardOut(address: string, port: number): Promise<ClientChannel> {
     const release = await this.slot();
     return new Promise((resolve, reject) => {
       try {
-        this.client.forwardOut('127.0.0.1', 0, '127.0.0.1', port, (err, channel) => {
+        this.client.forwardOut('127.0.0.1', 0, address, port, (err, channel) => {
           if (err) { release(); return reject(err); }
           channel.once('close', release);
           resolve(channel);

@@ -499,21 +499,21 @@ export function sshHostFor(manifest: Manifest, opts: SshHostOptions = {}): SshHo
 // ---- share gateway --------------------------------------------------------------------------------
 
 /**
- * A stream to a VM port on the device's loopback over the pooled connection (direct-tcpip), for the
- * share gateway (launcher/http/share.ts). It runs no command; the port is one an audited vm.share
- * recorded. The connection stays busy until the stream closes.
+ * A stream to a VM port as the device reaches it (its loopback, or the VM's bridge address) over the
+ * pooled connection (direct-tcpip), for the share gateway (launcher/http/share.ts). It runs no
+ * command; the address and port are the ones an audited vm.share recorded. The connection stays busy until the stream closes.
  */
-export async function sshForward(manifest: Manifest, port: number): Promise<import('node:stream').Duplex> {
+export async function sshForward(manifest: Manifest, address: string, port: number): Promise<import('node:stream').Duplex> {
   const target = probeHostFor(manifest).resolved();
   const conn = await sshPool.acquire(target);
   try {
-    const channel = await conn.forwardOut(port);
+    const channel = await conn.forwardOut(address, port);
     channel.once('close', () => sshPool.release(conn));
     return channel;
   } catch (err) {
     sshPool.release(conn);
     if (isFatalConnectionError(err)) sshPool.drop(conn, 'fatal error');
-    throw new MeshpilotError('unreachable', `cannot reach 127.0.0.1:${port} on ${manifest.device} over ssh: ${(err as Error).message}`);
+    throw new MeshpilotError('unreachable', `cannot reach ${address}:${port} on ${manifest.device} over ssh: ${(err as Error).message}`);
   }
 }
 

@@ -19,6 +19,7 @@ const SHARES_SQL = `
     device TEXT NOT NULL,
     vm TEXT NOT NULL,
     port INTEGER NOT NULL,
+    address TEXT NOT NULL DEFAULT '127.0.0.1',
     host_port INTEGER,
     public INTEGER NOT NULL,
     grantees TEXT NOT NULL,
@@ -36,7 +37,9 @@ export interface VmShare {
   vm: string;
   /** The guest port. */
   port: number;
-  /** The device's (loopback) port the guest port is published on; null when not published. */
+  /** Where the device reaches the guest port (VmBackend.publish): 127.0.0.1 (published) or the VM's bridge address. */
+  address: string;
+  /** The port at `address`: the published loopback port, or the guest port itself on the bridge; null when unknown. */
   hostPort: number | null;
   public: boolean;
   /** Matrix IDs allowed to open a private share (with a dashboard session). */
@@ -48,7 +51,7 @@ export interface VmShare {
 export const SHARE_ID = /^[0-9a-f]{32}$/;
 
 interface Row {
-  id: string; device: string; vm: string; port: number; host_port: number | null; public: number; grantees: string; owner: string; created_ms: number;
+  id: string; device: string; vm: string; port: number; address: string; host_port: number | null; public: number; grantees: string; owner: string; created_ms: number;
 }
 
 function fromRow(r: Row): VmShare {
@@ -57,7 +60,7 @@ function fromRow(r: Row): VmShare {
     const parsed: unknown = JSON.parse(r.grantees);
     if (Array.isArray(parsed)) grantees = parsed.filter((g): g is string => typeof g === 'string');
   } catch { /* a damaged row grants nobody */ }
-  return { id: r.id, device: r.device, vm: r.vm, port: r.port, hostPort: r.host_port, public: r.public === 1, grantees, owner: r.owner, createdMs: r.created_ms };
+  return { id: r.id, device: r.device, vm: r.vm, port: r.port, address: r.address, hostPort: r.host_port, public: r.public === 1, grantees, owner: r.owner, createdMs: r.created_ms };
 }
 
 export class ShareStore {
@@ -76,12 +79,12 @@ export class ShareStore {
       if (cur) {
         const old = fromRow(cur);
         const grantees = [...new Set([...old.grantees, ...s.grantees])];
-        this.db.prepare('UPDATE vm_shares SET public = ?, grantees = ?, host_port = ? WHERE id = ?').run(s.public ? 1 : 0, JSON.stringify(grantees), s.hostPort, old.id);
-        return { share: { ...old, public: s.public, grantees, hostPort: s.hostPort }, created: false };
+        this.db.prepare('UPDATE vm_shares SET public = ?, grantees = ?, address = ?, host_port = ? WHERE id = ?').run(s.public ? 1 : 0, JSON.stringify(grantees), s.address, s.hostPort, old.id);
+        return { share: { ...old, public: s.public, grantees, address: s.address, hostPort: s.hostPort }, created: false };
       }
       const share: VmShare = { ...s, id: randomBytes(16).toString('hex'), createdMs: this.now() };
-      this.db.prepare('INSERT INTO vm_shares (id, device, vm, port, host_port, public, grantees, owner, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
-        .run(share.id, share.device, share.vm, share.port, share.hostPort, share.public ? 1 : 0, JSON.stringify(share.grantees), share.owner, share.createdMs);
+      this.db.prepare('INSERT INTO vm_shares (id, device, vm, port, address, host_port, public, grantees, owner, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(share.id, share.device, share.vm, share.port, share.address, share.hostPort, share.public ? 1 : 0, JSON.stringify(share.grantees), share.owner, share.createdMs);
       return { share, created: true };
     }).immediate();
   }

@@ -6,10 +6,10 @@
  *   (capabilities/dashboard-login.ts, the cookie of launcher/http/dashboard/auth.ts) whose person is
  *   the share's owner or a grantee: no session or another person is 403. An id that is not (or no
  *   longer) a share is 404: the row is read on every request, so vm.unshare and vm.rm end it at once.
- * - Where: local devices → the port the VM's guest port is published on (127.0.0.1); ssh devices →
- *   that port on the device's loopback through a direct-tcpip channel on the pooled ssh connection
- *   (sshForward, one channel per request). Mesh devices are not routed yet (502 saying so): the
- *   podman backend publishes on the device's loopback, which the mesh address does not reach.
+ * - Where: what VmBackend.publish answered at vm.share (the published loopback port, else the VM's
+ *   bridge address and the guest port). Local devices: that address directly; ssh devices: through a
+ *   direct-tcpip channel on the pooled ssh connection (sshForward, one channel per request). Mesh
+ *   devices are not routed yet (502 saying so): the device's loopback and bridge are out of the mesh's reach.
  * - How: HTTP/1.1 with the bodies streamed both ways; at most MAX_HEADERS request headers and
  *   MAX_HEADER_BYTES of them (431 over); hop-by-hop headers (and those the Connection header names)
  *   are not forwarded either way; the meshpilot session cookie never reaches the VM, and the VM cannot
@@ -71,9 +71,10 @@ export function routeOf(share: VmShare, manifest: Manifest | undefined): Route {
   const hostPort = share.hostPort;
   if (hostPort === null) return { ok: false, message: `${share.vm}:${share.port} is not published on ${share.device} (the VM is not running?)` };
   const kind = manifest.transport.kind;
-  if (kind === 'local') return { ok: true, target: { host: '127.0.0.1', port: hostPort } };
-  if (kind === 'ssh') return { ok: true, target: { host: '127.0.0.1', port: hostPort, connect: () => sshForward(manifest, hostPort) } };
-  return { ok: false, message: `shares of VMs on ${kind} devices are not routed yet (${share.device}: the VM's port is published on the device's loopback, out of the mesh's reach)` };
+  const address = share.address;
+  if (kind === 'local') return { ok: true, target: { host: address, port: hostPort } };
+  if (kind === 'ssh') return { ok: true, target: { host: address, port: hostPort, connect: () => sshForward(manifest, address, hostPort) } };
+  return { ok: false, message: `shares of VMs on ${kind} devices are not routed yet (${share.device}: the VM's port is on the device's loopback or bridge, out of the mesh's reach)` };
 }
 
 function proxy(c: Context<HttpEnv>, share: VmShare, target: Target, rest: string): Promise<Response> {
