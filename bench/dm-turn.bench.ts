@@ -6,7 +6,8 @@
  * bare tool). Both are timed the same way: reply's server timestamp minus the message's.
  *
  * The floor runs in phases of its own before and after the turns, with a pause between phases: the bot's
- * own work after a reply (the audit anchor state event) would inflate a floor measured next to it.
+ * own work after a reply (the audit anchor state event) would inflate a floor measured next to it. Messages
+ * are THINK_MS apart in both, as a person sends them, so that work is not in a turn's time either.
  * Homeserver: the real Synapse at MESHPILOT_TEST_HOMESERVER when set, else the fixture (in this process).
  */
 import type { ChildProcess } from 'node:child_process';
@@ -22,6 +23,8 @@ export const figures = ['bot.llm_turn_over_floor'];
 const FLOOR_ROUNDS = 20;
 const TURNS = 30;
 const PAUSE_MS = 1500;
+/** Between two messages, as a person types: the bot's after-reply work (audit anchor) is not what is measured. */
+const THINK_MS = 400;
 
 const say = (line: string): void => void process.stderr.write(`# ${line}\n`);
 const p50 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
@@ -72,7 +75,10 @@ export async function run(): Promise<BenchFigure[]> {
     const floorPhase = async (tag: string): Promise<number[]> => {
       const out: number[] = [];
       for (let i = 0; i < 3; i++) await roundTrip(echoRoom, echoUser.userId, `warm ${tag}${i}`, /^echo /);
-      for (let i = 0; i < FLOOR_ROUNDS; i++) out.push(await roundTrip(echoRoom, echoUser.userId, `ping ${tag}${i}`, /^echo ping/));
+      for (let i = 0; i < FLOOR_ROUNDS; i++) {
+        out.push(await roundTrip(echoRoom, echoUser.userId, `ping ${tag}${i}`, /^echo ping/));
+        await sleep(THINK_MS);
+      }
       return out;
     };
 
@@ -96,6 +102,7 @@ export async function run(): Promise<BenchFigure[]> {
     for (let i = 0; i < TURNS; i++) {
       const ms = await roundTrip(started.room, started.botUserId, `how is the machine? ${i}`, /^done: the machine is up\.[\s\S]*🧾 #\d+ sys\.info ok/);
       turns.push(ms);
+      await sleep(THINK_MS);
     }
     await sleep(PAUSE_MS);
     const floorB = await floorPhase('b');

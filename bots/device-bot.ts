@@ -94,6 +94,11 @@ export class DeviceBot {
   readonly approvals: ApprovalManager;
   private readonly conversations: ConversationStore;
   private readonly queues = new Map<string, Promise<void>>();
+  /**
+   * Work that follows a reply (the audit anchor, "stopped typing"), chained per room so it stays in order
+   * but off the room's message queue: the operator's next message is not held behind it.
+   */
+  private readonly afterReply = new Map<string, Promise<void>>();
   private readonly warnedEncrypted = new Map<string, number>();
   private busyCount = 0;
   private stopping = false;
@@ -282,14 +287,13 @@ export class DeviceBot {
     this.busyCount++;
     // Not awaited: the answer should not wait for a round trip to the homeserver (~1/3 of an LLM turn's
     // overhead). "Stopped typing" is sent after "typing" has been answered, so they never arrive swapped.
-    const typing = this.o.chat.setTyping(msg.roomId, true, TYPING_MS).catch(() => undefined);
+    this.later(msg.roomId, () => this.o.chat.setTyping(msg.roomId, true, TYPING_MS));
     try {
       if (await this.runCommand(DEVICE_COMMANDS, msg)) return;
       await this.llmTurn(msg);
     } finally {
       this.busyCount--;
-      await typing;
-      await this.o.chat.setTyping(msg.roomId, false).catch(() => undefined);
+      this.later(msg.roomId, () => this.o.chat.setTyping(msg.roomId, false));
     }
   }
 
@@ -374,7 +378,7 @@ export class DeviceBot {
     const plain = `${text}\n\n${warning ? `${warning}\n` : ''}${footer}`;
     const html = `${llmTextToHtml(text)}<br><br>${warning ? `<b>${escapeHtml(warning)}</b><br>` : ''}<small>${escapeHtml(footer)}</small>`;
     await this.chat.sendHtml(msg.roomId, plain, html);
-    if (result.actions.length) await this.anchorAuditHead(msg.roomId, result.actions);
+    if (result.actions.length) this.later(msg.roomId, () => this.anchorAuditHead(msg.roomId, result.actions));
   }
 
   /** Rooms (and the anchor) where the bot already said it refuses to re-anchor: said once, not on every command. */
@@ -548,11 +552,24 @@ export class DeviceBot {
     await this.reply(msg.roomId, `LLM tokens today (UTC ${u.day}): ${u.total}${limit ? ` of ${limit}` : ''} (${u.input} in, ${u.output} out, ${u.calls} calls).`);
   }
 
+  /** Runs `fn` after the room's earlier after-reply work (see afterReply); its failure is logged, not thrown. */
+  private later(roomId: string, fn: () => Promise<unknown>): void {
+    const prev = this.afterReply.get(roomId) ?? Promise.resolve();
+    const next = prev.then(fn).then(() => undefined, (err: unknown) => {
+      this.o.logger.warn({ err: toMpError(err).message }, 'after-reply work failed');
+    });
+    this.afterReply.set(roomId, next);
+    void next.then(() => {
+      if (this.afterReply.get(roomId) === next) this.afterReply.delete(roomId);
+    });
+  }
+
   /** Graceful stop: new messages are turned away, the current turn finishes, pending approvals are rejected. */
   async stop(): Promise<void> {
     this.stopping = true;
     this.approvals.rejectAll('shutdown');
     await Promise.allSettled([...this.queues.values()]);
+    await Promise.allSettled([...this.afterReply.values()]);
   }
 }
 
