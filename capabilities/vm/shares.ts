@@ -11,7 +11,8 @@
  * it reads the row on every request.
  */
 import { randomBytes } from 'node:crypto';
-import { registerMigration, type Db } from '../db.js';
+// Type only: vm.share is in the capability catalog, which the device agent bundles without SQLite.
+import type { Db } from '../db.js';
 
 const SHARES_SQL = `
   CREATE TABLE IF NOT EXISTS vm_shares (
@@ -28,7 +29,6 @@ const SHARES_SQL = `
     UNIQUE (device, vm, port)
   );
 `;
-registerMigration('capabilities.vm_shares.v1', SHARES_SQL);
 
 export interface VmShare {
   /** 32 hex characters (128 random bits): the gateway's `/s/<id>/`. */
@@ -65,7 +65,8 @@ function fromRow(r: Row): VmShare {
 
 export class ShareStore {
   constructor(private readonly db: Db, private readonly now: () => number = Date.now) {
-    // The database may have been opened before this module registered its migration.
+    // The table is created here, not by a registered migration: this module is part of the capability
+    // catalog, which the device agent bundles, and the agent has no SQLite.
     db.exec(SHARES_SQL);
   }
 
