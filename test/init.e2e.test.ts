@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readCredentials } from '../bots/credentials.js';
-import { registerWithSharedSecret, whoamiWithToken } from '../bots/matrix/index.js';
+import { loginWithPassword, registerWithSharedSecret, whoamiWithToken } from '../bots/matrix/index.js';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { startTestHomeserver, type TestHomeserver } from './helpers/test-homeserver.js';
 import { tempDir } from './helpers/tmp.js';
@@ -70,7 +70,8 @@ describe(`meshpilot init with a registration secret (${process.env['MESHPILOT_TE
     for (const [keys, userId] of [['local', local], ['_operator', ops]] as const) {
       const creds = readCredentials(path.join(home, 'keys'), keys);
       expect(creds?.userId).toBe(userId);
-      expect(creds?.password).toBeTruthy();
+      // The stored password is the account's (a lost crypto store is replaced by logging in with it).
+      expect((await loginWithPassword({ homeserverUrl: hs.url, user: userId, password: creds!.password! })).userId).toBe(userId);
       expect((await whoamiWithToken({ homeserverUrl: hs.url, accessToken: creds!.accessToken })).userId).toBe(userId);
     }
   }, 90_000);
@@ -114,8 +115,10 @@ describe(`meshpilot init with a registration secret (${process.env['MESHPILOT_TE
       const creds = readCredentials(path.join(home, 'keys'), keys);
       expect(creds?.userId).toBe(userId);
       expect(creds?.password).toBe(password);
-      expect(creds?.deviceId).toBeTruthy();
-      expect((await whoamiWithToken({ homeserverUrl: hs.url, accessToken: creds!.accessToken })).userId).toBe(userId);
+      // The stored device is the one the stored token belongs to.
+      const who = await whoamiWithToken({ homeserverUrl: hs.url, accessToken: creds!.accessToken });
+      expect(who.userId).toBe(userId);
+      expect(creds?.deviceId).toBe(who.deviceId);
     }
   }, 90_000);
 
