@@ -27,6 +27,21 @@ export const PathPatternSchema = z.string().min(1).max(1024).refine(
 );
 const NameGlob = z.string().min(1).max(256);
 
+/**
+ * A workspace's manifest (capabilities/workspace/derive.ts) says what it is: the device it runs on,
+ * its home there, its role (the bot's instructions), model, parent in the org tree and the template
+ * that created it (null: by hand). A device manifest has no such section.
+ */
+export const WorkspaceSectionSchema = z.object({
+  host: DeviceNameSchema.describe('the device the workspace runs on'),
+  home: z.string().min(1).max(1024),
+  role: z.string().min(1).max(8000),
+  model: z.string().min(1).max(200).optional(),
+  parent: DeviceNameSchema.nullable().default(null),
+  template: z.string().max(64).nullable().default(null),
+}).strict();
+export type WorkspaceSection = z.infer<typeof WorkspaceSectionSchema>;
+
 export const TransportSchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('local') }).strict(),
   z.object({
@@ -122,6 +137,7 @@ function manifestSchema(registry: CapabilityRegistry) {
     description: z.string().max(500).optional(),
     limits: LimitsSchema.default({ timeout_s: 30, max_output_bytes: 65536 }),
     capabilities: z.object(caps).strict().default({}),
+    workspace: WorkspaceSectionSchema.optional(),
   }).strict();
 }
 
@@ -143,6 +159,8 @@ export interface Manifest {
   description?: string;
   limits: { timeout_s: number; max_output_bytes: number };
   capabilities: Record<string, CapabilityOptions | undefined>;
+  /** Present only in a workspace's derived manifest. */
+  workspace?: WorkspaceSection;
   /** sha256 of the file's bytes: the agent reports it in /health so drift is visible. */
   hash: string;
   source: string;

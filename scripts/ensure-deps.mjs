@@ -67,8 +67,10 @@ function ensureSystemPackages() {
   }
   say(`installing system packages: ${missing.join(' ')}…`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
+  // Another apt (a homeserver's setup, unattended-upgrades) may hold the lock: wait for it, not fail.
+  const lock = ['-o', 'DPkg::Lock::Timeout=600'];
+  execFileSync('apt-get', [...lock, 'update', '-qq'], { stdio: 'inherit', env });
+  execFileSync('apt-get', [...lock, 'install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
 }
 
 ensureNodeModules();

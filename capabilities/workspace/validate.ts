@@ -8,6 +8,7 @@
 import * as path from 'node:path';
 import type { Manifest } from '../manifest.js';
 import { builtinRegistry, type CapabilityRegistry } from '../registry.js';
+import { WORKSPACE_ONLY_CAPABILITIES } from './derive.js';
 import type { OrgTemplate, TemplateIssue, TemplateWorkspace } from './schema.js';
 import { parseTemplate, sortIssues, type TemplateLimits, type TemplateParse } from './template.js';
 
@@ -41,6 +42,11 @@ export function validateTemplate(t: OrgTemplate, opts: ValidateOptions): Templat
       continue;
     }
     byName.set(ws.name, ws);
+    const taken = opts.devices.get(ws.name);
+    if (taken && !taken.workspace) {
+      at(ws, 'name', `"${ws.name}" is the name of a device; a workspace needs a name of its own`);
+      continue;
+    }
     if (!ws.spawning) continue;
     if (!ws.role) at(ws, 'role', 'a workspace needs a role (its system prompt)');
     if (ws.device === undefined) {
@@ -65,7 +71,7 @@ export function validateTemplate(t: OrgTemplate, opts: ValidateOptions): Templat
       const from = ws.capabilitiesFrom === 'defaults' ? ' (from defaults.capabilities)' : '';
       const line = ws.lines.capabilities[i] ?? ws.source.line;
       if (!registry.get(cap)) at(ws, field, `unknown capability ${cap}${from}`, line);
-      else if (!manifest.capabilities[cap]) at(ws, field, `${cap}${from} is not allowed on ${ws.device}: its manifest does not grant it`, line);
+      else if (!manifest.capabilities[cap] && !WORKSPACE_ONLY_CAPABILITIES.includes(cap)) at(ws, field, `${cap}${from} is not allowed on ${ws.device}: its manifest does not grant it`, line);
     });
   }
   return sortIssues(issues);
