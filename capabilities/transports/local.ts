@@ -198,6 +198,8 @@ export class LocalHost implements Host {
       existingMode = st.mode & 0o7777;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      // A new file: its missing directories are made (a workspace's home; policy checked the whole path).
+      await fsp.mkdir(path.dirname(p), { recursive: true, mode: 0o755 });
     }
     const tmp = path.join(path.dirname(p), `.${path.basename(p)}.mp-${randomBytes(6).toString('hex')}.tmp`);
     const fh = await fsp.open(tmp, 'wx', mode ?? existingMode ?? 0o644);

@@ -406,10 +406,25 @@ export class SshHost implements Host {
       const finalMode = mode ?? existingMode ?? 0o644;
       const tmp = path.posix.join(path.posix.dirname(p), `.${path.posix.basename(p)}.mp-${randomBytes(6).toString('hex')}.tmp`);
       let handle: Buffer;
+      const openTmp = (): Promise<Buffer> => sftpCall<Buffer>((cb) => s.open(tmp, 'wx', { mode: finalMode }, cb));
       try {
-        handle = await sftpCall<Buffer>((cb) => s.open(tmp, 'wx', { mode: finalMode }, cb));
+        handle = await openTmp();
       } catch (err) {
-        throw sftpError(err, path.posix.dirname(p));
+        const e = sftpError(err, path.posix.dirname(p)) as NodeJS.ErrnoException;
+        if (e.code !== 'ENOENT') throw e;
+        // A new file: its missing directories are made, top down (a workspace's home; policy checked the whole path).
+        const missing: string[] = [];
+        for (let d = path.posix.dirname(p); d !== '/' && d !== '.'; d = path.posix.dirname(d)) {
+          const exists = await sftpCall<Stats>((cb) => s.stat(d, cb)).then(() => true, () => false);
+          if (exists) break;
+          missing.unshift(d);
+        }
+        for (const d of missing) await sftpCall<void>((cb) => s.mkdir(d, { mode: 0o755 }, cb)).catch(() => undefined);
+        try {
+          handle = await openTmp();
+        } catch (err2) {
+          throw sftpError(err2, path.posix.dirname(p));
+        }
       }
       const removeTmp = (): Promise<void> => sftpCall<void>((cb) => s.unlink(tmp, cb)).catch(() => undefined);
       try {

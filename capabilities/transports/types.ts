@@ -79,7 +79,7 @@ export interface Host {
   lstat(path: string): Promise<FileStat>;
   readdir(path: string): Promise<DirEntry[]>;
   readFile(path: string, offset: number, length: number): Promise<Buffer>;
-  /** Writes to a temp file beside `path` and renames it over; never follows a symlink at `path`. */
+  /** Writes to a temp file beside `path` and renames it over; never follows a symlink at `path`; makes missing directories of a new file. */
   writeFileAtomic(path: string, data: Buffer, mode?: number): Promise<void>;
   unlink(path: string): Promise<void>;
   systemInfo(): Promise<SystemInfo>;

@@ -97,8 +97,10 @@ export function planImport(t: OrgTemplate, current: WorkspaceRow[], mode: PlanMo
       plan.blocked.push(`${ws.name}: ${node.detail}; rename it in the template or remove that workspace`);
     } else {
       const want = desired(ws, label);
-      if (!have) {
+      if (!have || have.state === 'failed') {
+        // A create that failed (rolled back, or cut short when its import's process ended) is made again.
         node.action = 'create';
+        if (have) node.detail = 'again: its last create failed';
         plan.create.push(ws.name);
         plan.upserts.push(want);
       } else {

@@ -75,38 +75,16 @@ export const matrixStep: Step = {
     return (await whoami(ctx.config, creds.accessToken)) === creds.userId;
   },
   async apply(ctx) {
-    const config = ctx.config;
-    const userId = botUserId(config, ctx.device);
-    const localpart = `${config.matrix.bot_prefix}${ctx.device}`;
-    const pwFile = path.join(keysDir(ctx), 'matrix.password');
-    const hadPassword = existsSync(pwFile);
-    const password = hadPassword ? readFileSync(pwFile, 'utf8').trim() : randomBytes(24).toString('base64url');
-    if (!hadPassword) writeSecret(pwFile, password);
-    const admin = await adminToken(ctx.home, config);
-    ctx.data.matrixTouched = true;
-    ctx.data.botUserId = userId;
-    ctx.save();
-    const displayname = `🖥 ${ctx.device}`;
-    let creds: { userId: string; accessToken: string; deviceId?: string };
-    const existing = await adminUser(config, admin, userId);
-    if (!existing) {
-      const r = await registerWithSharedSecret({ homeserverUrl: hsUrl(config), sharedSecret: matrixSecret(config), localpart, password, displayname });
-      creds = { userId: r.userId, accessToken: r.accessToken, ...(r.deviceId ? { deviceId: r.deviceId } : {}) };
-    } else if (existing.deactivated) {
-      // Synapse never frees a deactivated name: a device enrolled again (after revoke or a rollback) gets it back.
-      await reactivateUser({ homeserverUrl: hsUrl(config), adminToken: admin, userId, password, displayname });
-      creds = await login(config, userId, password);
-      ctx.info(`the Matrix user ${userId} was deactivated by an earlier revoke or rollback: reactivated it`);
-    } else if (hadPassword) {
-      creds = await login(config, userId, password);
-    } else {
-      throw new MeshpilotError('config', `the Matrix user ${userId} already exists and meshpilot has no credentials for it: pick another device name, or remove that user`);
-    }
-    await setDisplayNameWithToken({ homeserverUrl: hsUrl(config), accessToken: creds.accessToken, userId, displayname }).catch((err: unknown) => ctx.warn(`could not set the display name of ${userId} (${(err as Error).message})`));
-    writeCredentials(ctx.home.keys, ctx.device, { ...creds, homeserverUrl: config.matrix.homeserver_url });
-    chmodSync(credentialsFile(ctx.home.keys, ctx.device), 0o600);
+    const r = await ensureBotAccount({
+      home: ctx.home, config: ctx.config, name: ctx.device, displayname: `🖥 ${ctx.device}`, info: ctx.info, warn: ctx.warn,
+      touched: (userId) => {
+        ctx.data.matrixTouched = true;
+        ctx.data.botUserId = userId;
+        ctx.save();
+      },
+    });
     ctx.data.registeredAt = Date.now();
-    return userId;
+    return r.userId;
   },
   async undo(ctx) {
     const userId = ctx.data.botUserId ?? botUserId(ctx.config, ctx.device);
@@ -118,21 +96,83 @@ export const matrixStep: Step = {
       }
       return undefined;
     }
-    const admin = await adminToken(ctx.home, ctx.config);
-    const u = await adminUser(ctx.config, admin, userId);
-    if (u && !u.deactivated) await deactivateUser({ homeserverUrl: hsUrl(ctx.config), adminToken: admin, userId });
-    if (!ctx.revoking) {
-      rmSync(credentialsFile(ctx.home.keys, ctx.device), { force: true });
-      rmSync(path.join(keysDir(ctx), 'matrix.password'), { force: true });
-      // the bot's end-to-end encryption keys belong to the deactivated account: useless, and secret
-      rmSync(path.join(keysDir(ctx), 'crypto'), { recursive: true, force: true });
-      rmSync(path.join(keysDir(ctx), 'cross-signing.json'), { force: true });
-      try { if (readdirSync(keysDir(ctx)).length === 0) rmSync(keysDir(ctx), { recursive: true, force: true }); } catch { /* gone */ }
-    }
+    await deactivateBotAccount({ home: ctx.home, config: ctx.config, userId });
+    if (!ctx.revoking) removeBotKeys(ctx.home, ctx.device);
     ctx.data.matrixTouched = false;
     return `${userId} deactivated`;
   },
 };
+
+/** Who asks for a bot account: a device (add-pc) or a workspace (launcher/workspaces/). */
+export interface BotAccountRequest {
+  home: HomeLayout;
+  config: Config;
+  /** the device or workspace name: the user is `<bot_prefix><name>`, its secrets in keys/<name>/ */
+  name: string;
+  displayname: string;
+  info?: (message: string) => void;
+  warn?: (message: string) => void;
+  /** called once meshpilot is about to create or change the account (an undo must then deactivate it) */
+  touched?: (userId: string) => void;
+}
+
+/**
+ * Creates the bot's Matrix user with the registration shared secret (or reactivates it, or logs in
+ * with the password kept in keys/<name>/matrix.password) and writes keys/<name>/matrix.json (0600).
+ */
+export async function ensureBotAccount(req: BotAccountRequest): Promise<{ userId: string; reactivated: boolean }> {
+  const config = req.config;
+  const userId = botUserId(config, req.name);
+  const localpart = `${config.matrix.bot_prefix}${req.name}`;
+  const pwFile = path.join(keysDir({ home: req.home, device: req.name }), 'matrix.password');
+  const hadPassword = existsSync(pwFile);
+  const password = hadPassword ? readFileSync(pwFile, 'utf8').trim() : randomBytes(24).toString('base64url');
+  if (!hadPassword) writeSecret(pwFile, password);
+  const admin = await adminToken(req.home, config);
+  req.touched?.(userId);
+  const displayname = req.displayname;
+  let creds: { userId: string; accessToken: string; deviceId?: string };
+  let reactivated = false;
+  const existing = await adminUser(config, admin, userId);
+  if (!existing) {
+    const r = await registerWithSharedSecret({ homeserverUrl: hsUrl(config), sharedSecret: matrixSecret(config), localpart, password, displayname });
+    creds = { userId: r.userId, accessToken: r.accessToken, ...(r.deviceId ? { deviceId: r.deviceId } : {}) };
+  } else if (existing.deactivated) {
+    // Synapse never frees a deactivated name: a device enrolled again (after revoke or a rollback) gets it back.
+    await reactivateUser({ homeserverUrl: hsUrl(config), adminToken: admin, userId, password, displayname });
+    creds = await login(config, userId, password);
+    reactivated = true;
+    req.info?.(`the Matrix user ${userId} was deactivated by an earlier revoke or rollback: reactivated it`);
+  } else if (hadPassword) {
+    creds = await login(config, userId, password);
+  } else {
+    throw new MeshpilotError('config', `the Matrix user ${userId} already exists and meshpilot has no credentials for it: pick another name, or remove that user`);
+  }
+  await setDisplayNameWithToken({ homeserverUrl: hsUrl(config), accessToken: creds.accessToken, userId, displayname }).catch((err: unknown) => req.warn?.(`could not set the display name of ${userId} (${(err as Error).message})`));
+  writeCredentials(req.home.keys, req.name, { ...creds, homeserverUrl: config.matrix.homeserver_url });
+  chmodSync(credentialsFile(req.home.keys, req.name), 0o600);
+  return { userId, reactivated };
+}
+
+/** Deactivates the bot's Matrix user (an unknown or already deactivated user is fine). True when this call deactivated it. */
+export async function deactivateBotAccount(req: { home: HomeLayout; config: Config; userId: string }): Promise<boolean> {
+  const admin = await adminToken(req.home, req.config);
+  const u = await adminUser(req.config, admin, req.userId);
+  if (!u || u.deactivated) return false;
+  await deactivateUser({ homeserverUrl: hsUrl(req.config), adminToken: admin, userId: req.userId });
+  return true;
+}
+
+/** Removes keys/<name>/'s Matrix secrets (credentials, password, the E2EE store and cross-signing keys), and the folder when empty. */
+export function removeBotKeys(home: HomeLayout, name: string): void {
+  const dir = keysDir({ home, device: name });
+  rmSync(credentialsFile(home.keys, name), { force: true });
+  rmSync(path.join(dir, 'matrix.password'), { force: true });
+  // the bot's end-to-end encryption keys belong to the deactivated account: useless, and secret
+  rmSync(path.join(dir, 'crypto'), { recursive: true, force: true });
+  rmSync(path.join(dir, 'cross-signing.json'), { force: true });
+  try { if (readdirSync(dir).length === 0) rmSync(dir, { recursive: true, force: true }); } catch { /* gone */ }
+}
 
 /** Polls the bot's own view of its rooms until it has posted "✓ <device> live" (after sinceTs). */
 export async function waitForLiveMessage(w: LiveWait): Promise<void> {
