@@ -84,7 +84,11 @@ export interface CallGate {
   admit(call: { device: string; def: AnyCapability; args: Record<string, unknown>; caller: Caller }): GateAdmission;
 }
 export type GateAdmission =
-  | { ok: true; args: Record<string, unknown>; settle?: (succeeded: boolean) => void }
+  /**
+   * `settle` may answer a result in place of the one it was given (what is audited and returned): vm.share
+   * on a mesh device records its share on the controller, where meshpilot.db is (capabilities/vm/quota-gate.ts).
+   */
+  | { ok: true; args: Record<string, unknown>; settle?: (succeeded: boolean, result?: CapabilityResult) => CapabilityResult | void }
   | { ok: false; code: ErrorCode; message: string };
 
 /** Who a request without a caller is: the operator surfaces (CLI, API, reaper). */
@@ -157,7 +161,7 @@ export class Invoker {
         reason: extra.reason ? extra.reason.slice(0, MAX_REASON) : null,
         context: req.context ? (redactArgs(req.context) as Record<string, unknown>) : null,
       });
-    let settle: ((succeeded: boolean) => void) | undefined;
+    let settle: ((succeeded: boolean, result?: CapabilityResult) => CapabilityResult | void) | undefined;
     const deny = (code: ErrorCode, message: string, decision: Decision = 'denied'): InvokeResult => {
       settle?.(false);
       const entry = record(decision, 'not_run', { error_code: code, reason: message });
@@ -247,7 +251,12 @@ export class Invoker {
       result = failResult(toMpError(err, 'exec_failed'), Math.round(performance.now() - t0));
     }
     result = capResult(result, limits.maxOutputBytes);
-    settle?.(result.ok);
+    try {
+      const settled = settle?.(result.ok, result);
+      if (settled) result = capResult(settled, limits.maxOutputBytes);
+    } catch (err) {
+      result = failResult(toMpError(err, 'internal'), result.durationMs);
+    }
 
     const outcome: Outcome = result.ok ? 'ok' : result.error?.code === 'timeout' ? 'timeout' : 'error';
     const entry = record(decision, outcome, {

@@ -467,7 +467,8 @@ export async function startOperatorServices(o: OperatorServicesOptions): Promise
       anchors: roomAnchors(roomId, session),
       send: async (text) => { await session.sendText(roomId, text); },
       logger: log.child({ component: 'health' }),
-      afterCycle: [vmReaperJob(rt, log.child({ component: 'vm-reaper' }))],
+      // The reaper's notices (a VM stopped over its disk limit) go to the operator room.
+      afterCycle: [vmReaperJob(rt, log.child({ component: 'vm-reaper' }), (text) => session.sendText(roomId, `[VM] ${text}`))],
       ...o.monitorOverrides,
     });
     const bot = new OperatorBot({

@@ -19,6 +19,7 @@ import type { AuditSink } from '../audit-sqlite.js';
 import { MeshpilotError, toMpError } from '../errors.js';
 import { thisOs } from '../home.js';
 import { Invoker, type ApprovalHook, type ManifestSource } from '../invoke.js';
+import { setPublishAddress } from '../vm/podman.js';
 import { formatIssue, loadManifest, type Manifest } from '../manifest.js';
 import { logger as makeLogger } from '../log.js';
 import { builtinRegistry, type CapabilityRegistry } from '../registry.js';
@@ -175,6 +176,8 @@ export async function startAgent(config: AgentConfig, opts: { log?: Logger; secr
   const started = Date.now();
   const version = agentVersion();
 
+  // VMs publish their ports on the mesh address this agent listens on (loopback when it listens on every address).
+  setPublishAddress(config.device, config.listen.address);
   const manifests = new ManifestFile(config.manifest, config.device, registry);
   const first = manifests.status();
   if (!first.manifest) log.error({ manifest: config.manifest }, `manifest not usable, every call is refused until it is fixed: ${first.error}`);

@@ -24,10 +24,11 @@ function ago(ms: number): string {
   return ms >= 0 ? `in ${text}` : `${text} ago`;
 }
 
-/** One line per VM: `dev  running  localhost/base:latest  1 cpu 512M  127.0.0.1:40001->80  @ann:x  expires in 23 h`. */
+/** One line per VM: `dev  running  localhost/base:latest  1 cpu 512M  127.0.0.1:40001->80  @ann:x  expires in 23 h` (with sizes: `disk 12/2048M`). */
 export function vmLine(v: VmInfo, now = Date.now()): string {
-  const ports = v.ports.filter((p) => p.host !== null).map((p) => `127.0.0.1:${p.host}->${p.guest}`).join(',');
-  const size = [v.cpus !== null ? `${v.cpus} cpu` : '', v.memoryMb !== null ? `${v.memoryMb}M` : ''].filter(Boolean).join(' ');
+  const ports = v.ports.filter((p) => p.host !== null).map((p) => `${p.hostIp ?? '127.0.0.1'}:${p.host}->${p.guest}`).join(',');
+  const size = [v.cpus !== null ? `${v.cpus} cpu` : '', v.memoryMb !== null ? `${v.memoryMb}M` : '',
+    v.diskUsedMb !== undefined ? `disk ${v.diskUsedMb}/${v.diskMb ?? '?'}M` : ''].filter(Boolean).join(' ');
   const expiry = v.expiresAt === null ? 'no expiry' : v.expiresAt <= now ? `expired ${ago(v.expiresAt - now)}` : `expires ${ago(v.expiresAt - now)}`;
   return [v.name, v.state, v.image, size, ports, v.owner, expiry].filter(Boolean).join('  ');
 }
@@ -78,20 +79,20 @@ const vmNew = defineCapability({
       }
       const v = r.value;
       const lines = [`created ${v.name} on ${ctx.device} (${v.image}, ${v.cpus} cpu, ${v.memoryMb} MiB, expires ${new Date(v.expiresAt ?? 0).toISOString()})`];
-      for (const p of v.ports) if (p.host !== null) lines.push(`port ${p.guest} -> 127.0.0.1:${p.host} on ${ctx.device}`);
-      if (!v.diskEnforced) lines.push(`disk ${args.disk_mb} MiB is counted, not enforced (the storage driver on ${ctx.device} cannot limit it)`);
+      for (const p of v.ports) if (p.host !== null) lines.push(`port ${p.guest} -> ${p.hostIp ?? '127.0.0.1'}:${p.host} on ${ctx.device}`);
+      if (!v.diskEnforced) lines.push(`disk ${args.disk_mb} MiB: the storage driver on ${ctx.device} cannot cap it, so the reaper stops ${v.name} when it has written more`);
       return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: lines.join('\n'), data: v });
     }),
 });
 
 const vmLs = defineCapability({
   name: 'vm.ls',
-  description: 'Lists the VMs meshpilot created on this device: name, state, image, limits, published ports, owner and expiry.',
+  description: 'Lists the VMs meshpilot created on this device: name, state, image, limits, published ports, owner and expiry (size=true: and each one\'s disk use).',
   input: VmLsInput,
   risk: 'read',
   run: (args, ctx) =>
     guarded(async () => {
-      const r = await backendFor(ctx).list(args.all);
+      const r = await backendFor(ctx).list(args.all, { size: args.size });
       if (!r.ok) return failed(r);
       const now = Date.now();
       // `owner`: set by the VM gate for callers below operator (capabilities/vm/quota-gate.ts), who see only their own.

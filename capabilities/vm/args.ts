@@ -22,10 +22,10 @@ export const VmNewInput = z.object({
   image: ImageSchema,
   cpus: z.number().min(0.1).max(64).default(1).describe('CPU limit (may be fractional, e.g. 0.5).'),
   memory_mb: z.number().int().min(16).max(262_144).default(512).describe('Memory limit in MiB.'),
-  disk_mb: z.number().int().min(64).max(1_048_576).default(2048).describe('Disk size in MiB (enforced where the storage driver supports it; always counted by quotas).'),
+  disk_mb: z.number().int().min(64).max(1_048_576).default(2048).describe('Disk in MiB: what the VM may write (counted by quotas; the reaper stops a VM whose writable layer grows past it).'),
   ttl_h: z.number().min(0.01).max(8760).default(24).describe('Hours until the reaper stops and removes it.'),
   ports: z.array(z.number().int().min(1).max(65535)).max(16).default([])
-    .describe('Guest ports published on the device\'s loopback (a free host port each), e.g. [80, 8080].'),
+    .describe('Guest ports published on the device (loopback, or its mesh address on a mesh device; a free host port each), e.g. [80, 8080].'),
   command: z.array(z.string().max(4096).refine(noNul, 'must not contain NUL bytes')).min(1).max(64).optional()
     .describe('Program and arguments to run instead of the image\'s default command (argv, no shell).'),
 }).strict();
@@ -35,6 +35,7 @@ export const VmNameInput = z.object({ name: VmNameSchema }).strict();
 export const VmLsInput = z.object({
   all: z.boolean().default(true).describe('Include stopped VMs (default true).'),
   owner: z.string().min(1).max(256).optional().describe('Only the VMs of this owner (a Matrix ID). Below operator level meshpilot sets it to you.'),
+  size: z.boolean().default(false).describe('Also read each VM\'s disk use (what it wrote; slower). The reaper uses it to enforce disk_mb.'),
 }).strict();
 
 export const VmRmInput = z.object({

@@ -22,8 +22,10 @@ export const LABELS = {
 
 export interface VmPort {
   guest: number;
-  /** The device's port (loopback) it is published on; null until the VM runs. */
+  /** The device's port it is published on; null until the VM runs. */
   host: number | null;
+  /** The device address it is published on: 127.0.0.1, or on a mesh device its mesh address (podman.ts setPublishAddress). */
+  hostIp?: string;
 }
 
 export interface VmSpec {
@@ -51,6 +53,8 @@ export interface VmInfo {
   diskMb: number | null;
   ports: VmPort[];
   created: string;
+  /** MiB its writable layer holds (what it wrote), when listed with sizes (vm.ls size=true); the reaper stops a VM over its diskMb. */
+  diskUsedMb?: number;
 }
 
 export interface ExecOutput {
@@ -61,11 +65,11 @@ export interface ExecOutput {
   timedOut: boolean;
 }
 
-/** Where the device reaches a VM's guest port: its published loopback port, or the VM's own address on the device's bridge. */
+/** Where the device reaches a VM's guest port: its published port (on loopback, or on a mesh device its mesh address), or the VM's own address on the device's bridge. */
 export interface VmEndpoint {
   address: string;
   port: number;
-  via: 'loopback' | 'bridge';
+  via: 'loopback' | 'mesh' | 'bridge';
 }
 
 export type BackendResult<T> = { ok: true; value: T; durationMs: number } | { ok: false; error: MpError; durationMs: number; stderr?: string };
@@ -73,8 +77,8 @@ export type BackendResult<T> = { ok: true; value: T; durationMs: number } | { ok
 export interface VmBackend {
   readonly kind: string;
   create(spec: VmSpec): Promise<BackendResult<VmInfo & { diskEnforced: boolean }>>;
-  /** meshpilot's VMs only (foreign containers are not listed). */
-  list(all: boolean): Promise<BackendResult<VmInfo[]>>;
+  /** meshpilot's VMs only (foreign containers are not listed); `size`: with each one's diskUsedMb (slower: the writable layers are walked). */
+  list(all: boolean, opts?: { size?: boolean }): Promise<BackendResult<VmInfo[]>>;
   /** null: no such VM (gone). A foreign container of that name is an error, not a VM. */
   get(name: string): Promise<BackendResult<VmInfo | null>>;
   /** `gone: true` when it was already gone: that counts as removed. */

@@ -6,9 +6,12 @@
  * - crun refuses hybrid cgroups: `--runtime runc`;
  * - podman's default nofile/nproc ulimits exceed the hard limits (runc fails "error setting rlimit
  *   type 6"): explicit `--ulimit`s;
- * - `--storage-opt size=` needs overlay on XFS with pquota: tried once per device, then disk_mb is
- *   recorded (label, quotas) but not enforced;
- * - ports are published on the device's loopback, a free host port each.
+ * - `--storage-opt size=` needs overlay on XFS with pquota (ext4/overlay here refuses it): tried once per
+ *   device; either way disk_mb is enforced by the reaper (capabilities/vm/reaper.ts), which reads each
+ *   VM's writable layer (`podman ps --size`: list(all, {size: true})) and stops a VM that wrote more;
+ * - ports are published on the device's loopback, a free host port each; on a mesh device on its mesh
+ *   address instead (setPublishAddress, called by the device agent with the address it listens on), so
+ *   the launcher's share gateway reaches them over the mesh. Never on 0.0.0.0.
  *
  * Containers are named `mp-<name>` and carry meshpilot's labels (backend.ts LABELS). An operation by
  * name first checks the labels (inspect) and then acts on the container's id, which a foreign
@@ -32,6 +35,28 @@ const META_BYTES = 4 * 1024 * 1024;
 /** Per device: container id of each checked VM name; whether --storage-opt size works. */
 const verified = new Map<string, Map<string, string>>();
 const diskSupport = new Map<string, boolean>();
+/** Per device: the address ports are published on (default 127.0.0.1). */
+const publishAt = new Map<string, string>();
+const UNSPECIFIED = new Set(['0.0.0.0', '::', '0:0:0:0:0:0:0:0', '']);
+
+/**
+ * Where `vm.new` publishes ports on this device: the device agent sets its mesh address (the address it
+ * listens on), so the launcher reaches a shared port over the mesh. An unspecified address (0.0.0.0, ::)
+ * or undefined means loopback: a VM's port is never published on every interface.
+ */
+export function setPublishAddress(device: string, address: string | undefined): void {
+  if (address === undefined || UNSPECIFIED.has(address)) publishAt.delete(device);
+  else publishAt.set(device, address);
+}
+
+export function publishAddressOf(device: string): string {
+  return publishAt.get(device) ?? '127.0.0.1';
+}
+
+/** podman's `-p` value: `127.0.0.1::8080`, `[fd00::2]::8080`. */
+function publishFlag(address: string, guest: number): string {
+  return `${address.includes(':') ? `[${address}]` : address}::${guest}`;
+}
 
 function idsOf(device: string): Map<string, string> {
   let m = verified.get(device);
@@ -74,7 +99,7 @@ interface Inspected { labels: Record<string, string>; info: VmInfo; fullId: stri
 function parseInspectLine(line: string): Inspected | null {
   const [labelsJson = 'null', state = '', id = '', image = '', portsJson = 'null', created = '', address = ''] = line.split('\t');
   let labels: Record<string, string> = {};
-  let portMap: Record<string, Array<{ HostPort?: string }> | null> = {};
+  let portMap: Record<string, Array<{ HostPort?: string; HostIp?: string }> | null> = {};
   try {
     labels = (JSON.parse(labelsJson) as Record<string, string> | null) ?? {};
     portMap = (JSON.parse(portsJson) as typeof portMap | null) ?? {};
@@ -84,6 +109,7 @@ function parseInspectLine(line: string): Inspected | null {
   const ports: VmPort[] = Object.entries(portMap).map(([key, binds]) => ({
     guest: Number(key.split('/')[0]),
     host: binds?.[0]?.HostPort ? Number(binds[0].HostPort) : null,
+    ...(binds?.[0]?.HostIp ? { hostIp: binds[0].HostIp } : {}),
   }));
   const createdS = Number(created);
   return {
@@ -186,7 +212,7 @@ export class PodmanBackend implements VmBackend {
       '--memory', `${spec.memoryMb}m`, '--cpus', String(spec.cpus), '--stop-timeout', String(STOP_TIMEOUT_S),
     ];
     for (const [k, v] of Object.entries(labels)) argv.push('--label', `${k}=${v}`);
-    for (const p of spec.ports) argv.push('-p', `127.0.0.1::${p}`);
+    for (const p of spec.ports) argv.push('-p', publishFlag(publishAddressOf(this.device), p));
     const tail = ['--', spec.image, ...(spec.command ?? [])];
     let diskEnforced = diskSupport.get(this.device) !== false;
     let out = await this.podman(diskEnforced ? [...argv, '--storage-opt', `size=${spec.diskMb}m`, ...tail] : [...argv, ...tail]);
@@ -220,8 +246,8 @@ export class PodmanBackend implements VmBackend {
     return { ok: true, value: { ...info, diskEnforced }, durationMs: spent };
   }
 
-  async list(all: boolean): Promise<BackendResult<VmInfo[]>> {
-    const out = await this.podman(['ps', ...(all ? ['-a'] : []), '--filter', `label=${LABELS.id}`, '--format', 'json']);
+  async list(all: boolean, opts: { size?: boolean } = {}): Promise<BackendResult<VmInfo[]>> {
+    const out = await this.podman(['ps', ...(all ? ['-a'] : []), ...(opts.size ? ['--size'] : []), '--filter', `label=${LABELS.id}`, '--format', 'json']);
     if (out.exitCode !== 0 || out.timedOut) return { ok: false, error: this.failure(out, 'vm.ls'), durationMs: out.durationMs };
     let rows: Array<Record<string, unknown>>;
     try {
@@ -236,11 +262,16 @@ export class PodmanBackend implements VmBackend {
       const name = labels[LABELS.name];
       // Only ours: the id label (the filter) and a name label matching the container's name.
       if (!labels[LABELS.id] || !name || !(row['Names'] as string[] | undefined)?.includes(CONTAINER_PREFIX + name)) continue;
-      const ports = ((row['Ports'] ?? []) as Array<{ container_port?: number; host_port?: number }>).map((p) => ({ guest: p.container_port ?? 0, host: p.host_port ?? null }));
+      const ports = ((row['Ports'] ?? []) as Array<{ container_port?: number; host_port?: number; host_ip?: string }>)
+        .map((p) => ({ guest: p.container_port ?? 0, host: p.host_port ?? null, ...(p.host_ip ? { hostIp: p.host_ip } : {}) }));
       const created = typeof row['Created'] === 'number' ? new Date(row['Created'] * 1000).toISOString() : '';
       const id = typeof row['Id'] === 'string' ? row['Id'] : '';
       ids.set(name, id);
-      vms.push(infoFrom(labels, { id, image: String(row['Image'] ?? ''), state: String(row['State'] ?? ''), ports, created }));
+      const info = infoFrom(labels, { id, image: String(row['Image'] ?? ''), state: String(row['State'] ?? ''), ports, created });
+      // What the VM wrote: its writable layer (podman's rwSize, bytes).
+      const rw = (row['Size'] as { rwSize?: unknown } | undefined)?.rwSize;
+      if (opts.size && typeof rw === 'number' && Number.isFinite(rw)) info.diskUsedMb = Math.round((rw / (1024 * 1024)) * 10) / 10;
+      vms.push(info);
     }
     vms.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return { ok: true, value: vms, durationMs: out.durationMs };
@@ -314,7 +345,11 @@ export class PodmanBackend implements VmBackend {
     if (!at.value) return { ok: false, error: { code: 'not_found', message: `no VM ${name} on ${this.device}` }, durationMs: r.durationMs + at.durationMs };
     const spent = r.durationMs + at.durationMs;
     const published = at.value.info.ports.find((p) => p.guest === guestPort && p.host !== null);
-    if (published?.host) return { ok: true, value: { address: '127.0.0.1', port: published.host, via: 'loopback' }, durationMs: spent };
+    if (published?.host) {
+      const address = published.hostIp && !UNSPECIFIED.has(published.hostIp) ? published.hostIp : '127.0.0.1';
+      const loopback = address === '127.0.0.1' || address === '::1' || address === 'localhost';
+      return { ok: true, value: { address, port: published.host, via: loopback ? 'loopback' : 'mesh' }, durationMs: spent };
+    }
     if (at.value.info.state !== 'running') return { ok: false, error: { code: 'exec_failed', message: `${name} on ${this.device} is not running (vm.start it first)` }, durationMs: spent };
     // Rootful podman puts the VM on a bridge the device can reach: any guest port, without publishing it.
     if (at.value.address) return { ok: true, value: { address: at.value.address, port: guestPort, via: 'bridge' }, durationMs: spent };

@@ -6,12 +6,19 @@
  * - vm.ls: below operator, `owner` is set to the caller, so they list their own VMs only.
  * - every other vm.* naming a VM: below operator, only the caller's own VMs; vm.rm that succeeded
  *   (a VM already gone counts as removed) releases the reservation.
+ * - vm.share / vm.unshare (same ownership rule): on a mesh device they run in the agent, which has no
+ *   meshpilot.db; settle records (or removes) the share here from the agent's answer
+ *   (capabilities/catalog/vm-share.ts completeShare). vm.rm that succeeded removes the VM's shares here
+ *   too, whatever the transport, so no link outlives its VM (a later VM could get its port).
  * Operators and admins act on every VM (the reaper calls as an operator).
  */
 import { z } from 'zod';
 import type { CallGate, GateAdmission } from '../invoke.js';
 import { isStaff, type Caller } from '../levels.js';
 import type { AnyCapability } from '../capability.js';
+import { completeShare, completeUnshare } from '../catalog/vm-share.js';
+import { ownerOf } from './quota.js';
+import { shareStore } from './shares.js';
 import type { Level } from '../levels.js';
 
 /** What one VM takes from its owner's quota. */
@@ -71,7 +78,15 @@ export class VmGate implements CallGate {
       const owner = this.quota.ownerOf(device, name);
       if (owner !== caller.user) return { ok: false, code: 'policy_denied', message: `${def.name} ${name} denied: ${name} is not one of your VMs on ${device}` };
     }
-    if (def.name === 'vm.rm') return { ok: true, args, settle: (ok) => { if (ok) this.quota.release(device, name); } };
+    if (def.name === 'vm.rm') {
+      return { ok: true, args, settle: (ok) => {
+        if (!ok) return;
+        this.quota.release(device, name);
+        shareStore()?.unshare(device, name);
+      } };
+    }
+    if (def.name === 'vm.share') return { ok: true, args, settle: (ok, result) => (ok ? completeShare(device, ownerOf(caller.user), result) : undefined) };
+    if (def.name === 'vm.unshare') return { ok: true, args, settle: (ok, result) => (ok ? completeUnshare(device, result) : undefined) };
     return { ok: true, args };
   }
 }

@@ -8,8 +8,11 @@
  *   longer) a share is 404: the row is read on every request, so vm.unshare and vm.rm end it at once.
  * - Where: what VmBackend.publish answered at vm.share (the published loopback port, else the VM's
  *   bridge address and the guest port). Local devices: that address directly; ssh devices: through a
- *   direct-tcpip channel on the pooled ssh connection (sshForward, one channel per request). Mesh
- *   devices are not routed yet (502 saying so): the device's loopback and bridge are out of the mesh's reach.
+ *   direct-tcpip channel on the pooled ssh connection (sshForward, one channel per request); mesh
+ *   devices: the device's mesh address (the manifest's transport.address) and the published port,
+ *   which the device agent publishes on that address (capabilities/vm/podman.ts setPublishAddress). A
+ *   port published elsewhere on a mesh device (loopback, the bridge) is out of the mesh's reach: 502
+ *   saying so.
  * - How: HTTP/1.1 with the bodies streamed both ways; at most MAX_HEADERS request headers and
  *   MAX_HEADER_BYTES of them (431 over); hop-by-hop headers (and those the Connection header names)
  *   are not forwarded either way; the meshpilot session cookie never reaches the VM, and the VM cannot
@@ -74,7 +77,14 @@ export function routeOf(share: VmShare, manifest: Manifest | undefined): Route {
   const address = share.address;
   if (kind === 'local') return { ok: true, target: { host: address, port: hostPort } };
   if (kind === 'ssh') return { ok: true, target: { host: address, port: hostPort, connect: () => sshForward(manifest, address, hostPort) } };
-  return { ok: false, message: `shares of VMs on ${kind} devices are not routed yet (${share.device}: the VM's port is on the device's loopback or bridge, out of the mesh's reach)` };
+  if (manifest.transport.kind === 'mesh') {
+    const mesh = manifest.transport.address;
+    if (address !== mesh) {
+      return { ok: false, message: `${share.vm}:${share.port} is published on ${address} on ${share.device}, out of the mesh's reach (${mesh}): recreate the VM with vm.new ports=[${share.port}] while the device agent listens on its mesh address, then vm.share it again` };
+    }
+    return { ok: true, target: { host: mesh, port: hostPort } };
+  }
+  return { ok: false, message: `shares of VMs on ${kind} devices are not routed` };
 }
 
 function proxy(c: Context<HttpEnv>, share: VmShare, target: Target, rest: string): Promise<Response> {
