@@ -14,6 +14,8 @@ import type { Db } from '../capabilities/db.js';
 import { toMpError } from '../capabilities/errors.js';
 import type { ApprovalHook, InvokeResult, Invoker } from '../capabilities/invoke.js';
 import type { Manifest } from '../capabilities/manifest.js';
+import type { DelegatedAuditRef } from '../capabilities/capability.js';
+import type { ErrorCode, MpError } from '../capabilities/errors.js';
 import { isStaff, mayTalk, resolveLevel, staffIds, type Caller, type Level } from '../capabilities/levels.js';
 import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
@@ -21,7 +23,7 @@ import { ConversationStore } from './conversation.js';
 import { APPROVAL_COMMANDS, DEVICE_COMMANDS, type DeviceCommandContext } from './device-commands.js';
 import { DashboardLogins, loginUrl } from '../capabilities/dashboard-login.js';
 import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
-import type { LlmCaller, TurnAction } from './llm.js';
+import type { LlmCaller, MessageParam, TurnAction, TurnResult } from './llm.js';
 import { RoomGuard, type RoomMember } from './room-guard.js';
 import { sendShareLinks } from './share-links.js';
 
@@ -69,6 +71,13 @@ export type AnswerInterceptor = (a: { roomId: string; sender: string; text?: str
 export const LIVE_STATE_EVENT = 'dev.meshpilot.live';
 export const AUDIT_HEAD_EVENT = 'dev.meshpilot.audit_head';
 const TYPING_MS = 30_000;
+/** Audit references a delegated turn reports back (bots/ipc.ts bounds them the same). */
+const MAX_DELEGATED_REFS = 64;
+
+/** What a delegated task came to (bots/delegation.ts sends it back to the launcher). */
+export type DelegatedOutcome =
+  | { ok: true; answer: string; footer: string; audit: DelegatedAuditRef[] }
+  | { ok: false; error: MpError };
 
 export interface DeviceBotOptions {
   device: string;
@@ -87,7 +96,19 @@ export interface DeviceBotOptions {
   approvalTimeoutMs: number;
   /** The launcher's web dashboard (`http://127.0.0.1:7400`): `!dashboard` DMs a one-time login link to it. */
   dashboardUrl?: string;
+  /** A workspace's direct children in the org tree (its prompt names them; sorted). */
+  children?: () => string[];
   logger: Logger;
+}
+
+/** The first message in a new DM with an operator: a workspace says whom it reports to (issue 18). */
+export function liveText(device: string, m: Pick<Manifest, 'workspace'> | undefined): { plain: string; html: string } {
+  const ws = m?.workspace;
+  if (ws) {
+    const to = ws.parent ?? '—';
+    return { plain: `✓ ${device} live (reports to ${to})`, html: `✓ <b>${escapeHtml(device)}</b> live (reports to ${escapeHtml(to)})` };
+  }
+  return { plain: `✓ ${device} live. Ask me anything, or send !help.`, html: `✓ <b>${escapeHtml(device)}</b> live. Ask me anything, or send <code>!help</code>.` };
 }
 
 export class DeviceBot {
@@ -158,12 +179,17 @@ export class DeviceBot {
       try {
         let room = await this.o.chat.findDm(op);
         if (!room) {
-          room = await this.o.chat.createDm(op, {
+          const ws = m?.workspace;
+          room = await this.o.chat.createDm(op, ws ? {
+            name: `🧑‍💼 ${this.o.device}`,
+            topic: `meshpilot workspace ${this.o.device} on ${ws.host} · home ${ws.home} · reports to ${ws.parent ?? '—'}`,
+          } : {
             name: `🖥 ${this.o.device}`,
             topic: `meshpilot device ${this.o.device} · ${m?.os ?? 'unknown os'} · via ${m?.transport.kind ?? '?'}`,
           });
           created.push(room);
-          const eventId = await this.o.chat.sendHtml(room, `✓ ${this.o.device} live. Ask me anything, or send !help.`, `✓ <b>${escapeHtml(this.o.device)}</b> live. Ask me anything, or send <code>!help</code>.`);
+          const live = liveText(this.o.device, m);
+          const eventId = await this.o.chat.sendHtml(room, live.plain, live.html);
           // State events are never encrypted: add-pc reads this to know the bot is live without syncing as the bot.
           await this.o.chat.setState(room, LIVE_STATE_EVENT, '', { device: this.o.device, ts: Date.now(), event_id: eventId });
         }
@@ -352,33 +378,97 @@ export class DeviceBot {
       await this.reply(msg.roomId, 'My manifest is missing or invalid, so I cannot act. Check `meshpilot devices` on the launcher.');
       return;
     }
-    const { auditFooter, buildSystemPrompt, buildTools, runTurn } = await import('./llm.js');
-    // The LLM sees only the caller's own tools, and the prompt lists only those.
     const caller = this.callerOf(msg);
-    const mine = this.capabilitiesFor(caller);
-    const tools = buildTools(mine);
     const expired = new Set<number>();
-    const visible = isStaff(caller.level) ? manifest : { ...manifest, capabilities: Object.fromEntries(mine.map((d) => [d.name, manifest.capabilities[d.name]])) };
-    const system = buildSystemPrompt({ ...visible, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
-    const result = await runTurn({
-      client: llm.client, system, tools,
+    const turn = await this.turnAndReply(msg.roomId, manifest, llm, caller, {
       history: this.conversations.load(msg.roomId),
       userText: msg.body,
       invoke: (capability, args) => this.invoke(msg, capability, args, `llm:${msg.sender}`, expired),
+    }, expired);
+    if (turn.result.messages.length) this.conversations.append(msg.roomId, turn.result.messages);
+  }
+
+  /**
+   * One LLM turn for `caller` and its reply in `roomId`: the text, then the audit footer ("no action
+   * taken" when nothing ran) and a warning when its words claim an action no successful call backs.
+   */
+  private async turnAndReply(
+    roomId: string, manifest: Manifest, llm: NonNullable<DeviceBotOptions['llm']>, caller: Caller,
+    t: { history: readonly MessageParam[]; userText: string; invoke: (capability: string, args: unknown) => Promise<InvokeResult> },
+    expired: ReadonlySet<number>,
+  ): Promise<{ result: TurnResult; text: string; footer: string }> {
+    const { auditFooter, buildSystemPrompt, buildTools, runTurn } = await import('./llm.js');
+    // The LLM sees only the caller's own tools, and the prompt lists only those.
+    const mine = this.capabilitiesFor(caller);
+    const tools = buildTools(mine);
+    const visible = isStaff(caller.level) ? manifest : { ...manifest, capabilities: Object.fromEntries(mine.map((d) => [d.name, manifest.capabilities[d.name]])) };
+    const children = manifest.workspace && this.o.children ? { children: this.o.children() } : {};
+    const system = buildSystemPrompt({ ...visible, ...children, ...(llm.operatorPrompt ? { operatorPrompt: llm.operatorPrompt } : {}) });
+    const result = await runTurn({
+      client: llm.client, system, tools, ...t,
       maxSteps: llm.maxSteps,
       budget: this.conversations.budget(llm.dailyTokenBudget),
       logger: this.o.logger,
     });
-    if (result.messages.length) this.conversations.append(msg.roomId, result.messages);
-    // Every LLM reply carries the footer ("no action taken" when nothing ran), and a warning when its
-    // words claim an action that no successful call of this turn backs.
     const footer = auditFooter(result.actions.map((a) => (a.auditSeq !== null && expired.has(a.auditSeq) ? { ...a, expired: true } : a)));
     const warning = claimWarning(result.text, result.actions);
-    let text = result.text || (result.error ? result.error.message : '(no answer)');
+    const text = result.text || (result.error ? result.error.message : '(no answer)');
     const plain = `${text}\n\n${warning ? `${warning}\n` : ''}${footer}`;
     const html = `${llmTextToHtml(text)}<br><br>${warning ? `<b>${escapeHtml(warning)}</b><br>` : ''}<small>${escapeHtml(footer)}</small>`;
-    await this.chat.sendHtml(msg.roomId, plain, html);
-    if (result.actions.length) this.later(msg.roomId, () => this.anchorAuditHead(msg.roomId, result.actions));
+    await this.chat.sendHtml(roomId, plain, html);
+    if (result.actions.length) this.later(roomId, () => this.anchorAuditHead(roomId, result.actions));
+    return { result, text, footer };
+  }
+
+  /**
+   * A task from the parent workspace (workspace.delegate, relayed by the launcher): shown in the first
+   * operator's DM ("↳ task from …"), run there as one LLM turn in the room's queue, each call checked
+   * against this bot's manifest and audited on its chain as `delegate:<parent>`; answered with the
+   * reply, its footer and the audit references of the turn.
+   */
+  async runDelegated(task: { from: string; text: string }): Promise<DelegatedOutcome> {
+    const fail = (code: ErrorCode, message: string): DelegatedOutcome => ({ ok: false, error: { code, message } });
+    const llm = this.o.llm;
+    const manifest = this.o.manifest();
+    if (!llm) return fail('config', `${this.o.device} has no LLM configured, so it cannot take a task`);
+    if (!manifest) return fail('manifest_invalid', `the manifest of ${this.o.device} is missing or invalid`);
+    if (this.stopping) return fail('unreachable', `${this.o.device} is restarting; ask again in a moment`);
+    const room = await this.operatorDm();
+    if (!room) return fail('unreachable', `${this.o.device} has no DM with an operator to work in (approvals and the record of the task go there)`);
+    const run = (this.queues.get(room) ?? Promise.resolve()).then(() => this.delegatedIn(room, manifest, llm, task));
+    const settled = run.then(() => undefined, () => undefined);
+    this.queues.set(room, settled);
+    return run.catch((err: unknown) => {
+      const e = toMpError(err);
+      return fail(e.code, e.message);
+    });
+  }
+
+  private async delegatedIn(room: string, manifest: Manifest, llm: NonNullable<DeviceBotOptions['llm']>, task: { from: string; text: string }): Promise<DelegatedOutcome> {
+    this.busyCount++;
+    try {
+      await this.chat.sendHtml(room, `↳ task from ${task.from}: ${task.text}`, `↳ task from <b>${escapeHtml(task.from)}</b>: ${escapeHtml(task.text)}`);
+      const actor = `delegate:${task.from}`;
+      // The parent is a workspace, not a person: its task runs with an operator's level on this manifest.
+      const caller: Caller = { user: actor, level: 'operator' };
+      const refs: DelegatedAuditRef[] = [];
+      const expired = new Set<number>();
+      const ask = this.approvals.hookFor(room);
+      const invoke = async (capability: string, args: unknown): Promise<InvokeResult> => {
+        const requestId = randomUUID();
+        const r = await this.o.invoker.invoke({ device: this.o.device, capability, args, actor, caller, requestId, context: { delegated_by: task.from } }, ask);
+        if (r.decision === 'rejected' && r.audit && this.approvals.stateOf(requestId) === 'expired') expired.add(r.audit.seq);
+        if (r.audit && refs.length < MAX_DELEGATED_REFS) refs.push({ seq: r.audit.seq, hash: r.audit.hash, capability: r.capability, ok: r.ok });
+        return r;
+      };
+      const turn = await this.turnAndReply(room, manifest, llm, caller, { history: [], userText: `Task from ${task.from}: ${task.text}`, invoke }, expired);
+      if (turn.result.stoppedBy === 'error' && refs.length === 0) {
+        return { ok: false, error: turn.result.error ?? { code: 'internal', message: turn.text } };
+      }
+      return { ok: true, answer: turn.text, footer: turn.footer.slice(0, 4000), audit: refs };
+    } finally {
+      this.busyCount--;
+    }
   }
 
   /** Rooms (and the anchor) where the bot already said it refuses to re-anchor: said once, not on every command. */

@@ -16,6 +16,8 @@ import { DeviceRegistry } from '../capabilities/device-registry.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { setShareStore, ShareStore } from '../capabilities/vm/shares.js';
+import { childrenOf, OrgGate } from '../capabilities/workspace/org.js';
+import { DelegationClient, serveDelegatedRun } from './delegation.js';
 import { readBotPassword, readCredentials, writeCredentials, type MatrixCredentials } from './credentials.js';
 import { DeviceBot } from './device-bot.js';
 import { ParentMessageSchema, type ChildMessageInput, type ParentMessage } from './ipc.js';
@@ -67,8 +69,20 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const kind = devices.get(device)?.transport.kind;
   if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
   if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
+  // workspace.delegate (a workspace bot): relayed through the launcher over IPC (bots/delegation.ts).
+  const delegation = new DelegationClient(process.send ? (m) => {
+    if (!process.connected) return false;
+    send(m);
+    return true;
+  } : undefined);
   // Quotas and VM ownership (capabilities/vm/quota-gate.ts): reservations live in meshpilot.db, shared by every bot.
-  const invoker = new Invoker({ manifests: devices, audit, gate: new VmGate(new SqliteQuotaStore(db, config.quotas, log.child({ component: 'quota' }))) });
+  // The org gate: a workspace delegates only to its own descendants (capabilities/workspace/org.ts).
+  const invoker = new Invoker({
+    manifests: devices, audit, delegate: delegation.delegate,
+    gate: [new VmGate(new SqliteQuotaStore(db, config.quotas, log.child({ component: 'quota' }))), new OrgGate(devices)],
+  });
+  // A workspace's model (its manifest's workspace.model) before the config's.
+  const model = devices.get(device)?.workspace?.model ?? config.llm.model;
   // vm.share records its rows in meshpilot.db; the links name the launcher's HTTP server.
   setShareStore(new ShareStore(db), baseUrlOf(config.http.listen));
   const homeserverUrl = creds.homeserverUrl ?? config.matrix.homeserver_url;
@@ -142,7 +156,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     },
     ...(apiKey ? {
       llm: {
-        client: lazyLlmClient({ apiKey, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), model: config.llm.model, maxTokens: config.llm.max_tokens, timeoutMs: config.llm.timeout_s * 1000, logger: log }),
+        client: lazyLlmClient({ apiKey, ...(config.llm.base_url ? { baseURL: config.llm.base_url } : {}), model, maxTokens: config.llm.max_tokens, timeoutMs: config.llm.timeout_s * 1000, logger: log }),
         maxSteps: config.llm.max_steps,
         dailyTokenBudget: config.llm.daily_token_budget,
         ...(config.llm.system_prompt ? { operatorPrompt: config.llm.system_prompt } : {}),
@@ -150,6 +164,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     } : {}),
     approvalTimeoutMs: config.approvals.timeout_s * 1000,
     dashboardUrl: baseUrlOf(config.http.listen),
+    children: () => childrenOf(devices, device),
     logger: log,
   });
 
@@ -190,6 +205,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     }, SELF_EXIT_MS).unref();
     log.info('shutting down: finishing the current call');
     settler.stop();
+    delegation.close();
     await bot.stop();
     await session.stop();
     await invoker.close();
@@ -202,6 +218,11 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
     const p = ParentMessageSchema.safeParse(raw);
     if (p.success && p.data.type === 'shutdown') void shutdown();
     else if (p.success && p.data.type === 'approval-ask') void askApproval(p.data);
+    else if (p.success && p.data.type === 'delegate-result') delegation.onResult(p.data);
+    else if (p.success && p.data.type === 'delegate-run') {
+      const run = p.data;
+      void settler.track(() => serveDelegatedRun(run, bot, send, log));
+    }
     else if (p.success && p.data.type === 'approval-decide') {
       const row = db.prepare("SELECT room_id FROM approvals WHERE id = ? AND device = ? AND state = 'pending'").get(p.data.id, device) as { room_id: string } | undefined;
       if (row) bot.approvals.onCommand(row.room_id, p.data.by, p.data.approve, p.data.id);

@@ -6,6 +6,8 @@
  *                   {type:'shutdown'}                   finish the current call, then exit
  *                   {type:'approval-ask', ask, …}       post an approval request (HTTP API call) in the DM
  *                   {type:'approval-decide', id, …}     decide a pending approval (dashboard)
+ *                   {type:'delegate-run', id, from, task, timeoutMs}  a parent workspace's task for this bot
+ *                   {type:'delegate-result', id, ok, answer?|error?}  the answer to this bot's delegate-request
  *   child → parent  {type:'ready'}                      connected, serving
  *                   {type:'heartbeat', busy, auditHead?} at least every heartbeatMs
  *                   {type:'fatal', code, message}       a configuration problem: not restarted until
@@ -13,12 +15,18 @@
  *                   {type:'log', level, msg}            optional, goes to the launcher's log
  *                   {type:'approval-posted', ask, approvalId}  the request is in the DM
  *                   {type:'approval-verdict', ask, approved, by, reason?}  an operator (or the timeout) decided
+ *                   {type:'delegate-request', id, to, task, timeoutMs}  workspace.delegate: relay a task to a child
+ *                   {type:'delegate-done', id, ok, answer?|error?}      this bot's answer to a delegate-run
+ *
+ * Delegation (workspace.delegate): parent bot → delegate-request → launcher (re-checks the org tree,
+ * launcher/delegation.ts) → delegate-run → child bot → delegate-done → launcher → delegate-result → parent.
  *
  * It lives in bots/ because bots/ may import only capabilities/ and bots/, while launcher/ may import
  * bots/. Every message is zod-validated and bounded both ways.
  */
 import { z } from 'zod';
 import { RiskSchema } from '../capabilities/capability.js';
+import { MAX_DELEGATE_ANSWER, MAX_DELEGATE_TASK } from '../capabilities/catalog/workspace.js';
 import { DeviceNameSchema } from '../capabilities/manifest.js';
 
 /** The largest IPC message accepted from a child, as JSON text. */
@@ -35,6 +43,32 @@ export const HEARTBEAT_MS = { min: 100, max: 600_000 } as const;
 export function heartbeatIntervalFor(timeoutMs: number): number {
   return Math.min(HEARTBEAT_MS.max, Math.max(HEARTBEAT_MS.min, Math.floor(timeoutMs / 4)));
 }
+
+const cut = (max: number) => (t: string): string => (t.length > max ? `${t.slice(0, max)}…` : t);
+
+/** A delegation's id: chosen by the parent bot for its request, by the launcher for the run it relays. */
+export const DelegationIdSchema = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/);
+/** Bounds of a delegated task's time (the capability's timeout): 1 s … 1 h. */
+export const DELEGATE_TIMEOUT_MS = { min: 1_000, max: 3_600_000 } as const;
+const DelegateTimeoutSchema = z.number().int().min(DELEGATE_TIMEOUT_MS.min).max(DELEGATE_TIMEOUT_MS.max);
+const DelegateTaskSchema = z.string().min(1).max(MAX_DELEGATE_TASK);
+/** The child's audit entries for the delegated turn (bounded: a turn makes at most a few dozen calls). */
+const DelegatedAuditSchema = z.array(z.object({
+  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  hash: z.string().regex(/^[0-9a-f]{64}$/),
+  capability: z.string().min(1).max(64),
+  ok: z.boolean(),
+}).strict()).max(64);
+/** A delegated turn's outcome, the same both ways (child → launcher, launcher → parent). */
+const delegateOutcome = {
+  id: DelegationIdSchema,
+  ok: z.boolean(),
+  workspace: DeviceNameSchema.optional(),
+  answer: z.string().max(MAX_DELEGATE_ANSWER + 100).optional(),
+  footer: z.string().max(4000).optional(),
+  audit: DelegatedAuditSchema.optional(),
+  error: z.object({ code: z.string().min(1).max(64), message: z.string().max(1000) }).strict().optional(),
+};
 
 export const ParentMessageSchema = z.discriminatedUnion('type', [
   z.object({
@@ -63,6 +97,9 @@ export const ParentMessageSchema = z.discriminatedUnion('type', [
     approve: z.boolean(),
     by: z.string().min(1).max(256),
   }).strict(),
+  // A parent workspace's task: run one LLM turn on it and answer delegate-done with the same id.
+  z.object({ type: z.literal('delegate-run'), id: DelegationIdSchema, from: DeviceNameSchema, task: DelegateTaskSchema, timeoutMs: DelegateTimeoutSchema }).strict(),
+  z.object({ type: z.literal('delegate-result'), ...delegateOutcome }).strict(),
 ]);
 export type ParentMessage = z.infer<typeof ParentMessageSchema>;
 
@@ -73,8 +110,6 @@ export const AuditHeadSchema = z.object({
   hash: z.string().regex(/^[0-9a-f]{64}$/),
 });
 export type AuditHead = z.infer<typeof AuditHeadSchema>;
-
-const cut = (max: number) => (t: string): string => (t.length > max ? `${t.slice(0, max)}…` : t);
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
 
@@ -87,6 +122,11 @@ export const ChildMessageSchema = z.discriminatedUnion('type', [
   // The answer to `approval-ask`: `approvalId` is the chat approval's id ([a1b2c3] in the DM) once posted.
   z.object({ type: z.literal('approval-posted'), ask: z.string().max(64), approvalId: z.string().max(16) }),
   z.object({ type: z.literal('approval-verdict'), ask: z.string().max(64), approved: z.boolean(), by: z.string().max(256), reason: z.string().max(1000).transform(cut(1000)).optional() }),
+  z.object({ type: z.literal('delegate-request'), id: DelegationIdSchema, to: DeviceNameSchema, task: DelegateTaskSchema, timeoutMs: DelegateTimeoutSchema }),
+  z.object({
+    type: z.literal('delegate-done'), ...delegateOutcome,
+    answer: z.string().max(MAX_IPC_MESSAGE_CHARS).transform(cut(MAX_DELEGATE_ANSWER)).optional(),
+  }),
 ]);
 export type ChildMessage = z.infer<typeof ChildMessageSchema>;
 /** What a bot may send (before the parent's transforms). */

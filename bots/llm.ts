@@ -13,7 +13,7 @@ import type { AnyCapability, Risk } from '../capabilities/capability.js';
 import { toJsonSchema } from '../capabilities/capability.js';
 import { MeshpilotError, toMpError, type ErrorCode, type MpError } from '../capabilities/errors.js';
 import type { InvokeResult } from '../capabilities/invoke.js';
-import { type CapabilityOptions, type DeviceOs, type TransportConfig } from '../capabilities/manifest.js';
+import { type CapabilityOptions, type DeviceOs, type TransportConfig, type WorkspaceSection } from '../capabilities/manifest.js';
 import { needsApproval } from '../capabilities/policy.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
@@ -227,6 +227,10 @@ export interface SystemPromptInput {
   operatorPrompt?: string;
   /** Where capability risk classes come from (default: the built-in registry). */
   registry?: CapabilityRegistry;
+  /** A workspace's manifest section (issue 18): the role becomes the core of the prompt. */
+  workspace?: WorkspaceSection;
+  /** A workspace's direct children (the ones it may hand tasks to), sorted. */
+  children?: readonly string[];
 }
 
 const MAX_OPERATOR_PROMPT = 4000;
@@ -260,9 +264,12 @@ export function buildSystemPrompt(input: SystemPromptInput): string {
   const names = Object.keys(input.capabilities).filter((n) => input.capabilities[n] !== undefined).sort();
   const registry = input.registry ?? builtinRegistry();
   const caps = names.map((n) => capabilityLine(n, input.capabilities[n]!, registry.get(n)?.risk));
+  const ws = input.workspace;
   const lines = [
-    `You are the meshpilot bot for the device "${input.device}" (${input.os}, transport: ${transport}).`,
-    ...(input.description ? [`Device description: ${input.description.slice(0, 500)}`] : []),
+    ...(ws ? workspaceLines(input.device, ws, input.os, transport, names.includes('workspace.delegate'), input.children ?? []) : [
+      `You are the meshpilot bot for the device "${input.device}" (${input.os}, transport: ${transport}).`,
+      ...(input.description ? [`Device description: ${input.description.slice(0, 500)}`] : []),
+    ]),
     'The operator talks to you from a chat app, often on a phone. You act on the device only through the tools;',
     'each tool is one allowlisted capability, and every call is checked against the device manifest and recorded in a hash-chained audit log.',
     '',
@@ -275,12 +282,30 @@ export function buildSystemPrompt(input: SystemPromptInput): string {
     '- Keep replies short and readable on a phone: a sentence or two, then the relevant lines. No preamble.',
     `- If you cannot help, say so and point to command mode (\`!help\`).`,
     '',
-    'What the manifest allows on this device:',
+    ws ? `What your manifest allows (paths narrowed to your home ${ws.home}):` : 'What the manifest allows on this device:',
     ...(caps.length ? caps : ['- nothing: no capabilities are enabled']),
   ];
   const extra = input.operatorPrompt?.trim();
   if (extra) lines.push('', 'Operator instructions:', extra.slice(0, MAX_OPERATOR_PROMPT));
   return lines.join('\n');
+}
+
+/** The head of a workspace's prompt: who it is, its role, its home, whom it reports to, its team. */
+function workspaceLines(name: string, ws: WorkspaceSection, os: DeviceOs, transport: string, canDelegate: boolean, children: readonly string[]): string[] {
+  const lines = [
+    `You are the workspace "${name}", an agent with a job, run by meshpilot on the device "${ws.host}" (${os}, transport: ${transport}).`,
+    `Your role: ${ws.role.trim()}`,
+    `Your home directory on ${ws.host}: ${ws.home}. Work inside it; your capabilities reach nothing outside it.`,
+    ws.parent
+      ? `You report to the workspace "${ws.parent}": its tasks reach you as messages starting "Task from ${ws.parent}", and your answer goes back to it with the audit references of your calls.`
+      : 'You report to the operators directly (you have no parent workspace).',
+  ];
+  if (canDelegate) {
+    lines.push(children.length
+      ? `Your team (workspaces that report to you): ${list(children, 48)}. Hand one of them a task with the tool ${toToolName('workspace.delegate')}; its answer comes back with its own audit references. Quote them when you report what it did.`
+      : `No workspace reports to you yet, so ${toToolName('workspace.delegate')} has no one to hand a task to.`);
+  }
+  return lines;
 }
 
 // ---- the turn ----------------------------------------------------------------------------------

@@ -49,7 +49,36 @@ export interface CapabilityContext {
   limits: Limits;
   /** Who asks (InvokeRequest.actor): vm.new labels the VM with it as its owner. */
   actor?: string;
+  /** The request's id (InvokeRequest.requestId), for capabilities that hand work on (workspace.delegate). */
+  requestId?: string;
+  /**
+   * Hands a task to another workspace's bot (workspace.delegate). Set only in a bot process the launcher
+   * supervises (bots/delegation.ts relays it over IPC); absent elsewhere (CLI, API, agent).
+   */
+  delegate?: Delegator;
 }
+
+/** One audit reference of a delegated turn: an entry in the child workspace's own chain. */
+export interface DelegatedAuditRef {
+  seq: number;
+  hash: string;
+  capability: string;
+  ok: boolean;
+}
+
+/** What a child workspace answered to a delegated task. */
+export interface DelegatedAnswer {
+  /** The child workspace that answered. */
+  workspace: string;
+  answer: string;
+  /** The child's audit footer for that turn (`🧾 #12 fs.list ok`). */
+  footer: string;
+  /** The child's audit entries for that turn (its own chain), in order. */
+  audit: DelegatedAuditRef[];
+}
+
+export type Delegator = (req: { to: string; task: string; timeoutMs: number; requestId: string }) =>
+  Promise<{ ok: true; value: DelegatedAnswer } | { ok: false; error: MpError }>;
 
 export interface CapabilityDefinition<S extends z.ZodType = z.ZodType> {
   /** `family.verb`, e.g. `fs.read`. */
@@ -59,6 +88,13 @@ export interface CapabilityDefinition<S extends z.ZodType = z.ZodType> {
   readonly input: S;
   readonly risk: Risk;
   readonly scope?: CapabilityScope;
+  /**
+   * 'controller': never runs on a device, whatever its transport (mesh included): the Invoker runs it in
+   * the calling process with a Host that refuses every device call. Such a capability has no path scope.
+   */
+  readonly runsOn?: 'controller';
+  /** Its timeout when the manifest sets none for it (default: the manifest's limits.timeout_s). */
+  readonly defaultTimeoutS?: number;
   run(args: z.infer<S>, ctx: CapabilityContext): Promise<CapabilityResult>;
 }
 

@@ -14,15 +14,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { failResult, type AnyCapability, type CapabilityResult, type Risk } from './capability.js';
+import { failResult, type AnyCapability, type CapabilityResult, type Delegator, type Risk } from './capability.js';
 import { canonicalJson, redactArgs, sha256Hex, type AuditEntry, type Decision, type Outcome } from './audit.js';
 import type { AuditSink } from './audit-sqlite.js';
-import { toMpError, type ErrorCode, type MpError } from './errors.js';
+import { MeshpilotError, toMpError, type ErrorCode, type MpError } from './errors.js';
 import type { Manifest } from './manifest.js';
 import { decide, precheck, type PathResolver } from './policy.js';
 import { grantedTo, type Caller, type Level } from './levels.js';
 import { builtinRegistry, type CapabilityRegistry } from './registry.js';
 import { DefaultTransports, hostResolver, type TransportProvider } from './transports/index.js';
+import type { Host } from './transports/types.js';
 import { logger as makeLogger } from './log.js';
 
 export interface InvokeRequest {
@@ -91,6 +92,53 @@ export type GateAdmission =
   | { ok: true; args: Record<string, unknown>; settle?: (succeeded: boolean, result?: CapabilityResult) => CapabilityResult | void }
   | { ok: false; code: ErrorCode; message: string };
 
+/** Several gates as one, in order: the first denial wins, and the gates that admitted before it are settled as not run. */
+export function combineGates(gates: readonly CallGate[]): CallGate {
+  return {
+    admit(call) {
+      let args = call.args;
+      const settles: Array<(succeeded: boolean, result?: CapabilityResult) => CapabilityResult | void> = [];
+      for (const g of gates) {
+        let a: GateAdmission;
+        try {
+          a = g.admit({ ...call, args });
+        } catch (err) {
+          for (const s of settles) s(false);
+          throw err;
+        }
+        if (!a.ok) {
+          for (const s of settles) s(false);
+          return a;
+        }
+        args = a.args;
+        if (a.settle) settles.push(a.settle);
+      }
+      // Each settle sees the result as the gates before it left it (vm.share on a mesh device is completed by the VM gate's).
+      return { ok: true, args, ...(settles.length ? { settle: (ok: boolean, result?: CapabilityResult) => {
+        let r = result;
+        for (const s of settles) r = s(ok, r) ?? r;
+        return r === result ? undefined : r;
+      } } : {}) };
+    },
+  };
+}
+
+/**
+ * The Host a controller-side capability (runsOn: 'controller') gets: it never reaches a device, so
+ * every device call is refused.
+ */
+function controllerHost(device: string): Host {
+  const refuse = (): never => {
+    throw new MeshpilotError('internal', `a controller-side capability tried to reach the device ${device}`);
+  };
+  return {
+    kind: 'local', device,
+    exec: async () => refuse(), homedir: async () => refuse(), realpath: async () => refuse(), lstat: async () => refuse(),
+    readdir: async () => refuse(), readFile: async () => refuse(), writeFileAtomic: async () => refuse(), unlink: async () => refuse(),
+    systemInfo: async () => refuse(),
+  };
+}
+
 /** Who a request without a caller is: the operator surfaces (CLI, API, reaper). */
 const OPERATOR_CALLER_LEVEL: Level = 'operator';
 
@@ -104,8 +152,10 @@ export interface InvokerOptions {
   registry?: CapabilityRegistry;
   approve?: ApprovalHook;
   transports?: TransportProvider;
-  /** Extra checks after the policy (quotas, ownership). */
-  gate?: CallGate;
+  /** Extra checks after the policy (quotas, ownership, the org tree); several run in order (combineGates). */
+  gate?: CallGate | readonly CallGate[];
+  /** How workspace.delegate reaches another workspace's bot (a bot under the launcher); absent: it fails as `config`. */
+  delegate?: Delegator;
   logger?: Logger;
 }
 
@@ -118,6 +168,7 @@ export class Invoker {
   private readonly audit: AuditSink;
   private readonly approve: ApprovalHook;
   private readonly gate: CallGate | undefined;
+  private readonly delegate: Delegator | undefined;
   private readonly log: Logger;
 
   constructor(opts: InvokerOptions) {
@@ -125,7 +176,8 @@ export class Invoker {
     this.manifests = opts.manifests;
     this.audit = opts.audit;
     this.approve = opts.approve ?? autoApprove;
-    this.gate = opts.gate;
+    this.gate = Array.isArray(opts.gate) ? combineGates(opts.gate) : (opts.gate as CallGate | undefined);
+    this.delegate = opts.delegate;
     this.transports = opts.transports ?? new DefaultTransports();
     this.log = opts.logger ?? makeLogger('invoke');
   }
@@ -201,8 +253,13 @@ export class Invoker {
     let endpoint;
     let resolver: PathResolver;
     try {
-      endpoint = this.transports.endpointFor(manifest);
-      resolver = endpoint.kind === 'host' ? await hostResolver(endpoint.host, manifest.os) : await endpoint.remote.resolver();
+      // A controller-side capability (workspace.delegate) runs here, whatever the device's transport.
+      endpoint = def.runsOn === 'controller'
+        ? { kind: 'host' as const, host: controllerHost(req.device) }
+        : this.transports.endpointFor(manifest);
+      resolver = def.runsOn === 'controller'
+        ? { os: manifest.os, home: '/', realpath: async () => null } // it has no path scope
+        : endpoint.kind === 'host' ? await hostResolver(endpoint.host, manifest.os) : await endpoint.remote.resolver();
     } catch (err) {
       const e = toMpError(err, 'unreachable');
       settle?.(false);
@@ -230,7 +287,7 @@ export class Invoker {
     }
 
     const limits = {
-      timeoutMs: (manifest.capabilities[def.name]?.timeout_s ?? manifest.limits.timeout_s) * 1000,
+      timeoutMs: (manifest.capabilities[def.name]?.timeout_s ?? def.defaultTimeoutS ?? manifest.limits.timeout_s) * 1000,
       maxOutputBytes: manifest.capabilities[def.name]?.max_output_bytes ?? manifest.limits.max_output_bytes,
     };
     const approvedBy = approver ? { approved_by: approver } : {};
@@ -241,7 +298,10 @@ export class Invoker {
     let deviceAudit: { seq: number; hash: string } | undefined;
     try {
       if (endpoint.kind === 'host') {
-        result = await def.run(verdict.args, { host: endpoint.host, device: req.device, os: manifest.os, limits, actor: req.actor });
+        result = await def.run(verdict.args, {
+          host: endpoint.host, device: req.device, os: manifest.os, limits, actor: req.actor, requestId,
+          ...(this.delegate && def.runsOn === 'controller' ? { delegate: this.delegate } : {}),
+        });
       } else {
         const r = await endpoint.remote.run({ capability: def.name, args: verdict.args, actor: req.actor, requestId, ...(approver ? { approvedBy: approver } : {}) });
         result = r.result;

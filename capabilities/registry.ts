@@ -12,6 +12,7 @@ import { svcCapabilities } from './catalog/svc.js';
 import { pkgCapabilities } from './catalog/pkg.js';
 import { vmCapabilities } from './catalog/vm.js';
 import { vmShareCapabilities } from './catalog/vm-share.js';
+import { workspaceCapabilities } from './catalog/workspace.js';
 
 export const BUILTIN_CAPABILITIES: readonly AnyCapability[] = [
   ...sysCapabilities,
@@ -24,6 +25,7 @@ export const BUILTIN_CAPABILITIES: readonly AnyCapability[] = [
   ...pkgCapabilities,
   ...vmCapabilities,
   ...vmShareCapabilities,
+  ...workspaceCapabilities,
 ];
 
 export class CapabilityRegistry {

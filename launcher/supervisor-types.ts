@@ -4,6 +4,7 @@
  */
 import type { Logger } from 'pino';
 import type { AuditHead } from '../bots/ipc.js';
+import type { OrgSource } from '../capabilities/workspace/org.js';
 
 export type BotState = 'starting' | 'running' | 'restarting' | 'crash-looping' | 'failed' | 'stopping' | 'stopped';
 
@@ -78,6 +79,8 @@ export interface SupervisorOptions {
   handleSighup?: boolean;
   /** Write child stdout/stderr through to the launcher's stderr (default true). */
   forwardOutput?: boolean;
+  /** Where workspace.delegate's org tree is read (default: the manifests, through a DeviceRegistry). */
+  org?: OrgSource;
 }
 
 export interface SupervisorEvents {

@@ -35,8 +35,10 @@ import type { Logger } from 'pino';
 import { MeshpilotError } from '../capabilities/errors.js';
 import { logger as makeLogger } from '../capabilities/log.js';
 import { DeviceNameSchema } from '../capabilities/manifest.js';
+import { DeviceRegistry } from '../capabilities/device-registry.js';
 import { heartbeatIntervalFor, parseChildMessage, ParentMessageSchema, type AuditHead, type ParentMessage } from '../bots/ipc.js';
 import { botEnv, botExecArgv, pipeChildOutput, signalGroup } from './bot-child.js';
+import { DelegationRelay } from './delegation.js';
 import type { BotState, BotStatus, ExitInfo, ExitReason, SupervisorEvents, SupervisorOptions, SupervisorSettings } from './supervisor-types.js';
 
 interface Bot {
@@ -89,6 +91,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   private debounce: NodeJS.Timeout | undefined;
   private reconciling: Promise<void> | undefined;
   private pending: { retryFailed: boolean } | undefined;
+  /** workspace.delegate between bots: checked against the org tree here, then relayed (delegation.ts). */
+  private readonly delegation: DelegationRelay;
   private readonly onSighup = (): void => {
     this.log.info('SIGHUP: reloading manifests, retrying failed bots');
     void this.reconcile({ retryFailed: true });
@@ -113,6 +117,11 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       stderrTailLines: st.stderrTailLines ?? 20,
     };
     this.manifestsDir = opts.manifestsDir ?? path.join(opts.home, 'manifests');
+    this.delegation = new DelegationRelay({
+      org: opts.org ?? new DeviceRegistry(this.manifestsDir),
+      sendTo: (device, msg) => this.sendTo(device, msg),
+      logger: this.log.child({ component: 'delegation' }),
+    });
   }
 
   /** Starts a bot for every desired device, then watches the manifests. */
@@ -235,6 +244,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       // A reconcile that was in flight may have spawned meanwhile: stopBot again until quiet.
       await this.reconciling;
       await Promise.all([...this.bots.values()].map((b) => this.stopBot(b, 'stopped')));
+      this.delegation.close();
     })();
     return this.stopPromise;
   }
@@ -456,6 +466,12 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         this.emit('approval-verdict', { device: b.device, ask: msg.ask, approved: msg.approved, by: msg.by, reason: msg.reason });
         return;
       }
+      case 'delegate-request':
+        this.delegation.request(b.device, msg);
+        return;
+      case 'delegate-done':
+        this.delegation.done(b.device, msg);
+        return;
       case 'log': {
         const now = Date.now();
         b.logTokens = Math.min(LOG_MESSAGES_PER_SECOND, b.logTokens + ((now - b.logRefill) / 1000) * LOG_MESSAGES_PER_SECOND);
@@ -546,6 +562,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     this.clearTimers(b);
     b.child = undefined;
     b.busy = false;
+    this.delegation.gone(b.device);
     const reason: ExitReason = b.intent ?? 'crash';
     const expected = reason === 'stop' || reason === 'restart' || reason === 'fatal';
     b.lastExit = { pid, code, signal, reason, at: new Date().toISOString() };

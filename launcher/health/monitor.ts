@@ -213,7 +213,8 @@ export class HealthMonitor {
     const startedAt = this.now();
     this.cycles++;
     const listings = this.o.devices.list();
-    const manifests = listings.filter((l): l is DeviceListing & { manifest: Manifest } => l.manifest !== undefined).map((l) => l.manifest);
+    // A workspace shares its host's transport: it is not probed (or alerted for) a second time.
+    const manifests = listings.filter((l): l is DeviceListing & { manifest: Manifest } => l.manifest !== undefined && !l.manifest.workspace).map((l) => l.manifest);
     const rows = this.store.rows();
 
     // WireGuard: one dump per cycle.
