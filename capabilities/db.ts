@@ -40,7 +40,14 @@ function migrate(db: Db): void {
       db.pragma(`user_version = ${MIGRATIONS.length}`);
     }).immediate();
   }
-  // Named migrations from other modules: applied once each, tracked in meta.
+  applyNamedMigrations(db);
+}
+
+/**
+ * Named migrations from other modules: applied once each, tracked in meta. openDatabase applies those
+ * registered before it; a store whose module loads after the database opened calls this itself.
+ */
+export function applyNamedMigrations(db: Db): void {
   for (const m of extraMigrations) {
     const key = `migration:${m.name}`;
     const done = db.prepare('SELECT 1 FROM meta WHERE key = ?').get(key);

@@ -53,6 +53,10 @@ export async function runUp(rt: Runtime, io: CliIo, opts: UpOptions = {}): Promi
     } else io.out(`audit ${d}: ok ${v.count} entries${a?.kind === 'matched' ? `, anchor #${a.anchor.seq} in Matrix matches` : a?.kind === 'unchecked' ? ` (Matrix anchor not checked: ${a.message})` : ''}\n`);
   }
 
+  // A workspace import killed part-way left a `started` without its end: closed here as failed.
+  const { closeInterruptedImports } = await import('./workspaces/index.js');
+  for (const line of closeInterruptedImports({ runtime: rt, actor: 'launcher' })) io.out(`workspaces: ${line}\n`);
+
   const cfg = loadConfig(rt.home.config);
   if (!cfg.ok) {
     if (!cfg.missing) {

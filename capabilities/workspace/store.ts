@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { registerMigration, type Db } from '../db.js';
+import { applyNamedMigrations, registerMigration, type Db } from '../db.js';
 import type { MpError } from '../errors.js';
 import { logger as makeLogger } from '../log.js';
 import { WorkspaceNameSchema } from './schema.js';
@@ -70,6 +70,8 @@ export class WorkspaceStore {
 
   constructor(private readonly db: Db, logger?: Logger) {
     this.log = logger ?? makeLogger('workspaces');
+    // this module may load after the database opened (the CLI opens it first): its table then comes now
+    applyNamedMigrations(db);
     this.stmts = {
       all: db.prepare('SELECT name, parent, device, home, role_hash, model, capabilities, template, state FROM workspaces ORDER BY name'),
       insert: db.prepare(`INSERT INTO workspaces (name, parent, device, home, role_hash, model, capabilities, template, state, created_at, updated_at)

@@ -15,9 +15,10 @@ import { SETUP_COMMANDS } from './setup.js';
 import { SSH_COMMANDS } from './ssh.js';
 import { TOKEN_COMMANDS } from './token.js';
 import { VM_COMMANDS } from './vm.js';
+import { WORKSPACE_COMMANDS } from './workspace.js';
 
 const [up, reload] = LAUNCHER_COMMANDS as [CliEntry, CliEntry];
 
 export const CLI_COMMANDS: readonly CliEntry[] = [
-  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS, ...DASHBOARD_COMMANDS, ...TOKEN_COMMANDS, ...VM_COMMANDS,
+  up, ...DEVICE_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...SSH_COMMANDS, reload, ...SETUP_COMMANDS, ...HEALTH_COMMANDS, ...ENROLL_COMMANDS, ...DASHBOARD_COMMANDS, ...TOKEN_COMMANDS, ...VM_COMMANDS, ...WORKSPACE_COMMANDS,
 ];

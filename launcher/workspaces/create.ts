@@ -117,7 +117,7 @@ export async function createWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, i
   const roleFile = `${home}/${ROLE_FILE}`;
   const done = { role: false, roleExisted: true, homeExisted: true, account: false, userId: '', manifest: false, hadManifest: false };
   const keysHad = existsSync(path.join(env.o.runtime.home.keys, ws.name, 'matrix.json'));
-  const sinceTs = Date.now();
+  let sinceTs = Date.now();
   try {
     // 2: the home, through invoke on the host device
     const homeExisted = await existsOn(env, ws.device, home, importId);
@@ -136,8 +136,11 @@ export async function createWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, i
     // 4: the manifest (stage → rename)
     const file = env.o.runtime.devices.fileFor(ws.name);
     done.hadManifest = existsSync(file);
+    // The same manifest already there (a create cut short after this step): its bot may have said live before now.
+    if (done.hadManifest && readFileSync(file, 'utf8') === derived.text) sinceTs = 0;
     writeManifest(env, ws.name, derived.text);
     done.manifest = true;
+    if (env.o.fault === `after-manifest:${ws.name}`) throw new MeshpilotError('exec_failed', `injected fault after the manifest of ${ws.name}`);
     // 5: the launcher picks it up; its bot says live
     if (!pokeLauncher(env)) {
       return { ok: true, name: ws.name, live: false, message: `${ws.name} registered; no launcher is running: its bot starts with \`meshpilot up\``, ms: ms() };

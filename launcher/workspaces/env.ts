@@ -32,6 +32,8 @@ export interface WorkspaceOptions {
   bots?: () => ReadonlyArray<{ device: string; state: string; pid: number | null }>;
   signal?: AbortSignal;
   logger?: Logger;
+  /** fault injection for tests: `after-manifest:<name>` fails that workspace's create once its manifest is written */
+  fault?: string;
 }
 
 export function cliActor(): string {

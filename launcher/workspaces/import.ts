@@ -20,6 +20,9 @@ import { closeInterrupted, workspaceEnv, type WorkspaceOptions } from './env.js'
 import { removeTree } from './remove.js';
 import type { ImportCounts } from './runs.js';
 
+/** Workspaces of one tree level created at once (each is a bot process starting). */
+const CONCURRENCY = 4;
+
 export interface PlanOptions extends WorkspaceOptions {
   mode?: PlanMode;
 }
@@ -100,6 +103,12 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
     // Re-plan under the marker: the table may have changed since the preview (another import, a rm).
     const current = planRows(template, env.store.list(), plan.mode);
     if (current.blocked.length > 0) throw new MeshpilotError('usage', `the plan is blocked now: ${current.blocked.join('; ')}`);
+    if (current.create.length > 0 && !env.o.config) throw new MeshpilotError('config', 'Matrix is not configured (run `meshpilot init`): each workspace gets its own bot account');
+    if (current.create.length > 0 && env.o.config) {
+      // meshpilot's admin account, made on first use: once here, not by the creates running side by side
+      const { adminToken } = await import('../enroll/matrix.js');
+      await adminToken(opts.runtime.home, env.o.config);
+    }
     const creates = new Set(current.create);
     const updates = new Set(current.update);
     const work = template.all.filter((w) => creates.has(w.name) || updates.has(w.name));
@@ -111,8 +120,8 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
     }
     const failedNames = new Set<string>();
     let index = 0;
-    for (const ws of work) {
-      index++;
+    const one = async (ws: TemplateWorkspace): Promise<void> => {
+      const i = ++index;
       const action = creates.has(ws.name) ? 'create' : 'update';
       const s = spec(ws, plan.template);
       if (ws.parent && failedNames.has(ws.parent)) {
@@ -120,10 +129,10 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
         const error: MpError = { code: 'exec_failed', message: `not ${action}d: its parent ${ws.parent} failed` };
         failures.push({ name: ws.name, action, error, undone: [], leftovers: [] });
         counts.failed++;
-        onProgress({ type: 'step', index, total, action, name: ws.name, status: 'skipped', message: error.message });
-        continue;
+        onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'skipped', message: error.message });
+        return;
       }
-      onProgress({ type: 'step', index, total, action, name: ws.name, status: 'running', message: `${action === 'create' ? 'creating' : 'updating'} on ${s.device} (home ${s.home})` });
+      onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'running', message: `${action === 'create' ? 'creating' : 'updating'} on ${s.device} (home ${s.home})` });
       const r: StepResult = action === 'create' ? await createWorkspace(env, s, run.id) : await updateWorkspace(env, s, run.id);
       env.runs.step(run, action === 'create' ? 'workspace.create' : 'workspace.update', {
         workspace: ws.name, device: s.device, home: s.home, parent: s.parent, template: plan.template,
@@ -132,16 +141,25 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       if (r.ok) {
         if (action === 'create') counts.created++;
         else counts.updated++;
-        onProgress({ type: 'step', index, total, action, name: ws.name, status: 'done', message: r.message, ms: r.ms });
+        onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'done', message: r.message, ms: r.ms });
       } else {
         failedNames.add(ws.name);
         counts.failed++;
         failures.push({ name: ws.name, action, error: r.error, undone: r.undone, leftovers: r.leftovers });
         const undo = r.undone.length ? `; undone: ${r.undone.join(', ')}` : '';
         const left = r.leftovers.length ? `; left: ${r.leftovers.join('; ')}` : '';
-        onProgress({ type: 'step', index, total, action, name: ws.name, status: 'failed', message: `${r.error.message}${undo}${left}`, ms: r.ms });
+        onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'failed', message: `${r.error.message}${undo}${left}`, ms: r.ms });
       }
       env.runs.progress(run);
+    };
+    // Parents before children: one level of the tree at a time, the workspaces of a level side by side
+    // (their bots start together), a few at once.
+    const levels = new Map<number, TemplateWorkspace[]>();
+    for (const ws of work) levels.set(ws.depth, [...(levels.get(ws.depth) ?? []), ws]);
+    for (const depth of [...levels.keys()].sort((a, b) => a - b)) {
+      const queue = [...levels.get(depth)!];
+      const lane = async (): Promise<void> => { for (let ws = queue.shift(); ws; ws = queue.shift()) await one(ws); };
+      await Promise.all(Array.from({ length: Math.min(CONCURRENCY, queue.length) }, lane));
     }
     await removeTree(env, current.removals, { importId: run.id }, (r, i) => {
       if (r.ok) counts.removed++;
