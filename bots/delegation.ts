@@ -7,11 +7,15 @@
  * The launcher (launcher/delegation.ts) checks the org tree again and routes between the two.
  */
 import { randomBytes } from 'node:crypto';
-import type { Delegator } from '../capabilities/capability.js';
-import type { ErrorCode } from '../capabilities/errors.js';
+import type { DelegatedAuditRef, Delegator } from '../capabilities/capability.js';
+import type { ErrorCode, MpError } from '../capabilities/errors.js';
 import type { Logger } from 'pino';
-import type { DelegatedOutcome } from './device-bot.js';
 import { DELEGATE_TIMEOUT_MS, type ChildMessageInput, type ParentMessage } from './ipc.js';
+
+/** What a delegated task came to in the child (DeviceBot.runDelegated), sent back as delegate-done. */
+export type DelegatedOutcome =
+  | { ok: true; answer: string; footer: string; audit: DelegatedAuditRef[] }
+  | { ok: false; error: MpError };
 
 type Result = Extract<ParentMessage, { type: 'delegate-result' }>;
 type Run = Extract<ParentMessage, { type: 'delegate-run' }>;

@@ -7,23 +7,23 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { parseKeyValues, describeArgs } from '../capabilities/args.js';
 import { chatHelpLines, dispatchChat, type Permission } from '../capabilities/commands.js';
-import { AnchorContentSchema, canCompareAnchors, compareWithAnchors } from '../capabilities/audit-anchor.js';
 import { redactArgs } from '../capabilities/audit.js';
 import type { AuditSink } from '../capabilities/audit-sqlite.js';
 import type { Db } from '../capabilities/db.js';
-import { toMpError } from '../capabilities/errors.js';
+import { toMpError, type ErrorCode } from '../capabilities/errors.js';
 import type { ApprovalHook, InvokeResult, Invoker } from '../capabilities/invoke.js';
 import type { Manifest } from '../capabilities/manifest.js';
 import type { DelegatedAuditRef } from '../capabilities/capability.js';
-import type { ErrorCode, MpError } from '../capabilities/errors.js';
 import { isStaff, mayTalk, resolveLevel, staffIds, type Caller, type Level } from '../capabilities/levels.js';
 import { ApprovalManager, type StaleApproval } from './approvals.js';
 import { claimWarning } from './claims.js';
 import { ConversationStore } from './conversation.js';
 import { APPROVAL_COMMANDS, DEVICE_COMMANDS, type DeviceCommandContext } from './device-commands.js';
 import { DashboardLogins, loginUrl } from '../capabilities/dashboard-login.js';
-import { auditRef, escapeHtml, formatResult, llmTextToHtml, type ChatReply } from './format.js';
+import { auditRef, escapeHtml, formatResult, liveText, llmTextToHtml, type ChatReply } from './format.js';
+import type { DelegatedOutcome } from './delegation.js';
 import type { LlmCaller, MessageParam, TurnAction, TurnResult } from './llm.js';
+import { RoomAnchors } from './room-anchor.js';
 import { RoomGuard, type RoomMember } from './room-guard.js';
 import { sendShareLinks } from './share-links.js';
 
@@ -69,15 +69,10 @@ export type AnswerInterceptor = (a: { roomId: string; sender: string; text?: str
 
 /** State event the bot sets next to its "live" message in a new DM: `{ device, ts, event_id }`. */
 export const LIVE_STATE_EVENT = 'dev.meshpilot.live';
-export const AUDIT_HEAD_EVENT = 'dev.meshpilot.audit_head';
+export { AUDIT_HEAD_EVENT } from './room-anchor.js';
 const TYPING_MS = 30_000;
 /** Audit references a delegated turn reports back (bots/ipc.ts bounds them the same). */
 const MAX_DELEGATED_REFS = 64;
-
-/** What a delegated task came to (bots/delegation.ts sends it back to the launcher). */
-export type DelegatedOutcome =
-  | { ok: true; answer: string; footer: string; audit: DelegatedAuditRef[] }
-  | { ok: false; error: MpError };
 
 export interface DeviceBotOptions {
   device: string;
@@ -101,16 +96,6 @@ export interface DeviceBotOptions {
   logger: Logger;
 }
 
-/** The first message in a new DM with an operator: a workspace says whom it reports to (issue 18). */
-export function liveText(device: string, m: Pick<Manifest, 'workspace'> | undefined): { plain: string; html: string } {
-  const ws = m?.workspace;
-  if (ws) {
-    const to = ws.parent ?? '—';
-    return { plain: `✓ ${device} live (reports to ${to})`, html: `✓ <b>${escapeHtml(device)}</b> live (reports to ${escapeHtml(to)})` };
-  }
-  return { plain: `✓ ${device} live. Ask me anything, or send !help.`, html: `✓ <b>${escapeHtml(device)}</b> live. Ask me anything, or send <code>!help</code>.` };
-}
-
 export class DeviceBot {
   readonly approvals: ApprovalManager;
   private readonly conversations: ConversationStore;
@@ -125,6 +110,7 @@ export class DeviceBot {
   private stopping = false;
   private interceptor: AnswerInterceptor | undefined;
   private readonly guard: RoomGuard;
+  private readonly anchors: RoomAnchors;
   /** The chat as the bot's conversation uses it: every post lands in a room that holds only operators. */
   private readonly chat: Pick<ChatPort, 'sendText' | 'sendHtml' | 'sendFile'>;
 
@@ -137,6 +123,7 @@ export class DeviceBot {
       sendHtml: async (room, plain, html) => o.chat.sendHtml(await safe(room), plain, html),
       sendFile: async (room, name, bytes, mimetype) => o.chat.sendFile(await safe(room), name, bytes, mimetype),
     };
+    this.anchors = new RoomAnchors({ device: o.device, audit: o.audit, chat: o.chat, logger: o.logger, say: (room, text) => this.reply(room, text) });
     this.approvals = new ApprovalManager(o.db, {
       device: o.device,
       timeoutMs: o.approvalTimeoutMs,
@@ -471,48 +458,12 @@ export class DeviceBot {
     }
   }
 
-  /** Rooms (and the anchor) where the bot already said it refuses to re-anchor: said once, not on every command. */
-  private readonly anchorRefusals = new Set<string>();
-
   /**
-   * Records the audit head in the room: an anchor the device cannot rewrite later. The anchor already in
-   * the room is compared with the chain first: a chain that no longer holds it was rewritten (its hashes
-   * recomputed, or it would not verify), and writing the forged head over the anchor would erase the
-   * evidence. Then the bot refuses, says so once in the room, and the old anchor stays (the health
-   * monitor compares the chain with it and marks the device corrupted).
+   * Records the audit head in the room, after comparing the anchor already there with the chain
+   * (bots/room-anchor.ts): a rewritten chain is refused and said once, never anchored over the evidence.
    */
-  async anchorAuditHead(roomId: string, actions?: readonly TurnAction[]): Promise<void> {
-    const head = this.o.audit.head(this.o.device);
-    if (!head) return;
-    if (this.o.chat.getState && canCompareAnchors(this.o.audit)) {
-      let prev: Record<string, unknown> | null;
-      try {
-        prev = await this.o.chat.getState(roomId, AUDIT_HEAD_EVENT, this.o.device);
-      } catch (err) {
-        // Unread means uncompared: better a late anchor than one written over evidence.
-        this.o.logger.warn({ err: toMpError(err).message }, 'could not read the audit anchor in the room; not re-anchoring this time');
-        return;
-      }
-      const anchored = prev ? AnchorContentSchema.safeParse(prev) : undefined;
-      if (anchored && !anchored.success) this.o.logger.warn('the audit anchor in the room is malformed; replacing it');
-      if (anchored?.success) {
-        const c = compareWithAnchors(this.o.audit, this.o.device, [{ seq: anchored.data.seq, hash: anchored.data.hash }]);
-        if (!c.ok) {
-          this.o.logger.error({ badSeq: c.badSeq, anchoredSeq: c.anchor.seq, reason: c.reason }, 'the audit chain contradicts its anchor in Matrix: refusing to re-anchor');
-          const key = `${roomId} ${c.anchor.seq} ${c.anchor.hash}`;
-          if (!this.anchorRefusals.has(key)) {
-            this.anchorRefusals.add(key);
-            await this.reply(roomId, `⚠️ The audit log of ${this.o.device} was rewritten: seq ${c.badSeq} disagrees with the head anchored in this room (${c.reason}). I will not anchor the new head over it; check with \`meshpilot audit verify\` on the launcher.`).catch(() => undefined);
-          }
-          return;
-        }
-      }
-    }
-    const content: Record<string, unknown> = { device: this.o.device, seq: head.seq, hash: head.hash, ts: new Date().toISOString() };
-    if (actions) content['actions'] = actions.map((a) => a.auditSeq).filter((s) => s !== null);
-    await this.o.chat.setState(roomId, AUDIT_HEAD_EVENT, this.o.device, content).catch((err) => {
-      this.o.logger.warn({ err: toMpError(err).message }, 'could not record the audit head in the room');
-    });
+  anchorAuditHead(roomId: string, actions?: readonly TurnAction[]): Promise<void> {
+    return this.anchors.anchor(roomId, actions?.map((a) => a.auditSeq).filter((seq): seq is number => seq !== null));
   }
 
   private async reply(roomId: string, text: string): Promise<void> {
@@ -662,4 +613,3 @@ export class DeviceBot {
     await Promise.allSettled([...this.afterReply.values()]);
   }
 }
-

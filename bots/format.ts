@@ -3,6 +3,7 @@
  * as a file attachment with a short summary inline.
  */
 import type { InvokeResult } from '../capabilities/invoke.js';
+import type { Manifest } from '../capabilities/manifest.js';
 
 export const INLINE_LIMIT = 4096;
 
@@ -73,4 +74,14 @@ export function llmTextToHtml(text: string): string {
       ? `<pre><code>${escapeHtml(part.replace(/\n$/, ''))}</code></pre>`
       : escapeHtml(part).replace(/`([^`\n]+)`/g, '<code>$1</code>').replace(/\*\*([^*\n]+)\*\*/g, '<b>$1</b>').replace(/\n/g, '<br>')))
     .join('');
+}
+
+/** The first message in a new DM with an operator: a workspace says whom it reports to (issue 18). */
+export function liveText(device: string, m: Pick<Manifest, 'workspace'> | undefined): { plain: string; html: string } {
+  const ws = m?.workspace;
+  if (ws) {
+    const to = ws.parent ?? '—';
+    return { plain: `✓ ${device} live (reports to ${to})`, html: `✓ <b>${escapeHtml(device)}</b> live (reports to ${escapeHtml(to)})` };
+  }
+  return { plain: `✓ ${device} live. Ask me anything, or send !help.`, html: `✓ <b>${escapeHtml(device)}</b> live. Ask me anything, or send <code>!help</code>.` };
 }

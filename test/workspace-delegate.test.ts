@@ -14,7 +14,7 @@ import { parseManifest, type Manifest } from '../capabilities/manifest.js';
 import { deriveWorkspaceManifest } from '../capabilities/workspace/derive.js';
 import { checkDelegation, childrenOf, OrgGate } from '../capabilities/workspace/org.js';
 import { DelegationClient } from '../bots/delegation.js';
-import { liveText } from '../bots/device-bot.js';
+import { liveText } from '../bots/format.js';
 import { ChildMessageSchema, ParentMessageSchema, parseChildMessage, type ChildMessageInput, type ParentMessage } from '../bots/ipc.js';
 import { buildSystemPrompt } from '../bots/llm.js';
 import { DelegationRelay } from '../launcher/delegation.js';
