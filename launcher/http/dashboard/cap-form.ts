@@ -38,8 +38,8 @@ function schemaOf(def: AnyCapability): ObjectSchema {
   return toJsonSchema(def) as ObjectSchema;
 }
 
-function field(name: string, p: Prop, required: boolean): Html {
-  const id = `f-${name}`;
+function field(name: string, p: Prop, required: boolean, idPrefix = 'f'): Html {
+  const id = `${idPrefix}-${name}`;
   const hint = [p.description ?? '', p.default !== undefined ? `default ${JSON.stringify(p.default)}` : '', required ? 'required' : ''].filter(Boolean).join(' · ');
   const label = (input: Html): Html => html`<label for="${id}">${name}${input}<small>${hint}</small></label>`;
   if (p.enum) {
@@ -61,16 +61,33 @@ function field(name: string, p: Prop, required: boolean): Html {
   }
 }
 
+export interface CapFormOptions {
+  /** Where it posts (default /devices/<device>/run). */
+  action?: string;
+  /** Fields the page sets (hidden, not shown), e.g. the VM a row's form acts on. */
+  fixed?: Record<string, string>;
+  /** Makes the element ids unique when one page holds the same capability's form more than once. */
+  idSuffix?: string;
+  /** The summary line (default: the capability's name and risk). */
+  summary?: string;
+  /** Where htmx puts the result (a CSS selector; default the div under the form). */
+  target?: string;
+}
+
 /** The form of one capability: posts to /devices/<device>/run; with htmx the result replaces #result-<cap>. */
-export function capForm(device: string, def: AnyCapability, session: DashboardSession): Html {
+export function capForm(device: string, def: AnyCapability, session: DashboardSession, o: CapFormOptions = {}): Html {
   const s = schemaOf(def);
   const required = new Set(s.required ?? []);
-  const target = `result-${def.name.replace(/\./g, '-')}`;
-  return html`<details class="capability" id="cap-${def.name.replace(/\./g, '-')}"><summary>${def.name} <small class="muted">${def.risk}</small></summary>
+  const key = `${def.name.replace(/\./g, '-')}${o.idSuffix ? `-${o.idSuffix}` : ''}`;
+  const target = `result-${key}`;
+  const action = o.action ?? `/devices/${device}/run`;
+  const fixed = o.fixed ?? {};
+  return html`<details class="capability" id="cap-${key}"><summary>${o.summary ?? def.name} <small class="muted">${def.risk}</small></summary>
 <p class="muted"><small>${def.description}</small></p>
-<form class="cap" method="post" action="/devices/${device}/run" hx-post="/devices/${device}/run" hx-target="#${target}" hx-swap="innerHTML">
-${csrfField(session)}<input type="hidden" name="_capability" value="${def.name}">
-${Object.entries(s.properties ?? {}).map(([name, p]) => field(name, p, required.has(name)))}
+<form class="cap" method="post" action="${action}" hx-post="${action}" hx-target="${o.target ?? `#${target}`}" hx-swap="innerHTML">
+${csrfField(session)}<input type="hidden" name="_capability" value="${def.name}">${o.action ? html`<input type="hidden" name="_device" value="${device}">` : ''}
+${Object.entries(fixed).map(([name, v]) => html`<input type="hidden" name="${name}" value="${v}">`)}
+${Object.entries(s.properties ?? {}).filter(([name]) => !(name in fixed)).map(([name, p]) => field(name, p, required.has(name), o.idSuffix ? `f-${o.idSuffix}` : 'f'))}
 <button type="submit">Run ${def.name}</button>
 </form>
 <div id="${target}" aria-live="polite"></div>

@@ -7,6 +7,7 @@
  *
  *   /                 fleet grid, live over /events          fleet.ts
  *   /devices/<d>      capability forms, audit, approvals     device.ts, cap-form.ts, approvals.ts
+ *   /vms              VMs of every device: list, new/stop/...  vms.ts (also for people below operator: their own VMs)
  *   /add, /jobs/<id>  add a device, revoke, their progress   enroll.ts
  *   /audit            viewer and verify                      audit.ts
  *   /tokens           API tokens                             tokens.ts
@@ -28,6 +29,7 @@ import { defaultEnroller, enrollRoutes, type Enroller } from './enroll.js';
 import { FleetFeed, fleetRows, renderGrid } from './fleet.js';
 import { page } from './layout.js';
 import { tokenRoutes } from './tokens.js';
+import { mayUseVms, vmsRoutes } from './vms.js';
 
 export interface DashboardOptions {
   /** add-pc / revoke (default: the real engine). */
@@ -72,6 +74,10 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       const cfg = deps.config;
       const mayUse = cfg === undefined ? undefined : (actor: string): boolean =>
         actor.startsWith('cli:') || isStaff(resolveLevel(actor, cfg)) || rt.devices.names().some((d) => rt.devices.get(d)?.operators.includes(actor));
+      // The VMs page, before the staff-only middleware: people below operator see and act on their own VMs there.
+      const vmsAuth = authMiddleware(logins, (actor) => mayUseVms(cfg, rt, actor));
+      app.use('/vms/*', vmsAuth); // Hono's /vms/* matches /vms too
+      vmsRoutes(app, { runtime: rt, approvals, config: cfg });
       app.use(authMiddleware(logins, mayUse));
       loginRoutes(app, logins, log, deps.http.auth_failures_per_min);
 

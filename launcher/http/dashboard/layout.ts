@@ -14,11 +14,12 @@ export interface PageOptions {
   title: string;
   session?: DashboardSession;
   /** Which navigation entry is the current page. */
-  nav?: 'fleet' | 'add' | 'audit' | 'tokens';
+  nav?: 'fleet' | 'vms' | 'add' | 'audit' | 'tokens';
 }
 
 const NAV: Array<[NonNullable<PageOptions['nav']>, string, string]> = [
   ['fleet', '/', 'Fleet'],
+  ['vms', '/vms', 'VMs'],
   ['add', '/add', 'Add a device'],
   ['audit', '/audit', 'Audit'],
   ['tokens', '/tokens', 'API tokens'],
@@ -94,6 +95,9 @@ details { margin: .5rem 0; border: 1px solid var(--line); border-radius: .3rem; 
 summary { cursor: pointer; font-weight: 600; }
 ol.steps { padding-left: 1.5rem; }
 .notice { padding: .6rem .8rem; border: 1px solid var(--line); border-radius: .3rem; margin: .5rem 0; }
+form.inline { display: inline; }
+ul.shares { margin: 0; padding-left: 1rem; }
+td.actions details { margin: .3rem 0 0; }
 .filters { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; margin-bottom: .8rem; }
 /* Phones: the grid becomes one card per device. */
 @media (max-width: 640px) {
