@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { chatHelpLines, defineCommand, type AnyCommand } from '../capabilities/commands.js';
 import { DEVICE_NAME } from '../capabilities/names.js';
+import { ImportModeSchema } from './workspaces/args.js';
 
 /** What the commands need from the operator bot, bound to the operator who sent the command. */
 export interface OperatorCommandContext {
@@ -15,6 +16,8 @@ export interface OperatorCommandContext {
   audit(device: string, n: number): Promise<void>;
   revoke(device: string, confirm: string | undefined): Promise<void>;
   addPc(words: readonly string[]): Promise<void>;
+  /** `!org`: the tree; `!org apply|cancel <plan> [mode]`: an uploaded template's plan (operator-room-org.ts). */
+  org(action: 'ls' | 'apply' | 'cancel', plan: string | undefined, mode: 'merge' | 'reconcile' | undefined): Promise<void>;
 }
 
 const on = ['operator-chat'] as const;
@@ -54,6 +57,18 @@ export const OPERATOR_COMMANDS: ReadonlyArray<AnyCommand<OperatorCommandContext>
     name: 'add-pc', summary: 'enroll a new machine, with progress here', permission: 'operator', surfaces: on, usage: '…',
     args: z.object({ words: z.array(z.string()) }), positional: ['words'],
     run: (a, c: OperatorCommandContext) => c.addPc(a.words.slice(0, 32).map((w) => w.slice(0, 512))),
+  }),
+  defineCommand({
+    // Upload an org template (.yaml) into the room for a plan; ✅ on it applies it, as `!org apply` does.
+    name: 'org', summary: 'the workspaces\' org tree; upload an org template (.yaml) here for its plan, ✅ applies it', permission: 'operator', surfaces: on,
+    usage: '[apply <plan> [merge|reconcile] | cancel <plan>]',
+    args: z.object({
+      action: z.enum(['ls', 'apply', 'cancel']).default('ls'),
+      plan: z.string().regex(/^[0-9a-f]{6}$/, { error: 'a plan id is the 6 characters the plan message names' }).optional(),
+      mode: ImportModeSchema.optional(),
+    }),
+    positional: ['action', 'plan', 'mode'],
+    run: (a, c: OperatorCommandContext) => c.org(a.action, a.plan, a.mode),
   }),
   defineCommand({
     name: 'help', summary: 'this list', permission: 'operator', surfaces: on,

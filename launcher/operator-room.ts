@@ -7,6 +7,8 @@
  *   !audit <device> [n]      the device's last n controller audit entries and its agent chain status
  *   !revoke <device>         asks for `!revoke <device> confirm`, then calls the injected revoke
  *   !add-pc …                the injected add-pc flow, its progress lines streamed into the room
+ *   !org [apply|cancel <id>] the workspaces' org tree; an org template (.yaml) uploaded here gets its
+ *                            plan, an operator's ✅ on it applies it (operator-room-org.ts)
  *
  * Only operators (config `operators`) may command; anything else is ignored (and logged).
  *
@@ -45,6 +47,8 @@ import { mirrorKey, type DeviceHealth } from './health/state.js';
 import type { Runtime } from './runtime.js';
 import { hubDumpReader } from './wg.js';
 import { OPERATOR_COMMANDS, operatorHelp, type OperatorCommandContext } from './operator-room-commands.js';
+import { isOrgUpload, OrgRoom, type UploadLike } from './operator-room-org.js';
+import type { WorkspaceOptions } from './workspaces/index.js';
 import { dispatchChat } from '../capabilities/commands.js';
 import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import { AUDIT_HEAD_EVENT } from '../bots/device-bot.js';
@@ -76,6 +80,8 @@ export interface OperatorBotOptions {
   chat: OperatorChat;
   addPc?: AddPcFn;
   revoke?: RevokeFn;
+  /** Workspaces: `!org` and uploaded org templates; absent, `!org` says it is not available. */
+  org?: OrgRoom;
   now?: () => number;
   logger?: Logger;
 }
@@ -96,21 +102,37 @@ export class OperatorBot {
     return this.o.operators.includes(userId);
   }
 
-  /** Handles one message; commands run one at a time, in order. */
-  onMessage(m: { roomId: string; sender: string; body: string }): Promise<void> {
+  /** Handles one message; commands run one at a time, in order. An uploaded org template goes to the org room. */
+  onMessage(m: UploadLike): Promise<void> {
     if (m.roomId !== this.o.roomId || m.sender === this.o.userId) return Promise.resolve();
+    if (this.o.org && isOrgUpload(m)) {
+      const org = this.o.org;
+      if (!this.isOperator(m.sender)) return org.onUpload(m); // logs and ignores it
+      return this.enqueue(() => org.onUpload(m));
+    }
+    if (m.msgtype !== undefined && m.msgtype !== 'm.text' && m.msgtype !== 'm.notice') return Promise.resolve();
     const text = m.body.trim();
     if (!text.startsWith('!')) return Promise.resolve();
     if (!this.isOperator(m.sender)) {
       this.log.info({ sender: m.sender.slice(0, 256) }, 'command ignored: not an operator');
       return Promise.resolve();
     }
-    const run = this.queue.then(() => this.handle(m.sender, text.slice(0, 4096))).catch(async (err: unknown) => {
+    return this.enqueue(() => this.handle(m.sender, text.slice(0, 4096)));
+  }
+
+  private enqueue(fn: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(fn).catch(async (err: unknown) => {
       this.log.error({ err: toMpError(err).message }, 'operator command failed');
       await this.say(`Something went wrong: ${toMpError(err).message}`).catch(() => undefined);
     });
     this.queue = run;
     return run;
+  }
+
+  /** A reaction in the room: an operator's ✅/❌ on an org plan (anyone else's is logged and ignored). */
+  onReaction(r: { roomId: string; sender: string; key: string; relatesToEventId: string }): void {
+    if (r.roomId !== this.o.roomId || r.sender === this.o.userId || !this.o.org) return;
+    this.o.org.onReaction(r.sender, r.relatesToEventId, r.key);
   }
 
   /**
@@ -143,6 +165,12 @@ export class OperatorBot {
       audit: (device, n) => this.cmdAudit(device, n),
       revoke: (device, confirm) => this.cmdRevoke(sender, device, confirm),
       addPc: (words) => this.cmdAddPc(sender, words),
+      org: async (action, plan, mode) => {
+        if (!this.o.org) { await this.say('!org is not available in this build.'); return; }
+        if (action === 'ls') await this.o.org.list(sender);
+        // Not awaited: an import waits for bots; the room's other commands go on meanwhile.
+        else void this.o.org.command(sender, action, plan, mode);
+      },
     };
     await dispatchChat(OPERATOR_COMMANDS, text, { may: (p) => p === 'operator' && this.isOperator(sender), reply: (t) => this.say(t) }, ctx);
   }
@@ -293,12 +321,16 @@ export interface OperatorServicesOptions {
   monitorOverrides?: Partial<ConstructorParameters<typeof HealthMonitor>[0]>;
   /** Do not start the cron schedule (tests drive runCycle themselves). */
   noSchedule?: boolean;
+  /** Tests: workspace engine options (the live wait, the launcher) over the defaults. */
+  workspaces?: Partial<WorkspaceOptions>;
 }
 
 export interface OperatorServices {
   stop(): Promise<void>;
   monitor: HealthMonitor;
   bot: OperatorBot;
+  /** `!org` and uploaded org templates */
+  org: OrgRoom;
   roomId: string;
   userId: string;
 }
@@ -471,20 +503,38 @@ export async function startOperatorServices(o: OperatorServicesOptions): Promise
       afterCycle: [vmReaperJob(rt, log.child({ component: 'vm-reaper' }), (text) => session.sendText(roomId, `[VM] ${text}`))],
       ...o.monitorOverrides,
     });
+    const operators = staffIds(o.config);
+    const org = new OrgRoom({
+      chat: {
+        say: (t) => session.sendText(roomId, t),
+        pre: (t) => session.sendHtml(roomId, t, `<pre><code>${escapeHtml(t)}</code></pre>`),
+        download: (mxc, maxBytes) => session.downloadMedia(mxc, { maxBytes }),
+      },
+      isOperator: (u) => operators.includes(u),
+      workspaces: (actor) => ({
+        runtime: rt, config: o.config, actor, logger: log.child({ component: 'workspaces' }),
+        // The launcher is this process: its supervisor tells the bots' states.
+        ...(o.supervisor ? { bots: () => o.supervisor!.status().map((b) => ({ device: b.device, state: b.state, pid: (b as { pid?: number | null }).pid ?? null })) } : {}),
+        ...o.workspaces,
+      }),
+      ...(o.now ? { now: o.now } : {}), logger: log.child({ component: 'org' }),
+    });
     const bot = new OperatorBot({
-      roomId, userId: creds.userId, operators: staffIds(o.config), monitor, runtime: rt,
+      roomId, userId: creds.userId, operators, monitor, runtime: rt,
       chat: { sendText: (r, t) => session.sendText(r, t), sendHtml: (r, p, h) => session.sendHtml(r, p, h) },
       ...(o.addPc ? { addPc: o.addPc } : {}), ...(o.revoke ? { revoke: o.revoke } : {}),
-      ...(o.now ? { now: o.now } : {}), logger: log,
+      org, ...(o.now ? { now: o.now } : {}), logger: log,
     });
     session.onMessage((m: MatrixMessage) => bot.onMessage(m));
+    session.onReaction((r) => bot.onReaction(r));
     session.onEncrypted((e) => bot.onUndecryptable(e.roomId, e.sender, e.reason));
     session.onInvite(async (i) => { if (i.roomId === roomId || staffIds(o.config).includes(i.sender)) await session.joinRoom(i.roomId).catch(() => undefined); });
     if (!o.noSchedule) monitor.start();
     void monitor.flush();
     return {
-      monitor, bot, roomId, userId: creds.userId,
+      monitor, bot, org, roomId, userId: creds.userId,
       async stop() {
+        org.stop();
         await monitor.stop();
         await session.stop();
       },
