@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { DelegatedAuditRef, Delegator } from '../capabilities/capability.js';
+import { MAX_DELEGATE_ANSWER } from '../capabilities/catalog/workspace.js';
 import type { ErrorCode, MpError } from '../capabilities/errors.js';
 import type { Logger } from 'pino';
 import { DELEGATE_TIMEOUT_MS, type ChildMessageInput, type ParentMessage } from './ipc.js';
@@ -90,6 +91,8 @@ export async function serveDelegatedRun(
     out = { ok: false, error: { code: 'internal', message: err instanceof Error ? err.message.slice(0, 500) : 'the delegated turn failed' } };
   }
   log.info({ from: run.from, ok: out.ok }, 'delegated task answered');
-  if (out.ok) send({ type: 'delegate-done', id: run.id, ok: true, answer: out.answer, footer: out.footer, audit: out.audit });
+  // Cut here too: a message over the IPC limit would be dropped whole, and the parent would wait for its timeout.
+  const answer = out.ok && out.answer.length > MAX_DELEGATE_ANSWER ? `${out.answer.slice(0, MAX_DELEGATE_ANSWER - 64)}\n[answer cut at ${MAX_DELEGATE_ANSWER - 64} characters]` : out.ok ? out.answer : '';
+  if (out.ok) send({ type: 'delegate-done', id: run.id, ok: true, answer, footer: out.footer.slice(0, 4000), audit: out.audit.slice(0, 64) });
   else send({ type: 'delegate-done', id: run.id, ok: false, error: { code: out.error.code, message: out.error.message.slice(0, 1000) } });
 }

@@ -227,7 +227,8 @@ export class DeviceBot {
   }
 
   onReaction(roomId: string, sender: string, relatesTo: string, key: string): void {
-    if (this.interceptor && this.isOperator(sender) && this.interceptor({ roomId, sender, reaction: { key, relatesTo } })) return;
+    // Anyone who may talk here answers their own voice "Did you mean …?" (the interceptor checks it is theirs).
+    if (this.interceptor && this.mayTalk(sender) && this.interceptor({ roomId, sender, reaction: { key, relatesTo } })) return;
     this.approvals.onReaction(roomId, sender, relatesTo, key);
   }
 
@@ -448,7 +449,9 @@ export class DeviceBot {
         if (r.audit && refs.length < MAX_DELEGATED_REFS) refs.push({ seq: r.audit.seq, hash: r.audit.hash, capability: r.capability, ok: r.ok });
         return r;
       };
+      // A fresh turn (the task alone, not the DM's talk), kept in the DM's history so the operator can follow up on it.
       const turn = await this.turnAndReply(room, manifest, llm, caller, { history: [], userText: `Task from ${task.from}: ${task.text}`, invoke }, expired);
+      if (turn.result.messages.length) this.conversations.append(room, turn.result.messages);
       if (turn.result.stoppedBy === 'error' && refs.length === 0) {
         return { ok: false, error: turn.result.error ?? { code: 'internal', message: turn.text } };
       }

@@ -13,7 +13,7 @@ import { Invoker } from '../capabilities/invoke.js';
 import { parseManifest, type Manifest } from '../capabilities/manifest.js';
 import { deriveWorkspaceManifest } from '../capabilities/workspace/derive.js';
 import { checkDelegation, childrenOf, OrgGate } from '../capabilities/workspace/org.js';
-import { DelegationClient } from '../bots/delegation.js';
+import { DelegationClient, serveDelegatedRun } from '../bots/delegation.js';
 import { liveText } from '../bots/format.js';
 import { ChildMessageSchema, ParentMessageSchema, parseChildMessage, type ChildMessageInput, type ParentMessage } from '../bots/ipc.js';
 import { buildSystemPrompt } from '../bots/llm.js';
@@ -242,6 +242,30 @@ describe('the bot\'s delegation client', () => {
     const p = client.delegate({ to: 'kid', task: 't', timeoutMs: 60_000, requestId: 'r' });
     client.close();
     await expect(p).resolves.toMatchObject({ ok: false, error: { code: 'unreachable' } });
+  });
+});
+
+describe('the child answers a run', () => {
+  const run = ParentMessageSchema.parse({ type: 'delegate-run', id: 'run-id-123', from: 'ops-lead', task: 'list', timeoutMs: 5_000 }) as Extract<ParentMessage, { type: 'delegate-run' }>;
+
+  it('a long answer is cut with a note so the message stays within the IPC limit', async () => {
+    const out: ChildMessageInput[] = [];
+    await serveDelegatedRun(run, { runDelegated: async () => ({ ok: true, answer: 'z'.repeat(70_000), footer: 'f', audit: [] }) }, (m) => out.push(m), silent);
+    const parsed = parseChildMessage(out[0]);
+    expect(parsed.ok).toBe(true);
+    const answer = parsed.ok && parsed.msg.type === 'delegate-done' ? parsed.msg.answer ?? '' : '';
+    expect(answer.endsWith('[answer cut at 15936 characters]')).toBe(true);
+    expect(answer.length).toBeLessThanOrEqual(16_000);
+  });
+
+  it('a failed or throwing turn answers with its error, under the run\'s id', async () => {
+    const out: ChildMessageInput[] = [];
+    await serveDelegatedRun(run, { runDelegated: async () => ({ ok: false, error: { code: 'config', message: 'no LLM' } }) }, (m) => out.push(m), silent);
+    await serveDelegatedRun(run, { runDelegated: async () => { throw new Error('boom'); } }, (m) => out.push(m), silent);
+    expect(out).toEqual([
+      { type: 'delegate-done', id: 'run-id-123', ok: false, error: { code: 'config', message: 'no LLM' } },
+      { type: 'delegate-done', id: 'run-id-123', ok: false, error: { code: 'internal', message: 'boom' } },
+    ]);
   });
 });
 
