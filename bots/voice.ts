@@ -1,5 +1,6 @@
 /**
- * Voice messages to commands. An operator's `m.audio` (Element voice messages included: Ogg/Opus named
+ * Voice messages to commands. The `m.audio` of anyone who may talk to the bot (an operator, or a user
+ * below operator whom the device grants something: capabilities/levels.ts mayTalk) (Element voice messages included: Ogg/Opus named
  * "Voice message", no extension) is checked against the size/duration limits, downloaded through the
  * media endpoint the homeserver supports, recognised by its bytes (not its name), decoded with ffmpeg
  * to 16 kHz mono 16-bit WAV (argv, no shell, timeout), and transcribed by the configured engine:
@@ -12,13 +13,20 @@
  * the LLM loop, or — with no LLM — the explicit command the grammar maps it to. Below min_confidence it
  * asks "Did you mean …?" first (yes/no or ✅/❌). The transcript, engine and confidence go into the audit
  * context of whatever it triggers. Every failure gets a message: audio is never dropped silently.
+ *
+ * Below operator level a voice message is handled as that person's text: the grammar holds only the
+ * capabilities their level is granted (one grammar per set of capabilities), and what it triggers goes
+ * through the same level checks, approvals and audit as their typed words. A "Did you mean …?" is
+ * answered by the person who asked (operators may answer each other's).
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { createHash } from 'node:crypto';
 import { MeshpilotError, toMpError } from '../capabilities/errors.js';
+import { grants, isStaff, type Level } from '../capabilities/levels.js';
 import type { Manifest } from '../capabilities/manifest.js';
 import type { ChatMessage, DeviceBot } from './device-bot.js';
 import type { MatrixMessage } from './matrix/index.js';
@@ -150,7 +158,8 @@ export interface Transcript {
 
 export interface SttEngine {
   readonly name: 'pocketsphinx' | 'whisper-http';
-  transcribe(wavPath: string): Promise<Transcript>;
+  /** `grammar`: the speaker's commands (engines that recognise against a grammar use it). */
+  transcribe(wavPath: string, grammar?: CommandGrammar): Promise<Transcript>;
 }
 
 export const POCKETSPHINX_HMM = '/usr/share/pocketsphinx/model/en-us/en-us';
@@ -167,22 +176,28 @@ const WIDE_BEAMS = ['-beam', '1e-80', '-wbeam', '1e-60', '-pbeam', '1e-80'];
 export class PocketsphinxEngine implements SttEngine {
   readonly name = 'pocketsphinx' as const;
   private files: { jsgf: string; dict: string } | undefined;
+  /** Each grammar's files (a speaker below operator has a smaller grammar than an operator). */
+  private readonly byGrammar = new WeakMap<CommandGrammar, { jsgf: string; dict: string }>();
 
   constructor(private readonly o: { dir: string; binary?: string; hmm?: string; timeoutMs?: number }) {}
 
-  /** Writes the grammar and its dictionary (call again when the manifest changes). */
+  /** Writes the grammar and its dictionary (call again when the manifest changes); the last one is the default. */
   setGrammar(g: CommandGrammar): void {
     mkdirSync(this.o.dir, { recursive: true, mode: 0o700 });
-    const jsgf = path.join(this.o.dir, 'commands.gram');
-    const dict = path.join(this.o.dir, 'commands.dict');
+    // The first grammar keeps the historical names; others get their own (by content), so two speakers never share files.
+    const tag = this.files === undefined ? '' : `-${createHash('sha256').update(g.jsgf).digest('hex').slice(0, 12)}`;
+    const jsgf = path.join(this.o.dir, `commands${tag}.gram`);
+    const dict = path.join(this.o.dir, `commands${tag}.dict`);
     writeFileSync(jsgf, g.jsgf);
     writeFileSync(dict, g.dict);
     this.files = { jsgf, dict };
+    this.byGrammar.set(g, this.files);
   }
 
-  private async pass(wav: string, extra: string[]): Promise<string> {
-    if (!this.files) throw new MeshpilotError('config', 'no voice grammar has been built');
-    const argv = [this.o.binary ?? 'pocketsphinx_continuous', '-infile', wav, '-jsgf', this.files.jsgf, '-dict', this.files.dict, '-logfn', '/dev/null', ...extra];
+  private async pass(wav: string, extra: string[], grammar?: CommandGrammar): Promise<string> {
+    const files = (grammar ? this.byGrammar.get(grammar) : undefined) ?? this.files;
+    if (!files) throw new MeshpilotError('config', 'no voice grammar has been built');
+    const argv = [this.o.binary ?? 'pocketsphinx_continuous', '-infile', wav, '-jsgf', files.jsgf, '-dict', files.dict, '-logfn', '/dev/null', ...extra];
     if (this.o.hmm) argv.push('-hmm', this.o.hmm);
     const r = await runProcess(argv, this.o.timeoutMs ?? 30_000);
     if (r.timedOut) throw new MeshpilotError('timeout', 'speech recognition took too long');
@@ -195,8 +210,8 @@ export class PocketsphinxEngine implements SttEngine {
     return normalizeTranscript(r.stdout.split('\n').filter((l) => l.trim() && !l.startsWith('INFO') && !l.startsWith('ERROR')).join(' '));
   }
 
-  async transcribe(wavPath: string): Promise<Transcript> {
-    const [wide, narrow] = await Promise.all([this.pass(wavPath, WIDE_BEAMS), this.pass(wavPath, [])]);
+  async transcribe(wavPath: string, grammar?: CommandGrammar): Promise<Transcript> {
+    const [wide, narrow] = await Promise.all([this.pass(wavPath, WIDE_BEAMS, grammar), this.pass(wavPath, [], grammar)]);
     if (!wide) return { text: '', confidence: 0 };
     return { text: wide, confidence: narrow === wide ? 1 : 0.5 };
   }
@@ -270,7 +285,7 @@ export interface VoiceHandlerOptions {
   config: VoiceConfig;
   device: string;
   manifest: () => Manifest | undefined;
-  /** Capabilities enabled on the device (the grammar offers only those). */
+  /** Capabilities enabled on the device (the grammar offers only those; below operator, only those granted to the speaker's level). */
   allowed: () => string[];
   /** An LLM is configured: transcripts go to it as plain words. */
   llm: boolean;
@@ -307,8 +322,8 @@ const NO_KEYS = new Set(['❌', '✖️', '👎', '🚫']);
 
 export interface VoiceHandler {
   handle(m: MatrixMessage, bot: DeviceBot): Promise<void>;
-  /** The current grammar (built on first use, rebuilt when the manifest changes). */
-  grammar(): CommandGrammar | undefined;
+  /** The current grammar for a level (the operators' without one; built on first use, rebuilt when the manifest changes). */
+  grammar(level?: Level | null): CommandGrammar | undefined;
   /** Ends pending questions (shutdown). */
   close(): void;
 }
@@ -319,20 +334,25 @@ export function createVoiceHandler(o: VoiceHandlerOptions): VoiceHandler {
   const engine: SttEngine = o.engine ?? (cfg.engine === 'whisper-http' && cfg.whisper
     ? new WhisperHttpEngine({ url: cfg.whisper.url, ...(cfg.whisper.api_key ? { apiKey: cfg.whisper.api_key } : {}), model: cfg.whisper.model, ...(cfg.whisper.language ? { language: cfg.whisper.language } : {}), timeoutMs: cfg.whisper.timeout_s * 1000 })
     : new PocketsphinxEngine({ dir: o.dir }));
-  let built: { hash: string; caps: string; grammar: CommandGrammar } | undefined;
+  /** Grammars by capability set (the operators' and one per level below), for the current manifest. */
+  const built = new Map<string, { hash: string; grammar: CommandGrammar }>();
   const pending = new Map<string, Pending>();
   const log = o.logger.child({ component: 'voice' });
 
-  const grammar = (): CommandGrammar | undefined => {
+  /** The grammar of what `level` may do here (undefined: the operators', every enabled capability). */
+  const grammar = (level?: Level | null): CommandGrammar | undefined => {
     const m = o.manifest();
     if (!m) return undefined;
-    const caps = o.allowed().join(',');
-    if (built?.hash === m.hash && built.caps === caps) return built.grammar;
-    const g = buildCommandGrammar(m, { allowed: o.allowed() });
+    const names = level === undefined || isStaff(level) ? o.allowed() : o.allowed().filter((n) => grants(m.capabilities[n], level));
+    const caps = names.join(',');
+    const cached = built.get(caps);
+    if (cached?.hash === m.hash) return cached.grammar;
+    const g = buildCommandGrammar(m, { allowed: names });
     releaseCmuDict();
     if (engine instanceof PocketsphinxEngine) engine.setGrammar(g);
-    built = { hash: m.hash, caps, grammar: g };
-    log.info({ words: g.words.length, added: Object.keys(g.added).length }, 'voice grammar built');
+    for (const [k, v] of built) if (v.hash !== m.hash) built.delete(k); // an old manifest's grammars
+    built.set(caps, { hash: m.hash, grammar: g });
+    log.info({ words: g.words.length, added: Object.keys(g.added).length, capabilities: names.length }, 'voice grammar built');
     return g;
   };
 
@@ -354,6 +374,8 @@ export function createVoiceHandler(o: VoiceHandlerOptions): VoiceHandler {
       yes = YES.test(t) ? true : NO.test(t) ? false : undefined;
     }
     if (yes === undefined) return false;
+    // The person who asked answers (operators may answer each other's): nobody runs another's words as themselves.
+    if (a.sender !== p.sender && !(botRef?.isOperator(a.sender) && botRef.isOperator(p.sender))) return false;
     pending.delete(a.roomId);
     clearTimeout(p.timer);
     const bot = botRef;
@@ -373,7 +395,7 @@ export function createVoiceHandler(o: VoiceHandlerOptions): VoiceHandler {
       botRef = bot;
       bot.setAnswerInterceptor(interceptor);
     }
-    if (!bot.isOperator(m.sender)) {
+    if (!bot.mayTalk(m.sender)) {
       // Strangers' audio is never downloaded; the bot audits them like any message.
       await bot.onMessage({ roomId: m.roomId, eventId: m.eventId, sender: m.sender, body: '', msgtype: m.msgtype });
       return;
@@ -423,10 +445,11 @@ export function createVoiceHandler(o: VoiceHandlerOptions): VoiceHandler {
         await fail(`That audio is longer than ${cfg.max_duration_s} s; I only take voice messages up to ${cfg.max_duration_s} s. Send a shorter one or type the command.`);
         return;
       }
-      const g = grammar();
+      // The speaker's own commands: below operator, only what their level is granted.
+      const g = grammar(bot.levelOf(m.sender));
       let t: Transcript;
       try {
-        t = await engine.transcribe(wav);
+        t = await engine.transcribe(wav, g);
       } catch (err) {
         await fail(`Transcription failed (${engine.name}): ${toMpError(err).message}. Try again or type the command.`);
         return;
