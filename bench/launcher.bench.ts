@@ -126,8 +126,14 @@ function cliTimes(): BenchFigure[] {
   }
 }
 
+/** `npx tsx bench/run.ts cli` (or `cli.cap_sys_info`) asks for the CLI figures only: no launcher tree then. */
+function cliOnly(): boolean {
+  const filter = process.argv.slice(2).find((a) => !a.startsWith('-'));
+  return filter !== undefined && filter.startsWith('cli');
+}
+
 export async function run(): Promise<BenchFigure[]> {
   const out = cliTimes();
-  out.unshift(await treeRss());
+  if (!cliOnly()) out.unshift(await treeRss());
   return out;
 }

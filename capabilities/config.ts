@@ -81,7 +81,11 @@ export const QuotasSchema = z.object({
 }).strict();
 export type Quotas = z.infer<typeof QuotasSchema>;
 
-export const ConfigSchema = z.object({
+/**
+ * Built on first use: every process imports this module, and a CLI call without a config.yaml (or
+ * one that never reads it, `meshpilot cap`) has no use for the schema of every section.
+ */
+export const ConfigSchema = z.lazy(() => z.object({
   matrix: z.object({
     homeserver_url: z.url().max(512),
     /** The part after the colon in user IDs; defaults to the homeserver's host. */
@@ -153,7 +157,7 @@ export const ConfigSchema = z.object({
   }).strict().prefault({}),
   mesh: MeshConfigSchema.optional(),
   http: HttpConfigSchema.prefault({}),
-}).strict();
+}).strict());
 export type Config = z.infer<typeof ConfigSchema>;
 export type VoiceConfig = Config['voice'];
 
@@ -192,7 +196,8 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   }
   const raw = (doc.toJS() ?? {}) as Record<string, unknown>;
   for (const [k, v] of Object.entries(envOverrides(env))) setPath(raw, k, v);
-  const parsed = ConfigSchema.safeParse(raw);
+  // jitless: a file parsed once does not repay zod compiling a parser per object (same checks, same issues)
+  const parsed = ConfigSchema.safeParse(raw, { jitless: true });
   if (!parsed.success) {
     return {
       ok: false, missing: false, file,

@@ -126,9 +126,17 @@ export interface CapabilityOptions {
   images?: string[];
 }
 
-function manifestSchema(registry: CapabilityRegistry) {
+/**
+ * The manifest schema with an options schema for each capability in `names` (those the manifest names
+ * that the registry knows). Building all of them took most of a CLI call's manifest check; a capability
+ * the manifest does not name has no options to check, and an unknown name is still an unrecognised key.
+ */
+function manifestSchema(registry: CapabilityRegistry, names: readonly string[]) {
   const caps: Record<string, z.ZodType> = {};
-  for (const def of registry.all()) caps[def.name] = capabilityOptionsSchema(def).optional();
+  for (const name of names) {
+    const def = registry.get(name);
+    if (def) caps[def.name] = capabilityOptionsSchema(def).optional();
+  }
   return z.object({
     device: DeviceNameSchema,
     os: OsSchema.default('linux'),
@@ -141,12 +149,25 @@ function manifestSchema(registry: CapabilityRegistry) {
   }).strict();
 }
 
-const schemaCache = new WeakMap<CapabilityRegistry, ReturnType<typeof manifestSchema>>();
-function schemaFor(registry: CapabilityRegistry) {
-  let s = schemaCache.get(registry);
+/** Schemas per registry, by the set of capability names (a fleet's manifests share a few sets); bounded. */
+const schemaCache = new WeakMap<CapabilityRegistry, Map<string, ReturnType<typeof manifestSchema>>>();
+const SCHEMA_CACHE_MAX = 64;
+function schemaFor(registry: CapabilityRegistry, raw: unknown) {
+  const caps = raw !== null && typeof raw === 'object' ? (raw as Record<string, unknown>)['capabilities'] : undefined;
+  const names = caps !== null && typeof caps === 'object' && !Array.isArray(caps)
+    ? Object.keys(caps).filter((n) => registry.get(n) !== undefined).sort()
+    : [];
+  let byNames = schemaCache.get(registry);
+  if (!byNames) {
+    byNames = new Map();
+    schemaCache.set(registry, byNames);
+  }
+  const key = names.join(',');
+  let s = byNames.get(key);
   if (!s) {
-    s = manifestSchema(registry);
-    schemaCache.set(registry, s);
+    if (byNames.size >= SCHEMA_CACHE_MAX) byNames.clear();
+    s = manifestSchema(registry, names);
+    byNames.set(key, s);
   }
   return s;
 }
@@ -222,7 +243,9 @@ export function parseManifest(text: string, file: string, registry: CapabilityRe
     };
   }
   const raw: unknown = doc.toJS({ maxAliasCount: 50 });
-  const parsed = schemaFor(registry).safeParse(raw ?? {});
+  // jitless: zod would otherwise generate and compile a parser for each object schema on its first
+  // parse, which costs more than it saves for a file parsed once (same checks, same issues).
+  const parsed = schemaFor(registry, raw ?? {}).safeParse(raw ?? {}, { jitless: true });
   if (!parsed.success) {
     const issues: ManifestIssue[] = [];
     for (const issue of parsed.error.issues) {

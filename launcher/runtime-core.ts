@@ -10,7 +10,7 @@ import { ensureHome, resolveHome, type HomeLayout } from '../capabilities/home.j
 import { Invoker, type ApprovalHook } from '../capabilities/invoke.js';
 import { builtinRegistry, type CapabilityRegistry } from '../capabilities/registry.js';
 import { DeviceRegistry } from '../capabilities/device-registry.js';
-import { loadConfig, QuotasSchema } from '../capabilities/config.js';
+import { loadConfig, QuotasSchema, type ConfigLoad } from '../capabilities/config.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { setShareStore, ShareStore } from '../capabilities/vm/shares.js';
@@ -34,12 +34,30 @@ export function openRuntime(opts: { root?: string; approve?: ApprovalHook } = {}
   const audit = new SqliteAuditLog(db);
   const capabilities = builtinRegistry();
   const devices = new DeviceRegistry(home.manifests, capabilities);
+  // config.yaml is read when a vm.* call first needs it (quotas, the share links' URL): not by every
+  // `meshpilot cap` (a sys.info call has no use for it).
+  let config: ConfigLoad | undefined;
+  const readConfig = (): ConfigLoad => (config ??= loadConfig(home.config));
   // The CLI, the API and the reaper call as operators; the VM gate still records owners and releases quotas (vm.rm).
-  const config = loadConfig(home.config);
-  const gate = new VmGate(new SqliteQuotaStore(db, config.ok ? config.config.quotas : QuotasSchema.parse({})));
+  let quota: SqliteQuotaStore | undefined;
+  const quotaStore = (): SqliteQuotaStore => {
+    if (!quota) {
+      const c = readConfig();
+      quota = new SqliteQuotaStore(db, c.ok ? c.config.quotas : QuotasSchema.parse({}));
+    }
+    return quota;
+  };
+  const gate = new VmGate({
+    reserve: (...a) => quotaStore().reserve(...a),
+    release: (...a) => quotaStore().release(...a),
+    ownerOf: (...a) => quotaStore().ownerOf(...a),
+  });
   const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, gate, ...(opts.approve ? { approve: opts.approve } : {}) });
   // vm.share / vm.unshare record their rows here; links name the launcher's HTTP server.
-  setShareStore(new ShareStore(db), config.ok ? baseUrlOf(config.config.http.listen) : undefined);
+  setShareStore(new ShareStore(db), () => {
+    const c = readConfig();
+    return c.ok ? baseUrlOf(c.config.http.listen) : undefined;
+  });
   return {
     home, created, enrolledLocal, db, audit, capabilities, devices, invoker,
     async close() {

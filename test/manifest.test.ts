@@ -59,6 +59,25 @@ capabilities:
     }
   });
 
+  it('checks each named capability\'s options whichever manifests were parsed before (the schema follows the names)', () => {
+    const ok = parseManifest('device: a\ncapabilities:\n  sys.info: {}\n', 'a.yaml');
+    expect(ok.ok).toBe(true);
+    // fs.read was not named before: its options are still checked, on their line
+    const bad = parseManifest('device: b\ncapabilities:\n  sys.info: {}\n  fs.read: { approval: never }\n', 'b.yaml');
+    expect(bad.ok).toBe(false);
+    if (!bad.ok) expect(bad.issues.map(formatIssue)).toEqual(['b.yaml:4 capabilities.fs.read.paths_allowed: Invalid input: expected array, received undefined']);
+    // and the same set again, fixed: cached schema, same checks
+    const fixed = parseManifest('device: b\ncapabilities:\n  fs.read: { paths_allowed: ["/tmp/**"] }\n  sys.info: {}\n  nope.cap: {}\n', 'b.yaml');
+    expect(fixed.ok).toBe(false);
+    if (!fixed.ok) {
+      expect(fixed.issues).toHaveLength(1);
+      expect(fixed.issues[0]).toMatchObject({ line: 5, field: 'capabilities.nope.cap' });
+      expect(fixed.issues[0]!.message).toMatch(/^unknown capability \(known: .*fs\.read.*sys\.info/);
+    }
+    const keys = parseManifest('device: c\ncapabilities:\n  sys.info: {}\n  fs.read: { paths_allowed: ["/tmp/**"] }\n', 'c.yaml');
+    expect(keys.ok && Object.keys(keys.manifest.capabilities)).toEqual(['fs.read', 'sys.info']);
+  });
+
   it('reports YAML syntax errors with a line', () => {
     const r = parseManifest('device: local\ncapabilities:\n  sys.info: {\n', 'm.yaml');
     expect(r.ok).toBe(false);

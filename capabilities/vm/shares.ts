@@ -128,12 +128,13 @@ export function sharePath(id: string): string {
 }
 
 let store: ShareStore | undefined;
-let gatewayBase: string | undefined;
+/** The launcher's URL, or how to get it (the CLI reads config.yaml only when a share is made). */
+let gatewayBase: string | (() => string | undefined) | undefined;
 
 /** Set once per process that has meshpilot.db (launcher, bots, CLI); `baseUrl` is the launcher's HTTP server, for full links. */
-export function setShareStore(s: ShareStore | undefined, baseUrl?: string): void {
+export function setShareStore(s: ShareStore | undefined, baseUrl?: string | (() => string | undefined)): void {
   store = s;
-  gatewayBase = baseUrl?.replace(/\/+$/, '');
+  gatewayBase = baseUrl;
 }
 
 export function shareStore(): ShareStore | undefined {
@@ -142,5 +143,6 @@ export function shareStore(): ShareStore | undefined {
 
 /** `http://127.0.0.1:7400/s/<id>/`, or the path alone when the launcher's URL is not known here. */
 export function shareUrl(id: string): string {
-  return `${gatewayBase ?? ''}${sharePath(id)}`;
+  const base = typeof gatewayBase === 'function' ? gatewayBase() : gatewayBase;
+  return `${base?.replace(/\/+$/, '') ?? ''}${sharePath(id)}`;
 }
