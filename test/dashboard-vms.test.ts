@@ -226,6 +226,16 @@ describe('the VMs page', () => {
     expect(text).toContain('data-outcome="error"');
     expect(text).toContain(`vm.stop ${OPS_VM} denied: ${OPS_VM} is not one of your VMs on local`);
     expect(podman('container', 'inspect', '--format', '{{.State.Status}}', `mp-${OPS_VM}`).trim()).toBe('running');
+    // A private share from the page: recorded, and the page says no login-link DM went out from here.
+    const priv = await fetch(`${server.url}/vms/run`, {
+      method: 'POST', headers: { cookie, 'content-type': 'application/x-www-form-urlencoded', 'hx-request': 'true' },
+      body: new URLSearchParams({ _csrf: csrf!, _device: 'local', _capability: 'vm.share', name: OLD, port: '8080', to: '@friend:example.org' }).toString(),
+    });
+    const privText = await priv.text();
+    expect(privText).toContain('data-outcome="ok"');
+    expect(privText).toContain('data-no-dm');
+    expect(privText).not.toContain('a one-time login link goes to');
+    expect(rt.audit.tail(20, 'local').find((e) => e.capability === 'vm.share' && e.outcome === 'ok' && (e.args as { name: string }).name === OLD)?.actor).toBe(CIT.user);
     // Only vm.* verbs of the page run here.
     const other = await fetch(`${server.url}/vms/run`, {
       method: 'POST', headers: { cookie, 'content-type': 'application/x-www-form-urlencoded', 'hx-request': 'true' },

@@ -130,8 +130,10 @@ ${newDef && d.granted.has('vm.new') ? capForm(d.device, newDef, s, { action: '/v
 }
 
 function resultHtml(r: InvokeResult): Html {
-  const out = r.result?.stdout ?? '';
-  return html`<div class="notice ${r.ok ? 'ok' : 'bad'}" data-outcome="${r.ok ? 'ok' : 'error'}" data-capability="${r.capability}"><strong>${r.capability} on ${r.device}: ${r.ok ? 'ok' : `failed: ${r.error?.code ?? 'error'}`}</strong>${r.error ? html` — ${r.error.message}` : ''}${r.audit ? html` · audit #${r.audit.seq}` : ''}</div>${out ? html`<pre class="stdout">${out}</pre>` : ''}`;
+  // The login-link DMs of a private share are the device bot's (bots/share-links.ts): from this page none is sent.
+  const to = r.ok && r.capability === 'vm.share' ? ((r.result?.data as { to?: unknown } | undefined)?.to) : undefined;
+  const out = (r.result?.stdout ?? '').split('\n').filter((l) => !(Array.isArray(to) && to.length && l.startsWith('a one-time login link goes to'))).join('\n');
+  return html`<div class="notice ${r.ok ? 'ok' : 'bad'}" data-outcome="${r.ok ? 'ok' : 'error'}" data-capability="${r.capability}"><strong>${r.capability} on ${r.device}: ${r.ok ? 'ok' : `failed: ${r.error?.code ?? 'error'}`}</strong>${r.error ? html` — ${r.error.message}` : ''}${r.audit ? html` · audit #${r.audit.seq}` : ''}</div>${out ? html`<pre class="stdout">${out}</pre>` : ''}${Array.isArray(to) && to.length ? html`<p class="notice warn" data-no-dm>Shared with ${to.join(', ')}, but no login link was sent from here: the one-time links go out as DMs from the device bot when you share from chat (<code>!vm share … to=…</code>; sharing again keeps this link).</p>` : ''}`;
 }
 
 export function vmsRoutes(app: Hono<DashEnv>, deps: VmsDeps): void {
