@@ -9,19 +9,14 @@
  * <id>` drops it. A plan expires after 15 minutes; when the org changed since it was shown (the plan
  * made again from the same file differs), the new plan is posted and needs its own ✅. Anyone else's
  * upload or reaction is ignored (logged).
- *
- * The uploaded text is staged in a private temporary directory (0700) under the file's name, so the
- * engine reads it like the CLI reads a file and problems read `org.yaml:3 workspaces[0].name: …`.
+ * The text is staged as one file by org-upload.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { LineCounter, parseDocument, visit, type ScalarTag } from 'yaml';
 import { toMpError } from '../capabilities/errors.js';
 import { TEMPLATE_LIMITS } from '../capabilities/workspace/schema.js';
 import { APPROVE_KEYS, REJECT_KEYS } from '../bots/approvals.js';
+import { stagedName, stageTemplate, type StagedTemplate } from './org-upload.js';
 import type { ImportProgress, ImportResult, PreparedImport, WorkspaceOptions } from './workspaces/index.js';
 
 export const ORG_PLAN_TTL_MS = 15 * 60_000;
@@ -49,27 +44,6 @@ export function isOrgUpload(m: UploadLike): boolean {
   return /\.ya?ml$/.test(name) || YAML_MIMES.has((m.info?.mimetype ?? '').toLowerCase().split(';')[0]!.trim());
 }
 
-/** A safe file name for the staged copy: the upload's base name, [A-Za-z0-9._-] only, ending .yaml/.yml. */
-export function stagedName(m: Pick<UploadLike, 'filename' | 'body'>): string {
-  const base = path.posix.basename((m.filename ?? m.body).replace(/\\/g, '/')).replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^\.+/, '').slice(0, 100);
-  const name = base || 'org.yaml';
-  return /\.ya?ml$/i.test(name) ? name : `${name}.yaml`;
-}
-
-/** The lines of a YAML text that use `!include` (1-based); none when it does not parse (the parser reports that). */
-export function includeLines(text: string): number[] {
-  const counter = new LineCounter();
-  const tag: ScalarTag = { tag: '!include', resolve: (s: string) => s };
-  const doc = parseDocument(text, { lineCounter: counter, customTags: [tag], prettyErrors: false });
-  const lines: number[] = [];
-  visit(doc, {
-    Node: (_k, n) => {
-      if (n.tag === '!include') lines.push(n.range ? counter.linePos(n.range[0]).line : 0);
-    },
-  });
-  return lines;
-}
-
 export interface OrgChat {
   say(text: string): Promise<unknown>;
   /** Preformatted text; resolves to the event id when the chat gives one. */
@@ -92,7 +66,7 @@ interface Pending {
   id: string;
   /** the plan message reactions must point at */
   eventId: string | undefined;
-  dir: string;
+  staged: StagedTemplate;
   file: string;
   filename: string;
   by: string;
@@ -129,7 +103,7 @@ export class OrgRoom {
       return;
     }
     this.sweep();
-    const filename = stagedName(m);
+    const filename = stagedName(m.filename ?? m.body);
     const limit = TEMPLATE_LIMITS.fileBytes;
     if (m.info?.size !== undefined && m.info.size > limit) {
       await this.o.chat.say(`✗ ${filename}: ${m.info.size} bytes; an org template file may have at most ${limit} (${limit / 1024} KiB).`);
@@ -144,25 +118,22 @@ export class OrgRoom {
       return;
     }
     const text = bytes.toString('utf8');
-    if (text.includes('\u0000') || !Buffer.from(text, 'utf8').equals(bytes)) {
+    if (!Buffer.from(text, 'utf8').equals(bytes)) {
       await this.o.chat.say(`✗ ${filename}: not a UTF-8 text file.`);
-      return;
-    }
-    const inc = includeLines(text);
-    if (inc.length > 0) {
-      await this.o.chat.say(`✗ ${filename}: uses !include (line ${inc.slice(0, 10).join(', ')}): the files it names cannot come with a chat upload. Upload one file with the whole tree, or import the template's directory with \`meshpilot workspace import <dir>\`.`);
       return;
     }
     if (this.pending.size >= MAX_PENDING) {
       await this.o.chat.say(`✗ ${MAX_PENDING} org plans are already waiting: apply or cancel one first (\`!org cancel <id>\`).`);
       return;
     }
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'meshpilot-org-'));
-    const file = path.join(dir, filename);
-    writeFileSync(file, text, { mode: 0o600 });
-    const p: Pending = { id: randomBytes(3).toString('hex'), eventId: undefined, dir, file, filename, by: m.sender, at: this.now(), mode: 'merge', shown: { merge: '', reconcile: '' } };
+    const st = stageTemplate(text, filename);
+    if (!st.ok) {
+      await this.o.chat.say(`✗ ${st.message}.`);
+      return;
+    }
+    const p: Pending = { id: randomBytes(3).toString('hex'), eventId: undefined, staged: st.staged, file: st.staged.file, filename, by: m.sender, at: this.now(), mode: 'merge', shown: { merge: '', reconcile: '' } };
     const ok = await this.post(p, `📄 ${filename} from ${m.sender}`);
-    if (!ok) rmSync(dir, { recursive: true, force: true });
+    if (!ok) st.staged.remove();
   }
 
   /**
@@ -268,7 +239,7 @@ export class OrgRoom {
       this.drop(p, false);
       const again: Pending = { ...p, id: randomBytes(3).toString('hex'), eventId: undefined, mode, shown: { merge: '', reconcile: '' } };
       const kept = await this.post(again, `⚠ the org changed since plan ${p.id} was shown; nothing was applied. The plan now:`);
-      if (!kept) rmSync(p.dir, { recursive: true, force: true });
+      if (!kept) p.staged.remove();
       return;
     }
     this.drop(p, false);
@@ -278,7 +249,7 @@ export class OrgRoom {
       await this.progressChain;
       await this.o.chat.say(summary(r));
     } finally {
-      rmSync(p.dir, { recursive: true, force: true });
+      p.staged.remove();
     }
   }
 
@@ -303,7 +274,7 @@ export class OrgRoom {
 
   private drop(p: Pending, removeFile = true): void {
     this.pending.delete(p.id);
-    if (removeFile) rmSync(p.dir, { recursive: true, force: true });
+    if (removeFile) p.staged.remove();
   }
 
   /** Expired plans go (their staged files too). */

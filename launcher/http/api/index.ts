@@ -1,7 +1,7 @@
 /**
  * The `/v1` API surface: public /health and /openapi.json, then every other route behind the token
  * check and rate limits (auth.ts): exec and approvals (exec.ts), reads (read.ts), add-pc and revoke
- * (fleet.ts). Shapes in schemas.ts, the document in openapi.ts.
+ * (fleet.ts), workspaces (workspaces.ts). Shapes in schemas.ts, the document in openapi.ts.
  */
 import { Hono } from 'hono';
 import type { HttpDeps, HttpEnv, HttpSurface } from '../types.js';
@@ -12,6 +12,7 @@ import { execRoutes } from './exec.js';
 import { fleetRoutes } from './fleet.js';
 import { openApiDocument } from './openapi.js';
 import { readRoutes } from './read.js';
+import { workspaceRoutes } from './workspaces.js';
 
 export function createApi(deps: HttpDeps): Hono<HttpEnv> {
   const app = new Hono<HttpEnv>();
@@ -24,6 +25,7 @@ export function createApi(deps: HttpDeps): Hono<HttpEnv> {
   guarded.route('/', execRoutes(deps.runtime, approvals));
   guarded.route('/', readRoutes(deps));
   guarded.route('/', fleetRoutes(deps));
+  guarded.route('/', workspaceRoutes(deps));
   app.route('/', guarded as unknown as Hono<HttpEnv>); // ApiEnv only adds `principal`, set by the middleware
   return app;
 }

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import * as S from './schemas.js';
+import { WORKSPACE_ROUTES } from './workspace-routes.js';
 
 interface Route {
   method: 'get' | 'post' | 'delete';
@@ -57,6 +58,7 @@ export const ROUTES: Route[] = [
     responses: { 200: { description: 'a page of entries', schema: S.AuditPageSchema }, 400: E('bad query'), 403: E('device not in scope'), ...COMMON },
   },
   { method: 'get', path: '/v1/audit/verify', summary: 'verify the chains in scope and compare them with their Matrix anchors', responses: { 200: { description: 'per chain', schema: S.AuditVerifySchema }, ...COMMON } },
+  ...WORKSPACE_ROUTES(E, COMMON),
 ];
 
 type Json = Record<string, unknown>;
