@@ -8,6 +8,7 @@
  *   /                 fleet grid, live over /events          fleet.ts
  *   /devices/<d>      capability forms, audit, approvals     device.ts, cap-form.ts, approvals.ts
  *   /vms              VMs of every device: list, new/stop/...  vms.ts (also for people below operator: their own VMs)
+ *   /workspaces       the org tree, import (plan → apply), rm   workspaces.ts
  *   /add, /jobs/<id>  add a device, revoke, their progress   enroll.ts
  *   /audit            viewer and verify                      audit.ts
  *   /tokens           API tokens                             tokens.ts
@@ -30,6 +31,7 @@ import { FleetFeed, fleetRows, renderGrid } from './fleet.js';
 import { page } from './layout.js';
 import { tokenRoutes } from './tokens.js';
 import { mayUseVms, vmsRoutes } from './vms.js';
+import { workspacesRoutes } from './workspaces.js';
 
 export interface DashboardOptions {
   /** add-pc / revoke (default: the real engine). */
@@ -115,6 +117,7 @@ export function dashboardSurface(opts: DashboardOptions = {}): HttpSurface {
       const jobs = enrollRoutes(app, opts.enroller ?? defaultEnroller, rt.home.root, log);
       auditRoutes(app, rt);
       tokenRoutes(app, rt);
+      workspacesRoutes(app, deps);
       closers.push(() => feed.stop(), () => approvals.close(), () => jobs.close());
       return app;
     },

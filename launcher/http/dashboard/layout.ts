@@ -14,12 +14,13 @@ export interface PageOptions {
   title: string;
   session?: DashboardSession;
   /** Which navigation entry is the current page. */
-  nav?: 'fleet' | 'vms' | 'add' | 'audit' | 'tokens';
+  nav?: 'fleet' | 'vms' | 'workspaces' | 'add' | 'audit' | 'tokens';
 }
 
 const NAV: Array<[NonNullable<PageOptions['nav']>, string, string]> = [
   ['fleet', '/', 'Fleet'],
   ['vms', '/vms', 'VMs'],
+  ['workspaces', '/workspaces', 'Workspaces'],
   ['add', '/add', 'Add a device'],
   ['audit', '/audit', 'Audit'],
   ['tokens', '/tokens', 'API tokens'],
@@ -98,6 +99,12 @@ ol.steps { padding-left: 1.5rem; }
 form.inline { display: inline; }
 ul.shares { margin: 0; padding-left: 1rem; }
 td.actions details { margin: .3rem 0 0; }
+ul.org, ul.org ul { list-style: none; padding-left: 1.2rem; margin: .2rem 0; }
+ul.org { padding-left: 0; }
+ul.org .ws { display: grid; gap: .1rem; padding: .3rem 0; border-bottom: 1px solid var(--line); }
+.state-live { color: var(--ok); }
+.state-pending, .state-removing { color: var(--warn); }
+.state-failed { color: var(--bad); }
 .filters { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; margin-bottom: .8rem; }
 /* Phones: the grid becomes one card per device. */
 @media (max-width: 640px) {
