@@ -3,7 +3,10 @@
  *   vm.new_ratio  = meshpilot vm.new through invoke (policy, the VM gate's reservation, audit started + outcome,
  *                   podman run -d with labels) / bare `podman run -d` of the same image with the
  *                   same runtime, ulimit, memory and CPU flags (the ones this machine needs);
- *   vm.exec_ratio = vm.exec through invoke / bare `podman exec` of the same argv in the same VM.
+ *   vm.exec_ratio = vm.exec through invoke / bare `podman exec` of the same argv in the same VM;
+ *   vm.ls_ms / vm.ls_size_ms = vm.ls through invoke of the ~14 VMs made here, without and with sizes
+ *                   (size=true: each writable layer walked, what the reaper's disk_mb check costs a
+ *                   device every 2 minutes while VMs with a limit run).
  * Medians; the absolute times are printed too. Needs podman, runc and busybox-static.
  */
 import { execFile, execFileSync } from 'node:child_process';
@@ -21,7 +24,7 @@ import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { QuotasSchema } from '../capabilities/config.js';
 import type { BenchFigure } from './run.js';
 
-export const figures = ['vm.new_ms', 'vm.new_bare_ms', 'vm.new_ratio', 'vm.exec_ms', 'vm.exec_bare_ms', 'vm.exec_ratio'];
+export const figures = ['vm.new_ms', 'vm.new_bare_ms', 'vm.new_ratio', 'vm.exec_ms', 'vm.exec_bare_ms', 'vm.exec_ratio', 'vm.ls_ms', 'vm.ls_size_ms'];
 
 const run = promisify(execFile);
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
@@ -52,6 +55,7 @@ capabilities:
   vm.new: { images: ["localhost/mp-vmbench-*"], approval: never }
   vm.exec: { approval: never }
   vm.rm: { approval: never }
+  vm.ls: {}
 `, 'local.yaml');
     if (!parsed.ok) throw new Error('bench manifest invalid');
     const manifest = parsed.manifest;
@@ -99,6 +103,17 @@ capabilities:
       }));
       bareExec.push(await timed(() => podman('exec', bareTarget, ...argv)));
     }
+    // The disk check: one VM has written 20 MiB, the others nothing.
+    await invoker.invoke({ device: 'local', capability: 'vm.exec', args: { name: vm, argv: ['sh', '-c', 'dd if=/dev/zero of=/tmp/fill bs=1M count=20 2>/dev/null'] }, actor: 'bench' });
+    const ls: number[] = [];
+    const lsSize: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      ls.push(await timed(() => invoker.invoke({ device: 'local', capability: 'vm.ls', args: {}, actor: 'bench' })));
+      lsSize.push(await timed(async () => {
+        const r = await invoker.invoke({ device: 'local', capability: 'vm.ls', args: { size: true }, actor: 'bench' });
+        if (!(r.result?.data as Array<{ name: string; diskUsedMb?: number }>).some((v) => v.name === vm && (v.diskUsedMb ?? 0) >= 20)) throw new Error('vm.ls size=true did not see the 20 MiB');
+      }));
+    }
     await invoker.close();
 
     const nm = median(mpNew);
@@ -112,6 +127,8 @@ capabilities:
       { name: 'vm.exec_ms', value: em, unit: 'ms' },
       { name: 'vm.exec_bare_ms', value: eb, unit: 'ms' },
       { name: 'vm.exec_ratio', value: em / eb, unit: 'x', target: '<= 1.3' },
+      { name: 'vm.ls_ms', value: median(ls), unit: 'ms' },
+      { name: 'vm.ls_size_ms', value: median(lsSize), unit: 'ms', target: '<= 1000' },
     ];
   } finally {
     for (let i = 0; i < made.length; i += 20) {
