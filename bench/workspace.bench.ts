@@ -20,7 +20,7 @@ import { WorkspaceStore } from '../capabilities/workspace/store.js';
 import { loadOrgTemplate } from '../capabilities/workspace/validate.js';
 import type { BenchFigure } from './run.js';
 
-export const figures = ['workspace.plan_200', 'workspace.plan_200_ratio', 'workspace.plan_200_cold', 'workspace.plan_200_cold_ratio'];
+export const figures = ['workspace.plan_200', 'workspace.plan_200_ratio', 'workspace.plan_200_cold', 'workspace.plan_200_cold_ratio', 'workspace.import_5', 'workspace.bot_rss'];
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 
@@ -91,7 +91,22 @@ async function child(kind: string, tmp: string): Promise<void> {
 }
 if (process.env.MP_WS_BENCH_CHILD) await child(process.env.MP_WS_BENCH_CHILD, process.argv[2]!);
 
+/** The filter `npx tsx bench/run.ts <name>` was given (undefined: everything). */
+function filterArg(): string | undefined {
+  return process.argv.slice(2).find((a) => !a.startsWith('-'));
+}
+
 export async function run(): Promise<BenchFigure[]> {
+  const f = filterArg();
+  const wantPlan = !f || f === 'workspace' || f.startsWith('workspace.plan');
+  const wantLive = !f || f === 'workspace' || f.startsWith('workspace.import') || f.startsWith('workspace.bot');
+  const out: BenchFigure[] = [];
+  if (wantPlan) out.push(...(await planFigures()));
+  if (wantLive) out.push(...(await liveFigures()));
+  return out;
+}
+
+async function planFigures(): Promise<BenchFigure[]> {
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'mp-bench-ws-'));
   try {
     const { dir, files } = setup(tmp);
@@ -132,5 +147,88 @@ export async function run(): Promise<BenchFigure[]> {
     ];
   } finally {
     rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+// ---- a real import: workspace.import_5 and workspace.bot_rss ----------------------------------------
+
+const say = (line: string): void => void process.stderr.write(`# ${line}\n`);
+const mb = (kb: number): number => Math.round(kb / 1024);
+
+/**
+ * `meshpilot workspace import` of a 5-workspace tree (a lead, two teams of one lead and one member) into
+ * a running launcher (`meshpilot up`, one device bot for the host, encryption on as in
+ * launcher.tree_rss), timed from the command's start to its exit, which is after every bot said live.
+ * Then, at rest, the launcher's process tree RSS (walked in /proc) against the same tree before the
+ * import: the difference per workspace bot. The homeserver: MESHPILOT_TEST_HOMESERVER when set.
+ */
+async function liveFigures(): Promise<BenchFigure[]> {
+  const { spawn, spawnSync } = await import('node:child_process');
+  const { PACKAGE_ROOT } = await import('../capabilities/home.js');
+  const { SETTLE_IDLE_MS } = await import('../bots/memory-settle.js');
+  const { buildBundles, bundlesFresh } = await import('../scripts/bundle-fresh.mjs');
+  const { processTree } = await import('./proc-tree.js');
+  const { createBotEnv } = await import('../test/helpers/bot-env.js');
+  if (!bundlesFresh() && !buildBundles()) throw new Error('could not build dist/');
+  const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
+  const env = await createBotEnv({ encryption: 'auto' });
+  const childEnv = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: 'warn' };
+  let launcher: ReturnType<typeof spawn> | undefined;
+  let out = '';
+  try {
+    say(`homeserver: ${env.hs.kind} ${env.hs.url}`);
+    rmSync(path.join(env.home, 'manifests', 'local.yaml'), { force: true });
+    await env.registerBot('host');
+    const paths = `["${env.work}/**"]`;
+    env.writeManifest('host', ['fs.read', 'fs.list', 'fs.stat', 'fs.write', 'fs.delete'].map((c) => `  ${c}: { paths_allowed: ${paths} }\n`).join(''));
+    const ws = (n: string): string => `${env.work}/ws/${n}`;
+    const tpl = path.join(env.work, 'org');
+    mkdirSync(tpl, { recursive: true });
+    writeFileSync(path.join(tpl, 'org.yaml'), [
+      'name: bench-five',
+      'defaults: { device: host, capabilities: [fs.read, fs.list] }',
+      'workspaces:',
+      `  - name: lead\n    role: Leads the lab.\n    home: ${ws('lead')}\n    children:`,
+      `      - { name: ops, role: Runs operations., home: ${ws('ops')}, children: [{ name: ops-m, role: Checks services., home: ${ws('ops-m')} }] }`,
+      `      - { name: data, role: Keeps the data., home: ${ws('data')}, children: [{ name: data-m, role: Checks backups., home: ${ws('data-m')} }] }`,
+      '',
+    ].join('\n'));
+    launcher = spawn(process.execPath, [BIN, 'up'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    launcher.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+    launcher.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+    const t0 = Date.now();
+    while (!/bot host: running/.test(out)) {
+      if (Date.now() - t0 > 90_000) throw new Error(`the launcher did not start its host bot:\n${out.slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, SETTLE_IDLE_MS + 3000));
+    const before = processTree(launcher.pid!);
+    const rssBefore = before.reduce((a, p) => a + p.rssKb, 0);
+    say(`before: ${before.length} processes, RSS ${mb(rssBefore)} MB`);
+    const i0 = performance.now();
+    const r = spawnSync(process.execPath, [BIN, 'workspace', 'import', tpl, '--yes'], { env: childEnv, encoding: 'utf8' });
+    const importS = (performance.now() - i0) / 1000;
+    if (r.status !== 0) throw new Error(`the import failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
+    for (const line of r.stdout.trim().split('\n')) say(`  ${line}`);
+    await new Promise((res) => setTimeout(res, SETTLE_IDLE_MS + 3000));
+    const after = processTree(launcher.pid!);
+    for (const p of after) say(`  pid ${p.pid} ${p.name}: RSS ${mb(p.rssKb)} MB, PSS ${mb(p.pssKb)} MB`);
+    const rssAfter = after.reduce((a, p) => a + p.rssKb, 0);
+    const bots = after.length - before.length;
+    say(`after: ${after.length} processes (${bots} new), RSS ${mb(rssAfter)} MB; tree growth ${mb(rssAfter - rssBefore)} MB`);
+    if (bots !== 5) throw new Error(`expected 5 new workspace bots under the launcher, found ${bots}`);
+    return [
+      { name: 'workspace.import_5', value: importS, unit: 's', target: '<= 10' },
+      { name: 'workspace.bot_rss', value: mb((rssAfter - rssBefore) / 5), unit: 'MB', target: '<= 80' },
+    ];
+  } finally {
+    if (launcher && launcher.exitCode === null) {
+      const l = launcher;
+      const exited = new Promise((res) => l.once('exit', res));
+      l.kill('SIGTERM');
+      await Promise.race([exited, new Promise((res) => setTimeout(res, 15_000))]);
+      if (l.exitCode === null) l.kill('SIGKILL');
+    }
+    await env.cleanup();
   }
 }
