@@ -79,6 +79,8 @@ interface Pending {
 
 export class OrgRoom {
   private readonly pending = new Map<string, Pending>();
+  /** plan message → plan id of plans that expired (bounded): a late ✅ is told so */
+  private readonly expired = new Map<string, string>();
   private readonly now: () => number;
   private running: Promise<void> = Promise.resolve();
 
@@ -186,7 +188,13 @@ export class OrgRoom {
   onReaction(sender: string, relatesTo: string, key: string): boolean {
     const approve = APPROVE_KEYS.has(key);
     if (!approve && !REJECT_KEYS.has(key)) return false;
+    this.sweep();
     const p = [...this.pending.values()].find((x) => x.eventId === relatesTo);
+    const late = this.expired.get(relatesTo);
+    if (!p && late !== undefined && this.o.isOperator(sender)) {
+      void this.enqueue(async () => { await this.o.chat.say(`Org plan ${late} expired (plans wait ${ORG_PLAN_TTL_MS / 60_000} min): upload the file again.`); });
+      return true;
+    }
     if (!p) return false;
     if (!this.o.isOperator(sender)) {
       this.o.logger.info({ sender: sender.slice(0, 256), plan: p.id }, 'reaction on an org plan ignored: not an operator');
@@ -280,7 +288,13 @@ export class OrgRoom {
   /** Expired plans go (their staged files too). */
   private sweep(): void {
     const t = this.now();
-    for (const p of [...this.pending.values()]) if (t - p.at > ORG_PLAN_TTL_MS) this.drop(p);
+    for (const p of [...this.pending.values()]) {
+      if (t - p.at <= ORG_PLAN_TTL_MS) continue;
+      this.drop(p);
+      if (p.eventId === undefined) continue;
+      this.expired.set(p.eventId, p.id);
+      if (this.expired.size > 100) this.expired.delete(this.expired.keys().next().value as string);
+    }
   }
 
   /** The plans waiting for an operator (tests, status). */
