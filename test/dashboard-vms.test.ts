@@ -75,6 +75,7 @@ beforeAll(async () => {
     matrix: { homeserver_url: 'http://127.0.0.1:9' },
     operators: [OP.user],
     users: { [CIT.user]: 'citizen' },
+    quotas: { citizen: { vms: 2, cpus: 4, memory_mb: 4096, disk_mb: 20480, max_ttl_h: 24 } },
     http: { listen: '127.0.0.1:0' },
   });
   rt = openRuntime({ root: home });
@@ -151,6 +152,15 @@ describe('the VMs page', () => {
     const row = cp.locator(`tr[data-vm="${NEW}"]`);
     await row.waitFor();
     expect(await row.locator('td[data-label="Ports"]').textContent()).toMatch(/^8080→127\.0\.0\.1:\d+$/);
+
+    // Within the quota and no further: a third VM is refused, naming the quota and the use.
+    const csrf = await cp.locator('input[name="_csrf"]').first().getAttribute('value');
+    const cookie = (await citizen.cookies()).map((c) => `${c.name}=${c.value}`).join('; ');
+    const third = await fetch(`${server.url}/vms/run`, {
+      method: 'POST', headers: { cookie, 'content-type': 'application/x-www-form-urlencoded', 'hx-request': 'true' },
+      body: new URLSearchParams({ _csrf: csrf!, _device: 'local', _capability: 'vm.new', name: `citthird-${RUN}`, image: IMAGE, memory_mb: '64' }).toString(),
+    });
+    expect(await third.text()).toContain(`vm.new citthird-${RUN} refused: citizen quota: 2 VMs, you have 2`);
 
     // Share: the row's form, from vm.share's schema (the VM's name fixed).
     const shareForm = `#cap-vm-share-local-${NEW}`;

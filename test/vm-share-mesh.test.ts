@@ -119,9 +119,13 @@ describe('shares of VMs on a mesh device', () => {
     expect(page.status).toBe(200);
     expect(await page.text()).toBe('<h1>hello over the mesh</h1>\n');
 
-    // vm.ls (run by the agent) lists the VM; the controller's chain records share with the controller's answer.
+    // vm.ls (run by the agent, which has no shares) lists the VM with its share, added on the controller.
     const ls = await call('vm.ls', {});
-    expect((ls.result?.data as VmInfo[]).find((v) => v.name === VM)?.ports[0]).toMatchObject({ hostIp: MESH_IP, host: hostPort });
+    const listed = (ls.result?.data as Array<VmInfo & { shares: Array<{ id: string }> }>).find((v) => v.name === VM);
+    expect(listed?.ports[0]).toMatchObject({ hostIp: MESH_IP, host: hostPort });
+    expect(listed?.shares.map((s) => s.id)).toEqual([data.id]);
+    expect(ls.result?.stdout).toMatch(new RegExp(`${VM}  running  ${IMAGE}  1 cpu 48M  ${MESH_IP.replace(/\./g, '\\.')}:${hostPort}->8080  ${OP}  expires in \\d+ (min|h)\n  shared :8080 public /s/${data.id}/`));
+    // The controller's chain records share with the controller's answer.
     const entry = rt.audit.tail(20, 'meshweb').find((e) => e.capability === 'vm.share' && e.outcome === 'ok');
     expect(entry).toMatchObject({ actor: OP, args: { name: VM, port: 8080 } });
     expect(entry?.reason).toMatch(/^started at #\d+$/);

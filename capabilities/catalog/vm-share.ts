@@ -30,10 +30,6 @@ export function shareLine(s: VmShare): string {
   return `  shared :${s.port} ${s.public ? 'public' : `to ${[s.owner, ...s.grantees.filter((g) => g !== s.owner)].join(', ')}`} ${shareUrl(s.id)}`;
 }
 
-/** The shares of this device's VMs, for vm.ls (empty when this process has no store). */
-export function sharesOf(device: string): VmShare[] {
-  return shareStore()?.list(device) ?? [];
-}
 
 type ShareArgs = z.infer<typeof VmShareInput>;
 

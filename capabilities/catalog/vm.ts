@@ -11,8 +11,8 @@ import { VmExecInput, VmImageImportInput, VmLogsInput, VmLsInput, VmNameInput, V
 import { backendFor } from '../vm/podman.js';
 import { ownerOf, quotaGate } from '../vm/quota.js';
 import { capText, guarded } from './shared.js';
-import { shareLine, sharesOf } from './vm-share.js';
-import { shareStore } from '../vm/shares.js';
+import { shareLine } from './vm-share.js';
+import { shareStore, type VmShare } from '../vm/shares.js';
 
 function failed<T>(r: BackendResult<T> & { ok: false }): CapabilityResult {
   return failResult(r.error, Math.round(r.durationMs), r.stderr ? { stderr: r.stderr } : {});
@@ -94,17 +94,43 @@ const vmLs = defineCapability({
     guarded(async () => {
       const r = await backendFor(ctx).list(args.all, { size: args.size });
       if (!r.ok) return failed(r);
-      const now = Date.now();
       // `owner`: set by the VM gate for callers below operator (capabilities/vm/quota-gate.ts), who see only their own.
-      const shares = sharesOf(ctx.device);
-      const vms = (args.owner === undefined ? r.value : r.value.filter((v) => v.owner === args.owner))
-        .map((v) => ({ ...v, shares: shares.filter((s) => s.vm === v.name) }));
-      // Each VM's shares (vm.share) on the lines under it.
-      const text = vms.length ? vms.map((v) => [vmLine(v, now), ...v.shares.map(shareLine)].join('\n')).join('\n') : `no VMs on ${ctx.device}${args.owner === undefined ? '' : ` for ${args.owner}`}`;
-      const out = capText(text, ctx.limits.maxOutputBytes);
-      return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: out.text, truncated: out.truncated, data: vms });
+      const vms = args.owner === undefined ? r.value : r.value.filter((v) => v.owner === args.owner);
+      // The shares are the controller's: a device agent (no meshpilot.db) lists without them, and the VM gate adds them (withShares).
+      const store = shareStore();
+      const text = lsText(store ? withShareRows(vms, store.list(ctx.device)) : vms, ctx.device, args.owner);
+      const out = capText(text.stdout, ctx.limits.maxOutputBytes);
+      return okResult({ durationMs: Math.round(r.durationMs), exitCode: 0, stdout: out.text, truncated: out.truncated, data: text.data });
     }),
 });
+
+type ListedVm = VmInfo & { shares?: VmShare[] };
+
+function withShareRows(vms: readonly VmInfo[], shares: readonly VmShare[]): Array<VmInfo & { shares: VmShare[] }> {
+  return vms.map((v) => ({ ...v, shares: shares.filter((s) => s.vm === v.name) }));
+}
+
+/** vm.ls's text: a line per VM, each share (vm.share) on the lines under it. */
+function lsText(vms: readonly ListedVm[], device: string, owner: string | undefined): { stdout: string; data: ListedVm[] } {
+  const now = Date.now();
+  const stdout = vms.length
+    ? vms.map((v) => [vmLine(v, now), ...(v.shares ?? []).map(shareLine)].join('\n')).join('\n')
+    : `no VMs on ${device}${owner === undefined ? '' : ` for ${owner}`}`;
+  return { stdout, data: [...vms] };
+}
+
+/**
+ * On the controller, after vm.ls ran in a device agent (which lists without shares): the result with each
+ * VM's shares from meshpilot.db, as vm.ls answers on other devices. Other results: undefined (unchanged).
+ */
+export function withShares(device: string, result: CapabilityResult | undefined, owner?: string): CapabilityResult | undefined {
+  const store = shareStore();
+  if (!store || !result?.ok || !Array.isArray(result.data)) return undefined;
+  const vms = result.data as ListedVm[];
+  if (vms.length === 0 || vms.some((v) => typeof v !== 'object' || v === null || typeof v.name !== 'string' || v.shares !== undefined)) return undefined;
+  const text = lsText(withShareRows(vms, store.list(device)), device, owner);
+  return { ...result, stdout: text.stdout, data: text.data };
+}
 
 const vmRm = defineCapability({
   name: 'vm.rm',

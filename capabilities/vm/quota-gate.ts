@@ -8,7 +8,8 @@
  *   (a VM already gone counts as removed) releases the reservation.
  * - vm.share / vm.unshare (same ownership rule): on a mesh device they run in the agent, which has no
  *   meshpilot.db; settle records (or removes) the share here from the agent's answer
- *   (capabilities/catalog/vm-share.ts completeShare). vm.rm that succeeded removes the VM's shares here
+ *   (capabilities/catalog/vm-share.ts completeShare), and vm.ls's answer gets each VM's shares here (an
+ *   agent lists without them: catalog/vm.ts withShares). vm.rm that succeeded removes the VM's shares here
  *   too, whatever the transport, so no link outlives its VM (a later VM could get its port).
  * Operators and admins act on every VM (the reaper calls as an operator).
  */
@@ -16,6 +17,7 @@ import { z } from 'zod';
 import type { CallGate, GateAdmission } from '../invoke.js';
 import { isStaff, type Caller } from '../levels.js';
 import type { AnyCapability } from '../capability.js';
+import { withShares } from '../catalog/vm.js';
 import { completeShare, completeUnshare } from '../catalog/vm-share.js';
 import { ownerOf } from './quota.js';
 import { shareStore } from './shares.js';
@@ -69,7 +71,11 @@ export class VmGate implements CallGate {
       if (!r.ok) return { ok: false, code: r.code, message: `vm.new ${name} refused: ${r.message}` };
       return { ok: true, args: withOwner(def, args, caller.user), settle: (ok) => { if (!ok) this.quota.release(device, name); } };
     }
-    if (def.name === 'vm.ls') return { ok: true, args: staff ? args : withOwner(def, args, caller.user) };
+    if (def.name === 'vm.ls') {
+      const listed = staff ? args : withOwner(def, args, caller.user);
+      const owner = typeof listed['owner'] === 'string' ? listed['owner'] : undefined;
+      return { ok: true, args: listed, settle: (ok, result) => (ok ? withShares(device, result, owner) : undefined) };
+    }
     if (name === undefined) {
       // Not about one VM (vm.image.import and the like): the manifest's tiers decide alone.
       return { ok: true, args };
