@@ -102,6 +102,7 @@ td.actions details { margin: .3rem 0 0; }
 ul.org, ul.org ul { list-style: none; padding-left: 1.2rem; margin: .2rem 0; }
 ul.org { padding-left: 0; }
 ul.org .ws { display: grid; gap: .1rem; padding: .3rem 0; border-bottom: 1px solid var(--line); }
+textarea.yaml { font: 400 .85rem/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; }
 .state-live { color: var(--ok); }
 .state-pending, .state-removing { color: var(--warn); }
 .state-failed { color: var(--bad); }

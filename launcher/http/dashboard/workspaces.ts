@@ -57,7 +57,7 @@ export function workspacesRoutes(app: Hono<DashEnv>, deps: HttpDeps): void {
     const s = sessionOf(c);
     const models = new Map(new WorkspaceStore(rt.db).list().map((r) => [r.name, r.model]));
     const node = (n: WorkspaceListing): Html => html`<li data-workspace="${n.name}">
-<div class="ws"><strong>${n.name}</strong> <span class="state state-${n.state.replace(/\s+/g, '-')}">${n.state}</span>${n.bot ? html` <span class="muted">bot ${n.bot}</span>` : ''}
+<div class="ws"><span><strong>${n.name}</strong> <span class="state state-${n.state.replace(/\s+/g, '-')}">${n.state}</span>${n.bot ? html` <span class="muted">bot ${n.bot}</span>` : ''}</span>
 <small class="muted">on <a href="/devices/${n.device}">${n.device}</a> · home <code>${n.home}</code> · model ${models.get(n.name) ?? 'default'} · reports to ${n.parent ?? '—'} · ${n.template ? `template ${n.template}` : 'by hand'}</small>
 <span class="links">${rt.devices.listing(n.name) ? html`<a href="/devices/${n.name}">device page</a> · ` : ''}<a href="/audit?device=${n.name}">audit</a> · <a href="/workspaces/${n.name}/rm">remove…</a></span></div>
 ${n.children.length ? html`<ul>${n.children.map(node)}</ul>` : ''}</li>`;
@@ -65,7 +65,7 @@ ${n.children.length ? html`<ul>${n.children.map(node)}</ul>` : ''}</li>`;
 ${l.count === 0 ? html`<p class="muted" id="org-empty">No workspaces yet: import an org template below.</p>` : html`<ul class="org" id="org">${l.roots.map(node)}</ul>`}
 <h2>Import an org template</h2>
 <form method="post" action="/workspaces/plan" enctype="multipart/form-data" class="stack" id="import">${csrfField(s)}
-<label>Template (YAML)<textarea name="yaml" rows="10" maxlength="${TEMPLATE_LIMITS.fileBytes}" placeholder="name: home-lab&#10;defaults: { device: server, capabilities: [fs.read] }&#10;workspaces:&#10;  - name: ops-lead&#10;    role: Keeps the lab healthy.&#10;    home: ~/workspaces/ops-lead"></textarea><small>one file; !include works only with <code>meshpilot workspace import &lt;dir&gt;</code></small></label>
+<label>Template (YAML)<textarea name="yaml" class="yaml" rows="10" maxlength="${TEMPLATE_LIMITS.fileBytes}" placeholder="name: home-lab&#10;defaults: { device: server, capabilities: [fs.read] }&#10;workspaces:&#10;  - name: ops-lead&#10;    role: Keeps the lab healthy.&#10;    home: ~/workspaces/ops-lead"></textarea><small>one file; !include works only with <code>meshpilot workspace import &lt;dir&gt;</code></small></label>
 <label>…or its file<input type="file" name="file" accept=".yaml,.yml,application/yaml,text/yaml"></label>
 <label>Mode<select name="mode"><option value="merge">merge: add and update</option><option value="reconcile">reconcile: also remove what this template created and no longer names</option></select></label>
 <button type="submit">Preview the plan</button>
