@@ -108,7 +108,7 @@ describe('command declarations', () => {
       '!budget — LLM tokens used today and the daily budget',
       '!dashboard — a one-time login link for the web dashboard, sent to you in our DM (works once, for 5 minutes)',
       '!vm new <name> <image=…> [cpus=…] [memory_mb=…] [disk_mb=…] [ttl_h=…] [ports=…] [command=…] — create and start a VM',
-      '!vm ls [all=…] [owner=…] — list the VMs with owner, ports and expiry',
+      '!vm ls [all=…] [owner=…] [size=…] — list the VMs with owner, ports and expiry',
       '!vm exec <name> <argv…> [timeout_s=…] — run a program in a VM (argv, no shell)',
       '!vm stop <name> — stop a VM (its disk stays)',
       '!vm start <name> — start a stopped VM',
