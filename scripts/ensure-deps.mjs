@@ -49,6 +49,8 @@ const SYSTEM_PACKAGES = [
   { check: 'podman', pkg: 'podman' },
   { check: 'runc', path: '/usr/sbin/runc', pkg: 'runc' },
   { check: 'busybox-static', path: '/bin/busybox', pkg: 'busybox-static' },
+  // rootless podman (test/vm-ssh.test.ts runs it as an unprivileged ssh user) needs newuidmap/newgidmap
+  { check: 'newuidmap', path: '/usr/bin/newuidmap', pkg: 'uidmap' },
 ];
 
 function has(entry) {
