@@ -163,7 +163,7 @@ const mb = (kb: number): number => Math.round(kb / 1024);
  * import: the difference per workspace bot. The homeserver: MESHPILOT_TEST_HOMESERVER when set.
  */
 async function liveFigures(): Promise<BenchFigure[]> {
-  const { spawn, spawnSync } = await import('node:child_process');
+  const { spawn } = await import('node:child_process');
   const { PACKAGE_ROOT } = await import('../capabilities/home.js');
   const { SETTLE_IDLE_MS } = await import('../bots/memory-settle.js');
   const { buildBundles, bundlesFresh } = await import('../scripts/bundle-fresh.mjs');
@@ -206,7 +206,15 @@ async function liveFigures(): Promise<BenchFigure[]> {
     const rssBefore = before.reduce((a, p) => a + p.rssKb, 0);
     say(`before: ${before.length} processes, RSS ${mb(rssBefore)} MB`);
     const i0 = performance.now();
-    const r = spawnSync(process.execPath, [BIN, 'workspace', 'import', tpl, '--yes'], { env: childEnv, encoding: 'utf8' });
+    // not spawnSync: the test homeserver's proxy runs in this process and must keep serving
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, [BIN, 'workspace', 'import', tpl, '--yes'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+      let o = '';
+      let e = '';
+      c.stdout?.on('data', (d: Buffer) => { o += d.toString(); });
+      c.stderr?.on('data', (d: Buffer) => { e += d.toString(); });
+      c.on('exit', (status) => resolve({ status, stdout: o, stderr: e }));
+    });
     const importS = (performance.now() - i0) / 1000;
     if (r.status !== 0) throw new Error(`the import failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
     for (const line of r.stdout.trim().split('\n')) say(`  ${line}`);

@@ -300,6 +300,20 @@ describe('workspace import, ls, rm', () => {
     expect(states()).toMatchObject({ good: 'live', outside: 'failed', faulty: 'live' });
   }, 120_000);
 
+  it('a parent whose bot does not come up is rolled back with its child (which had come up)', async () => {
+    const files = { 'org.yaml': `name: pair\ndefaults: { device: host, capabilities: [fs.read] }\nworkspaces:\n  - name: boss\n    role: Leads.\n    home: ${homes}/boss\n    children: [{ name: aide, role: Helps., home: ${homes}/aide }]\n` };
+    const r = await cli(['workspace', 'import', writeTemplate(path.join(tpl, 'pair'), files), '--yes'], { MESHPILOT_WORKSPACE_FAULT: 'no-live:boss' });
+    expect(r.code, `${r.out}\n${r.err}`).toBe(1);
+    expect(r.err).toMatch(/pair: failed \(0 created, 0 updated, 0 skipped, 0 removed, 2 failed\): boss \(create: injected fault: boss did not say live\); aide \(create: rolled back: its parent boss did not come up \(boss failed\)\)/);
+    expect(r.out).toMatch(/aide FAILED[^\n]*undone: manifest removed, account @\S+ deactivated, ROLE\.md deleted/);
+    expect(bodyOf(await liveDm('aide'))).toMatch(/^✓ aide live \(reports to boss\)/);
+    expect(states()).toMatchObject({ boss: 'failed', aide: 'failed' });
+    for (const n of ['boss', 'aide']) {
+      expect(existsSync(path.join(env.home, 'manifests', `${n}.yaml`))).toBe(false);
+      expect(await account(n)).toEqual({ exists: true, deactivated: true });
+    }
+  }, 90_000);
+
   it('kill -9 during an import: the next import closes its started entry as failed', async () => {
     const files = { 'org.yaml': `name: killed\ndefaults: { device: host, capabilities: [fs.read] }\nworkspaces:\n  - { name: victim, role: Interrupted., home: ${homes}/victim }\n` };
     const dir = writeTemplate(path.join(tpl, 'killed'), files);

@@ -8,6 +8,8 @@
  *   4 its manifest in MESHPILOT_HOME/manifests/<name>.yaml, staged beside it and renamed over
  *   5 the running launcher picks it up (SIGHUP, and its folder watch) and its bot says
  *     "✓ <name> live (reports to …)"
+ * Steps 1-4 are prepareWorkspace, step 5 its finish(): an import prepares the whole tree, parents first,
+ * then waits for all the bots at once.
  * A failure part-way undoes what this workspace's create did, in reverse (manifest removed, account
  * deactivated, role file deleted and the home left only if it was there before) and says what it
  * undid; the import goes on with the others. An update rewrites the role file and the manifest: the
@@ -97,59 +99,38 @@ async function waitLive(env: WorkspaceEnv, name: string, sinceTs: number): Promi
   });
 }
 
-/** Creates one workspace (see the file's head). Never throws. */
-export async function createWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, importId?: string): Promise<StepResult> {
+/** A workspace made up to its manifest, its bot not yet live: finish() waits for it, rollback() undoes it. */
+export interface PreparedWorkspace {
+  name: string;
+  ws: WorkspaceSpecRow;
+  /** undoes what the create did, in reverse; the result is the failed step */
+  rollback(error: MpError): Promise<Extract<StepResult, { ok: false }>>;
+  /** waits for its bot's "live" (rolled back when it does not come); never throws */
+  finish(): Promise<StepResult>;
+}
+
+/** Steps 1-4 of a create (derive, home, account, manifest). Never throws: a failure comes back rolled back. */
+export async function prepareWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, importId?: string): Promise<{ ok: true; prepared: PreparedWorkspace } | { ok: false; result: StepResult }> {
   const t0 = performance.now();
   const ms = (): number => Math.round(performance.now() - t0);
   const derived = derive(env, ws);
   if (!derived.ok) {
     env.store.upsert(rowOf(ws), 'failed');
     env.store.setState(ws.name, 'failed');
-    return { ok: false, name: ws.name, error: derived.error, undone: [], leftovers: [], ms: ms() };
+    return { ok: false, result: { ok: false, name: ws.name, error: derived.error, undone: [], leftovers: [], ms: ms() } };
   }
   const config = env.o.config;
   if (!config) {
-    return { ok: false, name: ws.name, error: { code: 'config', message: `${ws.name}: Matrix is not configured (run \`meshpilot init\`): a workspace needs a bot account` }, undone: [], leftovers: [], ms: ms() };
+    return { ok: false, result: { ok: false, name: ws.name, error: { code: 'config', message: `${ws.name}: Matrix is not configured (run \`meshpilot init\`): a workspace needs a bot account` }, undone: [], leftovers: [], ms: ms() } };
   }
   env.store.upsert(rowOf(ws), 'pending');
   env.store.setState(ws.name, 'pending');
   const home = ws.home.replace(/\/+$/, '');
   const roleFile = `${home}/${ROLE_FILE}`;
-  const done = { role: false, roleExisted: true, homeExisted: true, account: false, userId: '', manifest: false, hadManifest: false };
+  const done = { role: false, roleExisted: true, homeExisted: true, account: false, userId: '', manifest: false };
   const keysHad = existsSync(path.join(env.o.runtime.home.keys, ws.name, 'matrix.json'));
   let sinceTs = Date.now();
-  try {
-    // 2: the home, through invoke on the host device
-    const homeExisted = await existsOn(env, ws.device, home, importId);
-    done.homeExisted = homeExisted !== false;
-    done.roleExisted = done.homeExisted ? (await existsOn(env, ws.device, roleFile, importId)) !== false : false;
-    await writeRole(env, ws, importId);
-    done.role = true;
-    // 3: the Matrix account
-    const { ensureBotAccount } = await import('../enroll/matrix.js');
-    const acct = await ensureBotAccount({
-      home: env.o.runtime.home, config, name: ws.name, displayname: `👤 ${ws.name}`,
-      touched: (userId) => { done.account = true; done.userId = userId; },
-      info: (m) => env.log.info({ workspace: ws.name }, m), warn: (m) => env.log.warn({ workspace: ws.name }, m),
-    });
-    done.userId = acct.userId;
-    // 4: the manifest (stage → rename)
-    const file = env.o.runtime.devices.fileFor(ws.name);
-    done.hadManifest = existsSync(file);
-    // The same manifest already there (a create cut short after this step): its bot may have said live before now.
-    if (done.hadManifest && readFileSync(file, 'utf8') === derived.text) sinceTs = 0;
-    writeManifest(env, ws.name, derived.text);
-    done.manifest = true;
-    if (env.o.fault === `after-manifest:${ws.name}`) throw new MeshpilotError('exec_failed', `injected fault after the manifest of ${ws.name}`);
-    // 5: the launcher picks it up; its bot says live
-    if (!pokeLauncher(env)) {
-      return { ok: true, name: ws.name, live: false, message: `${ws.name} registered; no launcher is running: its bot starts with \`meshpilot up\``, ms: ms() };
-    }
-    await waitLive(env, ws.name, sinceTs);
-    env.store.setState(ws.name, 'live');
-    return { ok: true, name: ws.name, live: true, message: `✓ ${ws.name} live (reports to ${ws.parent ?? '—'})`, ms: ms() };
-  } catch (err) {
-    const error = toMpError(err);
+  const rollback = async (error: MpError): Promise<Extract<StepResult, { ok: false }>> => {
     const undone: string[] = [];
     const leftovers: string[] = [];
     const undo = async (what: string, fn: () => Promise<void> | void): Promise<void> => {
@@ -177,7 +158,53 @@ export async function createWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, i
     }
     env.store.setState(ws.name, 'failed');
     return { ok: false, name: ws.name, error, undone, leftovers, ms: ms() };
+  };
+  try {
+    // 2: the home, through invoke on the host device
+    const homeExisted = await existsOn(env, ws.device, home, importId);
+    done.homeExisted = homeExisted !== false;
+    done.roleExisted = done.homeExisted ? (await existsOn(env, ws.device, roleFile, importId)) !== false : false;
+    await writeRole(env, ws, importId);
+    done.role = true;
+    // 3: the Matrix account
+    const { ensureBotAccount } = await import('../enroll/matrix.js');
+    const acct = await ensureBotAccount({
+      home: env.o.runtime.home, config, name: ws.name, displayname: `👤 ${ws.name}`,
+      touched: (userId) => { done.account = true; done.userId = userId; },
+      info: (m) => env.log.info({ workspace: ws.name }, m), warn: (m) => env.log.warn({ workspace: ws.name }, m),
+    });
+    done.userId = acct.userId;
+    // 4: the manifest (stage → rename)
+    const file = env.o.runtime.devices.fileFor(ws.name);
+    // The same manifest already there (a create cut short after this step): its bot may have said live before now.
+    if (existsSync(file) && readFileSync(file, 'utf8') === derived.text) sinceTs = 0;
+    writeManifest(env, ws.name, derived.text);
+    done.manifest = true;
+    if (env.o.fault === `after-manifest:${ws.name}`) throw new MeshpilotError('exec_failed', `injected fault after the manifest of ${ws.name}`);
+  } catch (err) {
+    return { ok: false, result: await rollback(toMpError(err)) };
   }
+  const finish = async (): Promise<StepResult> => {
+    try {
+      // 5: the launcher picks it up; its bot says live
+      if (!pokeLauncher(env)) {
+        return { ok: true, name: ws.name, live: false, message: `${ws.name} registered; no launcher is running: its bot starts with \`meshpilot up\``, ms: ms() };
+      }
+      if (env.o.fault === `no-live:${ws.name}`) throw new MeshpilotError('timeout', `injected fault: ${ws.name} did not say live`);
+      await waitLive(env, ws.name, sinceTs);
+      env.store.setState(ws.name, 'live');
+      return { ok: true, name: ws.name, live: true, message: `✓ ${ws.name} live (reports to ${ws.parent ?? '—'})`, ms: ms() };
+    } catch (err) {
+      return rollback(toMpError(err));
+    }
+  };
+  return { ok: true, prepared: { name: ws.name, ws, rollback, finish } };
+}
+
+/** Creates one workspace (see the file's head). Never throws. */
+export async function createWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, importId?: string): Promise<StepResult> {
+  const p = await prepareWorkspace(env, ws, importId);
+  return p.ok ? p.prepared.finish() : p.result;
 }
 
 /** Updates one workspace: role file and manifest rewritten (the bot restarts on its manifest's change). Never throws. */

@@ -32,7 +32,7 @@ export interface WorkspaceOptions {
   bots?: () => ReadonlyArray<{ device: string; state: string; pid: number | null }>;
   signal?: AbortSignal;
   logger?: Logger;
-  /** fault injection for tests: `after-manifest:<name>` fails that workspace's create once its manifest is written */
+  /** fault injection for tests: `after-manifest:<name>` fails that workspace's create once its manifest is written, `no-live:<name>` its wait for live */
   fault?: string;
 }
 

@@ -2,9 +2,11 @@
  * The import engine: parse and validate the template (loadOrgTemplate, against the device registry),
  * plan it against the workspaces table (plan.ts: create / update / unchanged / skip / remove, the
  * empty-plan guard), render the plan as a tree, then, unless it is a dry run, apply it with progress:
- * creates and updates parents before children, removals children first. A workspace whose create
- * fails is rolled back alone (create.ts); its descendants are not created; the others go on and the
- * import says "partly done" with exactly which failed and why. A re-run with no changes is a no-op.
+ * creates and updates parents before children (homes, accounts and manifests a tree level at a
+ * time, then every new bot's "live" awaited at once), removals children first. A workspace whose
+ * create fails is rolled back alone (create.ts), with its descendants (a child never reports to a
+ * workspace that is not there); the others go on and the import says "partly done" with exactly
+ * which failed and why. A re-run with no changes is a no-op.
  * Audit: `workspace.import` started / completed / failed, and each create, update and remove (runs.ts).
  */
 import { statSync } from 'node:fs';
@@ -15,12 +17,12 @@ import type { OrgTemplate, TemplateWorkspace } from '../../capabilities/workspac
 import { formatTemplateIssue } from '../../capabilities/workspace/template.js';
 import { loadOrgTemplate } from '../../capabilities/workspace/validate.js';
 import { roleHash } from '../../capabilities/workspace/store.js';
-import { createWorkspace, updateWorkspace, type StepResult, type WorkspaceSpecRow } from './create.js';
+import { prepareWorkspace, updateWorkspace, type PreparedWorkspace, type StepResult, type WorkspaceSpecRow } from './create.js';
 import { closeInterrupted, workspaceEnv, type WorkspaceOptions } from './env.js';
 import { removeTree } from './remove.js';
 import type { ImportCounts } from './runs.js';
 
-/** Workspaces of one tree level created at once (each is a bot process starting). */
+/** Workspaces of one tree level prepared side by side (home, account, manifest). */
 const CONCURRENCY = 4;
 
 export interface PlanOptions extends WorkspaceOptions {
@@ -119,23 +121,14 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       return result({ ok: true, status: 'nothing to do', message: `${plan.template}: nothing to do (the workspaces match the template)`, failures, importId: run.id });
     }
     const failedNames = new Set<string>();
+    const indexOf = new Map<string, number>();
     let index = 0;
-    const one = async (ws: TemplateWorkspace): Promise<void> => {
-      const i = ++index;
-      const action = creates.has(ws.name) ? 'create' : 'update';
-      const s = spec(ws, plan.template);
-      if (ws.parent && failedNames.has(ws.parent)) {
-        failedNames.add(ws.name);
-        const error: MpError = { code: 'exec_failed', message: `not ${action}d: its parent ${ws.parent} failed` };
-        failures.push({ name: ws.name, action, error, undone: [], leftovers: [] });
-        counts.failed++;
-        onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'skipped', message: error.message });
-        return;
-      }
-      onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'running', message: `${action === 'create' ? 'creating' : 'updating'} on ${s.device} (home ${s.home})` });
-      const r: StepResult = action === 'create' ? await createWorkspace(env, s, run.id) : await updateWorkspace(env, s, run.id);
+    const specs = new Map<string, WorkspaceSpecRow>();
+    const prepared: PreparedWorkspace[] = [];
+    const report = (ws: WorkspaceSpecRow, action: 'create' | 'update', r: StepResult): void => {
+      const i = indexOf.get(ws.name) ?? 0;
       env.runs.step(run, action === 'create' ? 'workspace.create' : 'workspace.update', {
-        workspace: ws.name, device: s.device, home: s.home, parent: s.parent, template: plan.template,
+        workspace: ws.name, device: ws.device, home: ws.home, parent: ws.parent, template: plan.template,
         ...(r.ok ? { live: r.live } : { undone: r.undone, leftovers: r.leftovers }),
       }, r.ok ? null : r.error, r.ms);
       if (r.ok) {
@@ -152,8 +145,28 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       }
       env.runs.progress(run);
     };
-    // Parents before children: one level of the tree at a time, the workspaces of a level side by side
-    // (their bots start together), a few at once.
+    // Steps 1-4 of each (derive, home, account, manifest; an update all of its work), parents before
+    // children: one tree level at a time, a few side by side. A child of a failed parent is not made.
+    const one = async (ws: TemplateWorkspace): Promise<void> => {
+      const i = ++index;
+      indexOf.set(ws.name, i);
+      const action = creates.has(ws.name) ? 'create' : 'update';
+      const s = spec(ws, plan.template);
+      specs.set(ws.name, s);
+      if (ws.parent && failedNames.has(ws.parent)) {
+        failedNames.add(ws.name);
+        const error: MpError = { code: 'exec_failed', message: `not ${action}d: its parent ${ws.parent} failed` };
+        failures.push({ name: ws.name, action, error, undone: [], leftovers: [] });
+        counts.failed++;
+        onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'skipped', message: error.message });
+        return;
+      }
+      onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'running', message: `${action === 'create' ? 'creating' : 'updating'} on ${s.device} (home ${s.home})` });
+      if (action === 'update') return report(s, 'update', await updateWorkspace(env, s, run.id));
+      const p = await prepareWorkspace(env, s, run.id);
+      if (p.ok) prepared.push(p.prepared);
+      else report(s, 'create', p.result);
+    };
     const levels = new Map<number, TemplateWorkspace[]>();
     for (const ws of work) levels.set(ws.depth, [...(levels.get(ws.depth) ?? []), ws]);
     for (const depth of [...levels.keys()].sort((a, b) => a - b)) {
@@ -161,6 +174,21 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       const lane = async (): Promise<void> => { for (let ws = queue.shift(); ws; ws = queue.shift()) await one(ws); };
       await Promise.all(Array.from({ length: Math.min(CONCURRENCY, queue.length) }, lane));
     }
+    // Step 5 for all of them at once: the launcher starts their bots together; each says live or is rolled back.
+    const finished = await Promise.all(prepared.map(async (p) => ({ p, r: await p.finish() })));
+    // A workspace whose parent did not come up is rolled back too: nothing reports to a workspace that is not there.
+    const down = new Set(finished.filter((f) => !f.r.ok).map((f) => f.p.name));
+    for (const f of finished) {
+      if (!f.r.ok) continue;
+      const chain: string[] = [];
+      for (let p = f.p.ws.parent; p; p = specs.get(p)?.parent ?? null) chain.push(p);
+      const gone = chain.find((p) => down.has(p));
+      if (gone) {
+        f.r = await f.p.rollback({ code: 'exec_failed', message: `rolled back: its parent ${f.p.ws.parent} did not come up (${gone} failed)` });
+        down.add(f.p.name);
+      }
+    }
+    for (const f of finished) report(f.p.ws, 'create', f.r);
     await removeTree(env, current.removals, { importId: run.id }, (r, i) => {
       if (r.ok) counts.removed++;
       else {
