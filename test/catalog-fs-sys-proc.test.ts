@@ -358,12 +358,18 @@ describe('fs.write', () => {
     expect((await fsp.readdir(dir)).sort()).toEqual(['link', 'target']);
   });
 
-  it('rejects invalid base64 and a missing directory', async () => {
+  it('rejects invalid base64, writing nothing', async () => {
     const bad = await call('fs.write', { path: path.join(dir, 'x'), content: 'not base64!!', encoding: 'base64' });
     expect(bad.error?.code).toBe('invalid_args');
-    const missing = await call('fs.write', { path: path.join(dir, 'no', 'x'), content: 'a' });
-    expect(missing.error?.code).toBe('not_found');
     expect(await fsp.readdir(dir)).toEqual([]);
+  });
+
+  it('makes the missing directories of a new file (a workspace home), and no stray temp file', async () => {
+    const nested = path.join(dir, 'no', 'such', 'x');
+    const r = await call('fs.write', { path: nested, content: 'a' });
+    expect(r.ok).toBe(true);
+    expect(await fsp.readFile(nested, 'utf8')).toBe('a');
+    expect(await fsp.readdir(path.join(dir, 'no', 'such'))).toEqual(['x']);
   });
 });
 
