@@ -16,7 +16,7 @@ function printEntries(io: CliIo, entries: AuditEntry[]): void {
   }
 }
 
-const cli = ['cli'] as const;
+const cli = ['cli', 'http'] as const;
 const N_RANGE = '-n must be a whole number from 1 to 100000';
 
 export const AUDIT_COMMANDS: CliEntry[] = [
@@ -32,7 +32,7 @@ export const AUDIT_COMMANDS: CliEntry[] = [
     run: async (opts, ctx: CommandContext) => {
       const { io } = ctx;
       const r = await ctx.runtime();
-      const devices = opts.device ? [opts.device] : r.audit.devices();
+      const devices = opts.device ? [opts.device] : r.audit.devices().filter((d) => !ctx.allowsDevice || ctx.allowsDevice(d));
       if (devices.length === 0) { io.out('ok 0 entries (the audit log is empty)\n'); return; }
       const { checkChainAnchors } = await import('../audit-anchors.js');
       let bad = false;
@@ -67,7 +67,9 @@ export const AUDIT_COMMANDS: CliEntry[] = [
     }),
     cli: { flags: { n: '-n <count>', device: '--device <device>' } },
     run: async (opts, ctx: CommandContext) => {
-      const entries = (await ctx.runtime()).audit.tail(opts.n, opts.device);
+      const scope = ctx.allowsDevice;
+      // A scoped caller (an API token) sees its devices' entries only.
+      const entries = (await ctx.runtime()).audit.tail(opts.n, opts.device).filter((e) => !scope || scope(e.device));
       if (opts.json) for (const e of entries) ctx.io.out(JSON.stringify(e) + '\n');
       else printEntries(ctx.io, entries);
     },

@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import { z } from 'zod';
 import { defineCommand, defineGroup } from '../../capabilities/commands.js';
 import type { ApprovalHook, InvokeResult } from '../../capabilities/invoke.js';
-import { EXIT, UsageError, unknownDevice, type CliEntry, type CliIo, type CommandContext } from './context.js';
+import { EXIT, UsageError, actorOf, unknownDevice, type CliEntry, type CliIo, type CommandContext } from './context.js';
 
 function cliActor(): string {
   try { return `cli:${os.userInfo().username}`; } catch { return 'cli:unknown'; }
@@ -33,16 +33,17 @@ function exitFor(r: InvokeResult): number {
 }
 
 const cli = ['cli'] as const;
+const cliHttp = ['cli', 'http'] as const;
 
 export const DEVICE_COMMANDS: CliEntry[] = [
   defineCommand({
-    name: 'devices', summary: 'list devices (a device exists when MESHPILOT_HOME/manifests/<device>.yaml exists)', permission: 'operator', surfaces: cli,
+    name: 'devices', summary: 'list devices (a device exists when MESHPILOT_HOME/manifests/<device>.yaml exists)', permission: 'operator', surfaces: cliHttp,
     args: z.object({ json: z.boolean().optional().describe('print JSON') }),
     run: async (opts, ctx: CommandContext) => {
       const { io } = ctx;
       const r = await ctx.runtime();
       const { formatIssue } = await import('../../capabilities/manifest.js');
-      const list = r.devices.list();
+      const list = r.devices.list().filter((l) => !ctx.allowsDevice || ctx.allowsDevice(l.device));
       if (opts.json) {
         io.out(JSON.stringify(list.map((l) => ({
           device: l.device, file: l.file, ok: !!l.manifest, os: l.manifest?.os, transport: l.manifest?.transport.kind,
@@ -101,12 +102,12 @@ export const DEVICE_COMMANDS: CliEntry[] = [
     run: async (opts, ctx: CommandContext) => {
       const { io } = ctx;
       const { device, capability } = opts;
-      const approve: ApprovalHook = async (req) => {
+      const approve: ApprovalHook = ctx.approve ?? (async (req) => {
         if (opts.yes) return { approved: true, by: `${cliActor()} (--yes)` };
         if (!io.isTTY || !io.ask) return { approved: false, by: 'cli', reason: 'it needs approval: run it in a terminal or pass --yes' };
         const answer = await io.ask(`${req.capability} on ${req.device} needs approval (${req.risk}): ${JSON.stringify(req.args)}\nRun it? [y/N] `);
         return /^y(es)?$/i.test(answer.trim()) ? { approved: true, by: cliActor() } : { approved: false, by: cliActor(), reason: 'answered no' };
-      };
+      });
       // Only the transport this device uses is loaded (ssh2 or the agent client otherwise cost every call).
       const r = await ctx.runtime({ approve, transports: 'none' });
       const listing = r.devices.listing(device);
@@ -130,7 +131,7 @@ export const DEVICE_COMMANDS: CliEntry[] = [
       const kv = parseKeyValues(def, opts.args);
       if (!kv.ok) throw new UsageError(kv.message);
       args = { ...args, ...kv.args };
-      const result = await r.invoker.invoke({ device, capability, args, actor: cliActor() }, approve);
+      const result = await r.invoker.invoke({ device, capability, args, actor: actorOf(ctx) }, approve);
       if (opts.output === 'json') io.out(JSON.stringify(result, null, 2) + '\n');
       else formatResult(io, result);
       ctx.setExit(exitFor(result));

@@ -11,7 +11,7 @@ import { EXIT, UsageError, type CliEntry, type CommandContext } from './context.
 
 export const HEALTH_COMMANDS: CliEntry[] = [
   defineCommand({
-    name: 'health', summary: 'check every device now (WireGuard handshake, agent, ssh, audit chain) and print its state', permission: 'operator', surfaces: ['cli'],
+    name: 'health', summary: 'check every device now (WireGuard handshake, agent, ssh, audit chain) and print its state', permission: 'operator', surfaces: ['cli', 'http'],
     args: z.object({ json: z.boolean().optional().describe('print JSON') }),
     run: async (opts, ctx: CommandContext) => {
       const [{ HealthMonitor, healthSettings }, { ago }] = await Promise.all([import('../health/monitor.js'), import('../health/alerts.js')]);
@@ -30,7 +30,10 @@ export const HEALTH_COMMANDS: CliEntry[] = [
         ...(settings.hub_interface ? { wgDump: hubDumpReader(settings.hub_interface, hub) } : {}),
       });
       try {
-        const r = await monitor.runCycle();
+        const cycle = await monitor.runCycle();
+        // A scoped caller (an API token) sees its devices only (the cycle checks them all).
+        const scope = ctx.allowsDevice;
+        const r = scope ? { ...cycle, devices: cycle.devices.filter((d) => scope(d.device)) } : cycle;
         if (opts.json) {
           ctx.io.out(JSON.stringify({ durationMs: Math.round(r.durationMs), wg: r.wg, devices: r.devices, alerts: r.queued }, null, 2) + '\n');
         } else {

@@ -29,13 +29,16 @@ export const TOKEN_COMMANDS: CliEntry[] = [
     args: z.object({
       name: TokenNameSchema.describe('a name for the token (the audit actor is api:<name>)'),
       device: globs.describe('device globs it may use, e.g. web-*,db1'),
-      capability: globs.describe('capability globs it may run, e.g. sys.*,svc.status (fleet.add-pc / fleet.revoke for the write endpoints)'),
+      capability: globs.describe('capability globs it may run, e.g. sys.*,svc.status (fleet.add-pc / fleet.revoke for the write endpoints; commands by their dotted names, e.g. workspace.ls, audit.*)'),
       expires: ExpirySchema.describe('how long it is valid: 30d, 12h, 8w, 1y (at most 1 year)'),
       rate: RateSchema.prefault('60/min').describe('requests allowed: 60/min (default), 5/s, 1000/h'),
     }),
     cli: {
       flags: { device: '--device <glob,…>', capability: '--capability <glob,…>', expires: '--expires <duration>', rate: '--rate <n/unit>' },
-      helpAfter: '\nExample:\n  meshpilot token create deploy --device "web-*" --capability "svc.*,sys.info" --expires 30d --rate 60/min\n',
+      helpAfter: '\nExample:\n  meshpilot token create deploy --device "web-*" --capability "svc.*,sys.info" --expires 30d --rate 60/min\n'
+        + '\nCommands over HTTP (POST /v1/commands/<words>) need their scope in --capability: a command that runs a capability\n'
+        + 'needs that capability (vm new: vm.new), the others their dotted name (workspace rm: workspace.rm, devices, health,\n'
+        + 'audit.tail); a command\'s device argument, and every device or workspace it lists or touches, must match --device.\n',
     },
     run: async (a, ctx: CommandContext) => {
       const { TokenStore } = await import('../http/tokens.js');

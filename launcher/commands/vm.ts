@@ -36,10 +36,10 @@ function cliField(field: z.ZodType, positional: boolean): z.ZodType {
 function cliCommand(v: VmVerb): CliCommand {
   const shape: Record<string, z.ZodType> = { device: DeviceNameSchema.describe('the device it runs on (see `meshpilot devices`)') };
   for (const [k, f] of Object.entries(v.args.shape as Record<string, z.ZodType>)) shape[k] = cliField(f, v.positional.includes(k));
-  shape['yes'] = z.boolean().optional().describe('approve without asking when the manifest wants approval');
+  shape['yes'] = z.boolean().optional().describe('approve without asking when the manifest wants approval (CLI only: over HTTP the device\'s operators approve, through POST /v1/exec)');
   shape['output'] = z.enum(['text', 'json']).default('text').describe('output format');
   return defineCommand({
-    name: `vm ${v.verb}`, summary: v.summary, permission: 'operator', surfaces: ['cli'],
+    name: `vm ${v.verb}`, summary: v.summary, permission: 'operator', capability: v.capability, surfaces: ['cli', 'http'],
     args: z.object(shape), positional: ['device', ...v.positional] as never,
     cli: { flags: { yes: '-y, --yes', output: '--output <format>' } as never, ...(v.verb === 'exec' ? { helpAfter: '\nPut -- before a program with options: meshpilot vm exec nas dev -- ls -la /' } : {}) },
     run: async (a: Record<string, unknown>, ctx: CommandContext) => {

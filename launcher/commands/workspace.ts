@@ -8,16 +8,31 @@
  */
 import { defineCommand, defineGroup } from '../../capabilities/commands.js';
 import { WorkspaceImportArgs, WorkspaceLsArgs, WorkspaceRmArgs } from '../workspaces/args.js';
+import type { WorkspaceList, WorkspaceListing } from '../workspaces/list.js';
 import { EXIT, UsageError, type CliEntry, type CommandContext } from './context.js';
 
 const cli = ['cli'] as const;
+/** `workspace import` stays CLI-only: its source is a path on the controller; over HTTP the template is the body (POST /v1/workspaces/import). */
+const cliHttp = ['cli', 'http'] as const;
 
 async function options(ctx: CommandContext) {
   const rt = await ctx.runtime();
   const { loadConfig } = await import('../../capabilities/config.js');
   const c = loadConfig(rt.home.config);
   if (!c.ok && !c.missing) throw new UsageError(`config ${rt.home.config} is invalid: ${c.errors.join('; ')}`);
-  return { runtime: rt, config: c.ok ? c.config : undefined };
+  return { runtime: rt, config: c.ok ? c.config : undefined, ...(ctx.actor ? { actor: ctx.actor } : {}) };
+}
+
+/**
+ * The tree as a caller scoped to some devices sees it (an API token's device globs): a workspace out of
+ * scope is left out with its subtree (its children are reached through it). `render` is the engine's.
+ */
+export function scopedList(l: WorkspaceList, keep: (name: string) => boolean, render: (roots: WorkspaceListing[], count: number, launcher?: number) => string): WorkspaceList {
+  const prune = (nodes: readonly WorkspaceListing[]): WorkspaceListing[] => nodes.filter((n) => keep(n.name)).map((n) => ({ ...n, children: prune(n.children) }));
+  const count = (ns: readonly WorkspaceListing[]): number => ns.reduce((s, n) => s + 1 + count(n.children), 0);
+  const roots = prune(l.roots);
+  const n = count(roots);
+  return { roots, count: n, ...(l.launcher !== undefined ? { launcher: l.launcher } : {}), text: n === l.count ? l.text : render(roots, n, l.launcher) };
 }
 
 function secs(ms: number | undefined): string {
@@ -91,17 +106,18 @@ export const WORKSPACE_COMMANDS: CliEntry[] = [
     },
   }),
   defineCommand({
-    name: 'workspace ls', summary: 'the org tree: each workspace with its state, device, home, and its bot when a launcher runs', permission: 'operator', surfaces: cli,
+    name: 'workspace ls', summary: 'the org tree: each workspace with its state, device, home, and its bot when a launcher runs', permission: 'operator', surfaces: cliHttp,
     args: WorkspaceLsArgs,
     run: async (a, ctx: CommandContext) => {
       const o = await options(ctx);
-      const { listWorkspaces } = await import('../workspaces/index.js');
-      const l = listWorkspaces(o);
+      const { listWorkspaces, renderList } = await import('../workspaces/index.js');
+      const all = listWorkspaces(o);
+      const l = ctx.allowsDevice ? scopedList(all, ctx.allowsDevice, renderList) : all;
       ctx.io.out(a.json ? `${JSON.stringify({ count: l.count, launcher: l.launcher ?? null, workspaces: l.roots }, null, 2)}\n` : `${l.text}\n`);
     },
   }),
   defineCommand({
-    name: 'workspace rm', summary: 'remove a workspace and its descendants (children first): bots stopped, accounts deactivated, manifests and keys archived, homes kept unless --purge', permission: 'operator', surfaces: cli,
+    name: 'workspace rm', summary: 'remove a workspace and its descendants (children first): bots stopped, accounts deactivated, manifests and keys archived, homes kept unless --purge', permission: 'operator', surfaces: cliHttp,
     args: WorkspaceRmArgs,
     positional: ['name'],
     cli: { flags: { yes: '-y, --yes' } },
@@ -111,6 +127,13 @@ export const WORKSPACE_COMMANDS: CliEntry[] = [
       const { removalOrder, removeWorkspace } = await import('../workspaces/index.js');
       const names = removalOrder(a.name, o);
       const others = names.filter((n) => n !== a.name);
+      const scope = ctx.allowsDevice;
+      const outside = scope ? names.filter((n) => !scope(n)) : [];
+      if (outside.length > 0) {
+        io.err(`may not remove ${names.join(', ')}: ${outside.join(', ')} not in the caller's device scope\n`);
+        ctx.setExit(EXIT.denied);
+        return;
+      }
       if (!a.yes) {
         const what = `Remove ${a.name}${others.length ? ` and its ${others.length} descendant${others.length === 1 ? '' : 's'} (${others.join(', ')})` : ''}? `
           + `${names.length === 1 ? 'Its bot stops, its account is deactivated' : 'Their bots stop, their accounts are deactivated'}, manifests and keys are archived; `

@@ -1,9 +1,14 @@
 /**
  * GET /v1/openapi.json, generated from the same zod schemas the handlers validate with (schemas.ts):
  * zod 4's JSON Schema export (draft 2020-12, what OpenAPI 3.1 uses). Every route is listed here once,
- * with its request and its answers; test/api.test.ts validates every answer it gets against this.
+ * with its request and its answers; test/api.test.ts validates every answer it gets against this. The
+ * command routes (POST /v1/commands/…) are derived from the command declarations, their bodies from
+ * each one's args schema (commands.ts), never written here.
  */
 import { z } from 'zod';
+import type { CliEntry } from '../../commands/context.js';
+import { CLI_COMMANDS } from '../../commands/index.js';
+import { commandOpenApiRoutes } from './commands.js';
 import * as S from './schemas.js';
 import { WORKSPACE_ROUTES } from './workspace-routes.js';
 
@@ -13,6 +18,8 @@ interface Route {
   summary: string;
   auth?: false;
   body?: z.ZodType;
+  /** The body may be left out (a command whose arguments are all optional). */
+  bodyOptional?: true;
   /** Query parameters (an object schema) or path parameters by name. */
   query?: z.ZodObject;
   params?: string[];
@@ -22,7 +29,8 @@ interface Route {
 const E = (description: string) => ({ description, schema: S.HttpErrorSchema });
 const COMMON = { 401: E('no token, or a malformed, unknown, revoked or expired one'), 429: E('rate limited (Retry-After says when to retry)') };
 
-export const ROUTES: Route[] = [
+/** The hand-written routes; the command routes are derived from the declarations (commands.ts). */
+const STATIC_ROUTES: Route[] = [
   { method: 'get', path: '/v1/health', summary: 'the server answers', auth: false, responses: { 200: { description: 'ok', schema: S.HealthSchema } } },
   { method: 'get', path: '/v1/openapi.json', summary: 'this document', auth: false, responses: { 200: { description: 'OpenAPI 3.1' } } },
   {
@@ -61,6 +69,14 @@ export const ROUTES: Route[] = [
   ...WORKSPACE_ROUTES(E, COMMON),
 ];
 
+/** Every route of a server whose command table is `commands`. */
+export function apiRoutes(commands: readonly CliEntry[] = CLI_COMMANDS): Route[] {
+  return [...STATIC_ROUTES, ...commandOpenApiRoutes(commands, E, COMMON)];
+}
+
+/** Every route of the server with the CLI's command table. */
+export const ROUTES: Route[] = apiRoutes();
+
 type Json = Record<string, unknown>;
 
 function strip(s: Json): Json {
@@ -75,15 +91,16 @@ const ref = (schema: z.ZodType, io: 'input' | 'output'): Json => {
   return strip(z.toJSONSchema(schema, { io, unrepresentable: 'any' }) as Json);
 };
 
-let cached: Json | undefined;
+const cached = new WeakMap<readonly CliEntry[], Json>();
 
-export function openApiDocument(): Json {
-  if (cached) return cached;
+export function openApiDocument(commands: readonly CliEntry[] = CLI_COMMANDS): Json {
+  const hit = cached.get(commands);
+  if (hit) return hit;
   const all = z.toJSONSchema(z.globalRegistry, { uri: (id) => `#/components/schemas/${id}`, unrepresentable: 'any' }) as { schemas: Record<string, Json> };
   const components: Record<string, Json> = {};
   for (const [id, s] of Object.entries(all.schemas)) components[id] = strip(s);
   const paths: Record<string, Record<string, Json>> = {};
-  for (const r of ROUTES) {
+  for (const r of commands === CLI_COMMANDS ? ROUTES : apiRoutes(commands)) {
     const op: Json = { summary: r.summary, operationId: `${r.method}${r.path.replace(/[^A-Za-z0-9]+(.)?/g, (_m, ch: string | undefined) => (ch ? ch.toUpperCase() : ''))}` };
     const parameters: Json[] = [];
     for (const name of r.params ?? []) parameters.push({ name, in: 'path', required: true, schema: { type: 'string' } });
@@ -92,7 +109,7 @@ export function openApiDocument(): Json {
       for (const [name, schema] of Object.entries(q.properties ?? {})) parameters.push({ name, in: 'query', required: (q.required ?? []).includes(name), schema });
     }
     if (parameters.length) op['parameters'] = parameters;
-    if (r.body) op['requestBody'] = { required: true, content: { 'application/json': { schema: ref(r.body, 'input') } } };
+    if (r.body) op['requestBody'] = { required: r.bodyOptional !== true, content: { 'application/json': { schema: ref(r.body, 'input') } } };
     op['responses'] = Object.fromEntries(Object.entries(r.responses).map(([status, d]) => [status, {
       description: d.description,
       ...(d.schema ? { content: { 'application/json': { schema: ref(d.schema, 'output') } } } : d.sse ? { content: { 'text/event-stream': { schema: { type: 'string' } } } } : {}),
@@ -100,12 +117,13 @@ export function openApiDocument(): Json {
     if (r.auth !== false) op['security'] = [{ bearer: [] }];
     (paths[r.path] ??= {})[r.method] = op;
   }
-  cached = {
+  const doc: Json = {
     openapi: '3.1.0',
     info: { title: 'meshpilot HTTP API', version: '1', description: 'Run capabilities on your devices through the one invoke path, with scoped tokens (`meshpilot token create`).' },
     servers: [{ url: '/' }],
     components: { schemas: components, securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'mp_… token from `meshpilot token create`' } } },
     paths,
   };
-  return cached;
+  cached.set(commands, doc);
+  return doc;
 }

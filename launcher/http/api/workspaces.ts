@@ -5,7 +5,11 @@
  *   GET    /v1/workspaces/<name>             one workspace and what removing it removes (children first)
  *   POST   /v1/workspaces/import             {yaml, mode, dry_run, filename?}: the plan, and unless a dry run the
  *                                            import's result (done / partly done with which failed / failed)
- *   DELETE /v1/workspaces/<name>?confirm=<name>  the workspace and its descendants, children first
+ *   DELETE /v1/workspaces/<name>?confirm=<name>  the workspace and its descendants, children first: an alias of
+ *                                            POST /v1/commands/workspace/rm {name, yes: true} (the same declaration
+ *                                            and run), answering {ok, removed, message}
+ * GET /v1/workspaces is `workspace ls` as JSON (the same engine call and scoping, launcher/commands/workspace.ts);
+ * POST /v1/commands/workspace/ls answers the CLI's text.
  * The template is one file (`!include` cannot come with it). The token needs the capability
  * `workspace.import` (`workspace.rm` to remove), and every workspace the plan touches, and each device
  * it creates one on, in its device globs (a `*` token has all). Actor: `api:<token name>`.
@@ -17,8 +21,12 @@ import { httpError } from '../errors.js';
 import { stageTemplate } from '../../org-upload.js';
 import { ImportModeSchema, WorkspaceRmArgs } from '../../workspaces/args.js';
 import type { WorkspaceListing, WorkspaceOptions } from '../../workspaces/index.js';
+import { isGroup } from '../../../capabilities/commands.js';
+import { EXIT, type CliCommand } from '../../commands/context.js';
+import { WORKSPACE_COMMANDS, scopedList } from '../../commands/workspace.js';
 import type { ApiEnv } from './auth.js';
 import { jsonBody, query } from './body.js';
+import { commandAnswer, runCommand } from './commands.js';
 
 export const WORKSPACE_IMPORT = 'workspace.import';
 export const WORKSPACE_RM = 'workspace.rm';
@@ -119,11 +127,6 @@ export function workspaceOptions(deps: HttpDeps, actor: string): WorkspaceOption
   };
 }
 
-function prune(nodes: readonly WorkspaceListing[], keep: (n: string) => boolean): WorkspaceListing[] {
-  // A workspace out of scope is left out with its subtree (its children are reached through it).
-  return nodes.filter((n) => keep(n.name)).map((n) => ({ ...n, children: prune(n.children, keep) }));
-}
-
 function find(nodes: readonly WorkspaceListing[], name: string): WorkspaceListing | undefined {
   for (const n of nodes) {
     if (n.name === name) return n;
@@ -133,17 +136,18 @@ function find(nodes: readonly WorkspaceListing[], name: string): WorkspaceListin
   return undefined;
 }
 
+/** The `workspace rm` declaration DELETE runs (launcher/commands/workspace.ts), as POST /v1/commands/workspace/rm does. */
+const RM_COMMAND = WORKSPACE_COMMANDS.find((e): e is CliCommand => !isGroup(e) && e.name === 'workspace rm');
+
 export function workspaceRoutes(deps: HttpDeps): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
 
   app.get('/workspaces', async (c) => {
     const p = c.get('principal');
     const { listWorkspaces, renderList } = await import('../../workspaces/index.js');
-    const l = listWorkspaces(workspaceOptions(deps, p.actor));
-    const roots = prune(l.roots, (n) => p.allowsDevice(n));
-    const count = (ns: readonly WorkspaceListing[]): number => ns.reduce((s, n) => s + 1 + count(n.children), 0);
-    const n = count(roots);
-    return c.json({ count: n, launcher: l.launcher ?? null, workspaces: roots, text: n === l.count ? l.text : renderList(roots, n, l.launcher) }, 200);
+    // The tree `workspace ls` prints, scoped the same way (launcher/commands/workspace.ts scopedList), as JSON.
+    const l = scopedList(listWorkspaces(workspaceOptions(deps, p.actor)), (n) => p.allowsDevice(n), renderList);
+    return c.json({ count: l.count, launcher: l.launcher ?? null, workspaces: l.roots, text: l.text }, 200);
   });
 
   app.get('/workspaces/:name', async (c) => {
@@ -191,9 +195,8 @@ export function workspaceRoutes(deps: HttpDeps): Hono<ApiEnv> {
     if (!q.ok) return q.res;
     const p = c.get('principal');
     if (!Name.safeParse(name).success) return httpError(c, 'usage', `not a workspace name: ${name.slice(0, 64)}`);
-    const { removalOrder, removeWorkspace } = await import('../../workspaces/index.js');
-    const o = workspaceOptions(deps, p.actor);
-    const names = removalOrder(name, o);
+    const { removalOrder } = await import('../../workspaces/index.js');
+    const names = removalOrder(name, workspaceOptions(deps, p.actor));
     if (!p.allowsCapability(WORKSPACE_RM) || names.some((n) => !p.allowsDevice(n))) {
       return httpError(c, 'forbidden', `token ${p.name} may not remove ${names.join(', ').slice(0, 300)} (needs ${WORKSPACE_RM} and every name in its device scope)`);
     }
@@ -201,9 +204,15 @@ export function workspaceRoutes(deps: HttpDeps): Hono<ApiEnv> {
     if (q.data.confirm !== name) {
       return httpError(c, 'usage', `removing ${name} also removes ${others.length ? `its ${others.length} descendant${others.length === 1 ? '' : 's'} (${others.join(', ')}), first` : 'nothing else (no descendants)'}: repeat its name, ?confirm=${name}`);
     }
-    const r = await removeWorkspace(name, { ...o, ...(q.data.purge === 'true' ? { purge: true } : {}) });
-    if (!r.ok) return httpError(c, r.error?.code === 'usage' ? 'usage' : 'exec_failed', r.message, r.error?.code === 'usage' ? 400 : 500);
-    return c.json({ ok: true, removed: r.names, message: r.message }, 200);
+    // ?confirm is the HTTP form of the terminal's question: from here on it is `workspace rm <name> --yes`, the declaration's own run.
+    if (!RM_COMMAND) return httpError(c, 'internal', 'the workspace rm command is not declared');
+    const r = await runCommand(RM_COMMAND, { name, yes: true, ...(q.data.purge === 'true' ? { purge: true } : {}) }, deps, { actor: p.actor, allowsDevice: (d) => p.allowsDevice(d) });
+    const last = (t: string): string => t.split('\n').map((l) => l.replace(/^(error: |✗ )/, '').trim()).filter(Boolean).pop() ?? '';
+    if (r.exitCode !== EXIT.ok) {
+      const a = commandAnswer(RM_COMMAND, r);
+      return a.status === 200 ? httpError(c, 'exec_failed', last(r.stderr) || 'the removal failed', 500) : c.json({ code: a.body['code'], message: a.body['message'] }, a.status);
+    }
+    return c.json({ ok: true, removed: names, message: last(r.stdout) }, 200);
   });
 
   return app;
