@@ -198,7 +198,7 @@ async function readBody(req: Request): Promise<{ ok: true; body: Record<string, 
   return { ok: true, body: v as Record<string, unknown> };
 }
 
-/** Mounts POST /commands/<words> for each HTTP command of the table (launcher/commands/index.ts by default). */
+/** Mounts POST /commands/<words> for each HTTP command of the table (launcher/commands/http-table.ts by default). */
 export function commandRoutes(deps: HttpDeps, entries: readonly CliEntry[]): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
   for (const def of httpCommands(entries)) {

@@ -6,7 +6,7 @@
  */
 import { Hono } from 'hono';
 import type { CliEntry } from '../../commands/context.js';
-import { CLI_COMMANDS } from '../../commands/index.js';
+import { HTTP_COMMAND_TABLE } from '../../commands/http-table.js';
 import type { HttpDeps, HttpEnv, HttpSurface } from '../types.js';
 import { TokenStore } from '../tokens.js';
 import { ApiApprovals } from './approvals.js';
@@ -19,12 +19,12 @@ import { readRoutes } from './read.js';
 import { workspaceRoutes } from './workspaces.js';
 
 export interface ApiOptions {
-  /** The command table the command routes derive from (default: the CLI's, launcher/commands/index.ts); tests inject their own. */
+  /** The command table the command routes derive from (default: the CLI's families, launcher/commands/http-table.ts); tests inject their own. */
   commands?: readonly CliEntry[];
 }
 
 export function createApi(deps: HttpDeps, opts: ApiOptions = {}): Hono<HttpEnv> {
-  const commands = opts.commands ?? CLI_COMMANDS;
+  const commands = opts.commands ?? HTTP_COMMAND_TABLE;
   const app = new Hono<HttpEnv>();
   app.get('/health', (c) => c.json({ ok: true as const }, 200));
   app.get('/openapi.json', (c) => c.json(openApiDocument(commands), 200));

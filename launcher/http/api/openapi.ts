@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import type { CliEntry } from '../../commands/context.js';
-import { CLI_COMMANDS } from '../../commands/index.js';
+import { HTTP_COMMAND_TABLE } from '../../commands/http-table.js';
 import { commandOpenApiRoutes } from './commands.js';
 import * as S from './schemas.js';
 import { WORKSPACE_ROUTES } from './workspace-routes.js';
@@ -70,7 +70,7 @@ const STATIC_ROUTES: Route[] = [
 ];
 
 /** Every route of a server whose command table is `commands`. */
-export function apiRoutes(commands: readonly CliEntry[] = CLI_COMMANDS): Route[] {
+export function apiRoutes(commands: readonly CliEntry[] = HTTP_COMMAND_TABLE): Route[] {
   return [...STATIC_ROUTES, ...commandOpenApiRoutes(commands, E, COMMON)];
 }
 
@@ -93,14 +93,14 @@ const ref = (schema: z.ZodType, io: 'input' | 'output'): Json => {
 
 const cached = new WeakMap<readonly CliEntry[], Json>();
 
-export function openApiDocument(commands: readonly CliEntry[] = CLI_COMMANDS): Json {
+export function openApiDocument(commands: readonly CliEntry[] = HTTP_COMMAND_TABLE): Json {
   const hit = cached.get(commands);
   if (hit) return hit;
   const all = z.toJSONSchema(z.globalRegistry, { uri: (id) => `#/components/schemas/${id}`, unrepresentable: 'any' }) as { schemas: Record<string, Json> };
   const components: Record<string, Json> = {};
   for (const [id, s] of Object.entries(all.schemas)) components[id] = strip(s);
   const paths: Record<string, Record<string, Json>> = {};
-  for (const r of commands === CLI_COMMANDS ? ROUTES : apiRoutes(commands)) {
+  for (const r of commands === HTTP_COMMAND_TABLE ? ROUTES : apiRoutes(commands)) {
     const op: Json = { summary: r.summary, operationId: `${r.method}${r.path.replace(/[^A-Za-z0-9]+(.)?/g, (_m, ch: string | undefined) => (ch ? ch.toUpperCase() : ''))}` };
     const parameters: Json[] = [];
     for (const name of r.params ?? []) parameters.push({ name, in: 'path', required: true, schema: { type: 'string' } });
