@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -24,6 +24,31 @@ describe('meshpilot CLI (real child processes)', { timeout: 120_000 }, () => {
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^local\s+local\s+linux\s+\d+ capabilities/m);
     expect(readFileSync(path.join(home, 'manifests', 'local.yaml'), 'utf8')).toMatch(/^device: local$/m);
+  });
+
+  it('output that a pipe\'s reader takes late arrives whole (the CLI\'s exit waits for it)', async () => {
+    const home = tempDir('mp-cli-');
+    // 64 Ki control characters: fs.read returns them all (the manifest's limit), JSON writes each as 6 bytes
+    const file = path.join(tempDir('mp-cli-pipe-'), 'ctl.txt');
+    writeFileSync(file, '\u0001'.repeat(70_000));
+    const child = spawn(process.execPath, [BIN, 'cap', 'local', 'fs.read', `path=${file}`, '--output', 'json'], {
+      env: { ...process.env, MESHPILOT_HOME: home, MESHPILOT_LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    // the reader takes nothing for a while: the pipe fills and the rest of the output waits in the CLI
+    child.stdout.pause();
+    await new Promise((r) => setTimeout(r, 1500));
+    const chunks: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => chunks.push(c));
+    child.stdout.resume();
+    expect(await exited).toBe(0);
+    const out = Buffer.concat(chunks).toString('utf8');
+    expect(out.length).toBeGreaterThan(6 * 65536);
+    const parsed = JSON.parse(out) as { ok: boolean; result: { stdout: string; truncated: boolean } };
+    expect(parsed.ok).toBe(true);
+    expect(parsed.result.stdout).toBe('\u0001'.repeat(65536));
+    expect(parsed.result.truncated).toBe(true);
   });
 
   it('exit codes: 0 ok, 3 denied, 4 failed, 2 usage; the footer names the audit entry', () => {
