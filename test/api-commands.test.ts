@@ -193,6 +193,16 @@ describe('/v1/commands, derived from the declarations', () => {
     expect(hvm.json.message).toBe(vm.err.split('\n').find((l) => l.startsWith('error: '))!.slice('error: '.length));
     const entry = rt.audit.tail(1, 'bare')[0]!;
     expect(entry).toMatchObject({ actor: 'api:same', capability: 'vm.ls', decision: 'denied' });
+    const verify = await cli('audit', 'verify', '--device', 'bare');
+    const hverify = await api('/v1/commands/audit/verify', all, { device: 'bare' });
+    expect([hverify.status, hverify.json.exit_code, hverify.json.stdout]).toEqual([200, verify.code, verify.out]);
+    expect(verify.out).toMatch(/^bare: ok \d+ entries head=[0-9a-f]{64}/);
+    // health runs a cycle over every device; a scoped token sees its own.
+    const health = await api('/v1/commands/health', all);
+    expect(health.status).toBe(200);
+    expect(health.json.stdout.split('\n').filter(Boolean).map((l: string) => l.split(/\s+/)[0])).toEqual(['bare', 'box', 'local']);
+    const hbox = await api('/v1/commands/health', token('health-box', ['box'], ['health']));
+    expect(hbox.json.stdout.split('\n').filter(Boolean).map((l: string) => l.split(/\s+/)[0])).toEqual(['box']);
     // A token scoped to some devices sees those only.
     const lead = await api('/v1/commands/workspace/ls', token('lead-only', ['lead', 'box'], ['workspace.*', 'devices']));
     expect(lead.json.stdout).toContain('lead');

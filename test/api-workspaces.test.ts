@@ -158,6 +158,9 @@ describe('/v1/workspaces', () => {
     expect(ls.json.workspaces.map((w: { name: string }) => w.name)).toEqual(['lead']);
     expect(ls.json.workspaces[0].children).toMatchObject([{ name: 'helper', parent: 'lead', device: 'server', home: `${root}/w/helper`, template: `lab-${suffix}`, children: [] }]);
     expect(ls.json.text).toMatch(/└─ helper {2}\w+ {2}on server/);
+    // The same tree as the `workspace ls` declaration prints over POST /v1/commands/workspace/ls (and the CLI).
+    const cmdLs = await api('POST', '/v1/commands/workspace/ls', all, {});
+    expect([cmdLs.status, cmdLs.json.stdout]).toEqual([200, `${ls.json.text}\n`]);
     const onlyLead = await api('GET', '/v1/workspaces', token(`lead-${suffix}`, ['lead'], ['*']));
     expect(onlyLead.json.count).toBe(1);
     expect(onlyLead.json.workspaces[0].children).toEqual([]);
@@ -174,7 +177,8 @@ describe('/v1/workspaces', () => {
     expect(store.list().map((r) => r.name).sort()).toEqual(['helper', 'lead']);
     const rm = await api('DELETE', '/v1/workspaces/lead?confirm=lead', all);
     expect(rm.status).toBe(200);
-    expect(rm.json).toMatchObject({ ok: true, removed: ['helper', 'lead'] });
+    // DELETE runs the `workspace rm` declaration (--yes once confirmed): its last line is the message.
+    expect(rm.json).toEqual({ ok: true, removed: ['helper', 'lead'], message: 'removed 2 workspaces: helper, lead' });
     expect(store.list()).toEqual([]);
     expect(existsSync(path.join(rt.home.manifests, 'lead.yaml'))).toBe(false);
     // The home stays (no purge).
