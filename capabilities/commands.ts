@@ -3,7 +3,8 @@
  * arguments, who may run them, the surfaces they appear on, and a handler that gets a typed context.
  * Every surface derives from the declarations: the chat parser, dispatch and `!help` (here, used by the
  * device bot and the operator room), the CLI's commander registration and `--help`
- * (launcher/commands/program.ts), and next the HTTP API and the dashboard. A new command family is one
+ * (launcher/commands/program.ts), the HTTP API's POST /v1/commands/… (launcher/http/api/commands.ts),
+ * and next the dashboard. A new command family is one
  * file of declarations plus its tests. Modelled on matrix-hookshot's BotCommands.ts, with a zod schema
  * where hookshot has decorators and argument-name lists.
  *
