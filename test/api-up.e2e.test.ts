@@ -37,10 +37,15 @@ describe('meshpilot up serves the API beside the bots', () => {
     const url = /web: dashboard (http:\/\/127\.0\.0\.1:\d+)\//.exec(out)?.[1];
     expect(url, out).toBeDefined();
 
-    const made = spawnSync(process.execPath, [BIN, 'token', 'create', 'ops', '--device', 'webbox', '--capability', 'sys.*', '--expires', '1d'], { env: childEnv, encoding: 'utf8', timeout: 60_000 });
+    const made = spawnSync(process.execPath, [BIN, 'token', 'create', 'ops', '--device', 'webbox', '--capability', 'sys.*,devices', '--expires', '1d'], { env: childEnv, encoding: 'utf8', timeout: 60_000 });
     expect(made.status, made.stderr).toBe(0);
     const token = made.stdout.trim();
     const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    // A command derived from its declaration runs in the launcher on its open runtime (which stays open: exec follows).
+    const cmd = await fetch(`${url}/v1/commands/devices`, { method: 'POST', headers: auth, body: '{}' });
+    const cmdBody = await cmd.json() as { ok: boolean; stdout: string };
+    expect([cmd.status, cmdBody.ok], JSON.stringify(cmdBody)).toEqual([200, true]);
+    expect(cmdBody.stdout).toMatch(/^webbox +local +linux +1 capabilities\n$/);
     const r = await fetch(`${url}/v1/exec`, { method: 'POST', headers: auth, body: JSON.stringify({ device: 'webbox', capability: 'sys.info' }) });
     expect(r.status).toBe(200);
     expect(await r.json()).toMatchObject({ ok: true, device: 'webbox', decision: 'allowed' });
