@@ -20,7 +20,7 @@ import { WorkspaceStore } from '../capabilities/workspace/store.js';
 import { loadOrgTemplate } from '../capabilities/workspace/validate.js';
 import type { BenchFigure } from './run.js';
 
-export const figures = ['workspace.plan_200', 'workspace.plan_200_ratio', 'workspace.plan_200_cold', 'workspace.plan_200_cold_ratio', 'workspace.import_5', 'workspace.bot_rss'];
+export const figures = ['workspace.plan_200', 'workspace.plan_200_ratio', 'workspace.plan_200_cold', 'workspace.plan_200_cold_ratio', 'workspace.import_5', 'workspace.bot_rss', 'workspace.import_5_e2ee_off'];
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 
@@ -102,7 +102,9 @@ export async function run(): Promise<BenchFigure[]> {
   const wantLive = !f || f === 'workspace' || f.startsWith('workspace.import') || f.startsWith('workspace.bot');
   const out: BenchFigure[] = [];
   if (wantPlan) out.push(...(await planFigures()));
-  if (wantLive) out.push(...(await liveFigures()));
+  if (wantLive) out.push(...(await liveFigures('auto')));
+  // the same import with encryption off: how much of import_5 is the new bots' end-to-end key setup
+  if (wantLive) out.push(...(await liveFigures('off')).filter((x) => x.name === 'workspace.import_5').map((x) => ({ ...x, name: 'workspace.import_5_e2ee_off' })));
   return out;
 }
 
@@ -158,11 +160,11 @@ const mb = (kb: number): number => Math.round(kb / 1024);
 /**
  * `meshpilot workspace import` of a 5-workspace tree (a lead, two teams of one lead and one member) into
  * a running launcher (`meshpilot up`, one device bot for the host, encryption on as in
- * launcher.tree_rss), timed from the command's start to its exit, which is after every bot said live.
+ * launcher.tree_rss; and once more with it off), timed from the command's start to its exit, which is after every bot said live.
  * Then, at rest, the launcher's process tree RSS (walked in /proc) against the same tree before the
  * import: the difference per workspace bot. The homeserver: MESHPILOT_TEST_HOMESERVER when set.
  */
-async function liveFigures(): Promise<BenchFigure[]> {
+async function liveFigures(encryption: 'auto' | 'off'): Promise<BenchFigure[]> {
   const { spawn } = await import('node:child_process');
   const { PACKAGE_ROOT } = await import('../capabilities/home.js');
   const { SETTLE_IDLE_MS } = await import('../bots/memory-settle.js');
@@ -171,12 +173,12 @@ async function liveFigures(): Promise<BenchFigure[]> {
   const { createBotEnv } = await import('../test/helpers/bot-env.js');
   if (!bundlesFresh() && !buildBundles()) throw new Error('could not build dist/');
   const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
-  const env = await createBotEnv({ encryption: 'auto' });
+  const env = await createBotEnv({ encryption });
   const childEnv = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: 'warn' };
   let launcher: ReturnType<typeof spawn> | undefined;
   let out = '';
   try {
-    say(`homeserver: ${env.hs.kind} ${env.hs.url}`);
+    say(`homeserver: ${env.hs.kind} ${env.hs.url}; encryption ${encryption}`);
     rmSync(path.join(env.home, 'manifests', 'local.yaml'), { force: true });
     await env.registerBot('host');
     const paths = `["${env.work}/**"]`;
@@ -194,7 +196,12 @@ async function liveFigures(): Promise<BenchFigure[]> {
       '',
     ].join('\n'));
     launcher = spawn(process.execPath, [BIN, 'up'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    launcher.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+    let importStart = 0;
+    launcher.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      // when each bot's process said ready, from the import's start (where the time goes)
+      if (importStart) for (const m of d.toString().matchAll(/bot (\S+): running/g)) say(`  +${((performance.now() - importStart) / 1000).toFixed(1)} s: bot ${m[1]} ready`);
+    });
     launcher.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
     const t0 = Date.now();
     while (!/bot host: running/.test(out)) {
@@ -206,6 +213,7 @@ async function liveFigures(): Promise<BenchFigure[]> {
     const rssBefore = before.reduce((a, p) => a + p.rssKb, 0);
     say(`before: ${before.length} processes, RSS ${mb(rssBefore)} MB`);
     const i0 = performance.now();
+    importStart = i0;
     // not spawnSync: the test homeserver's proxy runs in this process and must keep serving
     const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
       const c = spawn(process.execPath, [BIN, 'workspace', 'import', tpl, '--yes'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });

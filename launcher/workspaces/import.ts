@@ -175,6 +175,7 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       await Promise.all(Array.from({ length: Math.min(CONCURRENCY, queue.length) }, lane));
     }
     // Step 5 for all of them at once: the launcher starts their bots together; each says live or is rolled back.
+    if (prepared.length > 0) onProgress({ type: 'info', message: `${prepared.length} workspace${prepared.length === 1 ? '' : 's'} made (homes, accounts, manifests) in ${((Date.now() - run.startedAt) / 1000).toFixed(1)} s; waiting for ${prepared.length === 1 ? 'its bot' : 'their bots'} to say live …` });
     const finished = await Promise.all(prepared.map(async (p) => ({ p, r: await p.finish() })));
     // A workspace whose parent did not come up is rolled back too: nothing reports to a workspace that is not there.
     const down = new Set(finished.filter((f) => !f.r.ok).map((f) => f.p.name));
