@@ -65,7 +65,7 @@ function writeTemplate(dir: string, files: Record<string, string>): string {
 }
 
 /** home-lab: ops-lead → (backup → restic), (media: spawning false), (monitor → alerts); 5 that spawn. */
-function labTemplate(opts: { dropBackup?: boolean } = {}): string {
+function labTemplate(opts: { dropBackup?: boolean; leadRole?: string } = {}): string {
   const ws = (n: string): string => `${homes}/${n}`;
   return writeTemplate(path.join(tpl, opts.dropBackup ? 'lab-down' : 'lab'), {
     'org.yaml': [
@@ -73,7 +73,7 @@ function labTemplate(opts: { dropBackup?: boolean } = {}): string {
       'defaults: { device: host, capabilities: [fs.read, fs.list] }',
       'workspaces:',
       '  - name: ops-lead',
-      '    role: Keeps the home lab healthy; asks its team for details.',
+      `    role: ${opts.leadRole ?? 'Keeps the home lab healthy; asks its team for details.'}`,
       `    home: ${ws('ops-lead')}`,
       '    children:',
       ...(opts.dropBackup ? [] : ['      - !include teams/backup.yaml']),
@@ -224,6 +224,30 @@ describe('workspace import, ls, rm', () => {
     expect(added.map((e) => [e.capability, e.args['event']])).toEqual([['workspace.import', 'started'], ['workspace.import', 'completed']]);
     expect(added[1]!.args['noop']).toBe(true);
   }, 60_000);
+
+  it('an update rewrites the role file and the manifest, and the bot restarts', async () => {
+    const before = Number(/pid (\d+)/.exec((await ls()).get('ops-lead')?.bot ?? '')?.[1]);
+    const manifest = path.join(env.home, 'manifests', 'ops-lead.yaml');
+    const r = await cli(['workspace', 'import', labTemplate({ leadRole: 'Keeps the lab healthy and writes a weekly report.' }), '--yes']);
+    expect(r.code, `${r.out}\n${r.err}`).toBe(0);
+    expect(r.out).toContain('~ ops-lead  update (role)');
+    expect(r.out).toMatch(/home-lab: done \(0 created, 1 updated, 1 skipped, 0 removed\)/);
+    expect(readFileSync(path.join(homes, 'ops-lead', 'ROLE.md'), 'utf8')).toContain('writes a weekly report');
+    expect(readFileSync(manifest, 'utf8')).toContain('writes a weekly report');
+    const t0 = Date.now();
+    let after = before;
+    while (after === before && Date.now() - t0 < 40_000) {
+      await new Promise((res) => setTimeout(res, 500));
+      after = Number(/pid (\d+)/.exec((await ls()).get('ops-lead')?.bot ?? '')?.[1]);
+    }
+    expect(after).not.toBe(before);
+    expect(Number.isInteger(after)).toBe(true);
+    expect(alive(before)).toBe(false);
+    expect(controllerAudit().filter((e) => e.capability === 'workspace.update').map((e) => [e.args['workspace'], e.outcome])).toEqual([['ops-lead', 'ok']]);
+    // back to the template's role: the tests after this one import the original template
+    const back = await cli(['workspace', 'import', labTemplate(), '--yes']);
+    expect(back.code, back.err).toBe(0);
+  }, 120_000);
 
   it('reconcile with a dropped subtree removes it children first; a hand-made workspace is untouched', async () => {
     // a hand-made workspace (no template label) under ops-lead's device
