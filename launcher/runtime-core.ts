@@ -12,6 +12,7 @@ import { builtinRegistry, type CapabilityRegistry } from '../capabilities/regist
 import { DeviceRegistry } from '../capabilities/device-registry.js';
 import { loadConfig, QuotasSchema, type ConfigLoad } from '../capabilities/config.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
+import { OrgGate } from '../capabilities/workspace/org.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { setShareStore, ShareStore } from '../capabilities/vm/shares.js';
 import { baseUrlOf } from '../capabilities/dashboard-login.js';
@@ -52,7 +53,8 @@ export function openRuntime(opts: { root?: string; approve?: ApprovalHook } = {}
     release: (...a) => quotaStore().release(...a),
     ownerOf: (...a) => quotaStore().ownerOf(...a),
   });
-  const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, gate, ...(opts.approve ? { approve: opts.approve } : {}) });
+  // The org gate denies a workspace.delegate outside the caller's subtree here too (CLI, API), as in the bots.
+  const invoker = new Invoker({ manifests: devices, audit, registry: capabilities, gate: [gate, new OrgGate(devices)], ...(opts.approve ? { approve: opts.approve } : {}) });
   // vm.share / vm.unshare record their rows here; links name the launcher's HTTP server.
   setShareStore(new ShareStore(db), () => {
     const c = readConfig();

@@ -168,6 +168,30 @@ function relayWith(o: Map<string, Manifest>, running: Set<string>, graceMs = 50)
 
 const request = (to: string, timeoutMs = 10_000) => ChildMessageSchema.parse({ type: 'delegate-request', id: 'parent-id-1', to, task: 'count files', timeoutMs }) as Extract<ReturnType<typeof ChildMessageSchema.parse>, { type: 'delegate-request' }>;
 
+describe('the CLI and API runtime (launcher/runtime-core.ts)', () => {
+  it('denies a delegate outside the subtree as a policy decision, audited denied, as in the bots', async () => {
+    const { openRuntime } = await import('../launcher/runtime-core.js');
+    const { writeFileSync } = await import('node:fs');
+    const { stringify } = await import('yaml');
+    const root = tempDir('mp-ws-rt-');
+    const rt = openRuntime({ root });
+    try {
+      for (const [name, m] of org()) {
+        const { hash: _h, source: _s, ...body } = m;
+        writeFileSync(path.join(rt.home.manifests, `${name}.yaml`), stringify(body));
+      }
+      const r = await rt.invoker.invoke({ device: 'ops-db', capability: 'workspace.delegate', args: { to: 'stray', task: 'hi' }, actor: 'cli:root' });
+      expect(r).toMatchObject({ ok: false, decision: 'denied', error: { code: 'policy_denied' } });
+      expect(rt.audit.tail(1, 'ops-db').map((e) => `${e.decision}/${e.outcome}`)).toEqual(['denied/not_run']);
+      // a descendant passes the gate and then meets the missing delegate service (config), not a denial
+      const ok = await rt.invoker.invoke({ device: 'ops-lead', capability: 'workspace.delegate', args: { to: 'db-backup', task: 'hi' }, actor: 'cli:root' });
+      expect(ok).toMatchObject({ ok: false, decision: 'allowed', error: { code: 'config' } });
+    } finally {
+      await rt.close();
+    }
+  });
+});
+
 describe('the launcher relays and re-checks', () => {
   it('refuses a non-descendant itself, without handing anything to the target', () => {
     const { relay, sent } = relayWith(org(), new Set(['ops-db', 'ops-web', 'ops-lead']));
