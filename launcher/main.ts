@@ -10,6 +10,15 @@ if (longRunning.has(argv[0] ?? '')) {
   const { setFlagsFromString } = await import('node:v8');
   for (const flag of ['--no-opt', '--no-sparkplug', '--wasm-tiering-budget=100000000', '--wasm-lazy-validation']) setFlagsFromString(flag);
 }
+// A reader that went away (`meshpilot … | head`) ends the command quietly, as other tools do: no
+// EPIPE stack trace. Any other write error is one line and exit 1.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    try { process.stderr.write(`meshpilot: cannot write output: ${err.message}\n`); } catch { /* stderr is gone too */ }
+    process.exit(1);
+  });
+}
 const { runCli } = await import('./cli.js');
 const code = await runCli(argv);
 process.exitCode = code;
