@@ -5,30 +5,20 @@
  * bot comes up under the launcher's supervisor and DMs the operator "✓ <name> live", the room gets the
  * steps and "done", and `!org` shows them live with their bots running.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PACKAGE_ROOT } from '../capabilities/home.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
 import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
+import { startLauncher, type UpLauncher } from './helpers/launcher-up.js';
 
 let env: BotEnv;
-let launcher: ChildProcess;
-let out = '';
+let launcher: UpLauncher;
 let room: string;
 let opsBot: string;
 
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
-
-function waitOut(re: RegExp, ms = 90_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const iv = setInterval(() => { if (re.test(out)) { clearInterval(iv); clearTimeout(t); resolve(); } }, 100);
-    const t = setTimeout(() => { clearInterval(iv); reject(new Error(`launcher did not print ${re}; output:\n${out.slice(-3000)}`)); }, ms);
-  });
-}
 
 function operatorRoom(): string | undefined {
   const db = new Database(path.join(env.home, 'meshpilot.db'), { readonly: true });
@@ -47,27 +37,17 @@ beforeAll(async () => {
   rmSync(path.join(env.home, 'manifests', 'local.yaml'), { force: true });
   await env.registerBot('host');
   env.writeManifest('host', ['fs.read', 'fs.list', 'fs.stat', 'fs.write', 'fs.delete'].map((c) => `  ${c}: { paths_allowed: ["${env.work}/**"] }\n`).join(''));
-  launcher = spawn(process.execPath, [BIN, 'up'], {
-    env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  launcher.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  launcher.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-  await waitOut(/launcher running \(pid \d+\)/);
+  launcher = startLauncher({ PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn' });
+  await launcher.waitOut(/launcher running \(pid \d+\)/);
   // The operator bot made its room and invited the operator (the phone accepts invites).
   const deadline = Date.now() + 60_000;
   while (!(room = operatorRoom() ?? '') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-  expect(room, out.slice(-3000)).toMatch(/^!/);
+  expect(room, launcher.output().slice(-3000)).toMatch(/^!/);
   await env.phone.waitFor((e) => e.room_id === room && e.type === 'm.room.member' && e.state_key === env.operator.userId && (e.content as { membership?: string }).membership === 'join', 30_000);
 }, 180_000);
 
 afterAll(async () => {
-  if (launcher && launcher.exitCode === null) {
-    const exited = new Promise((r) => launcher.once('exit', r));
-    launcher.kill('SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
-    if (launcher.exitCode === null) launcher.kill('SIGKILL');
-  }
+  await launcher?.stop();
   await env?.cleanup();
 }, 60_000);
 
@@ -87,7 +67,7 @@ describe('an org template dropped into the operator room of a running launcher',
     await env.phone.client.sendEvent(room, 'm.reaction' as never, { 'm.relates_to': { rel_type: 'm.annotation', event_id: plan.event_id, key: '✅' } } as never);
     const done = await inRoom((e) => e.sender === opsBot && /^(✅|✗) room-lab/.test(bodyOf(e)), from, 150_000);
     const said = env.phone.events.slice(from).filter((e) => e.room_id === room && e.sender === opsBot && e.type === 'm.room.message').map(bodyOf);
-    expect(bodyOf(done), `${said.join('\n')}\n${out.slice(-3000)}`).toBe('✅ room-lab: done (2 created, 0 updated, 0 skipped, 0 removed)');
+    expect(bodyOf(done), `${said.join('\n')}\n${launcher.output().slice(-3000)}`).toBe('✅ room-lab: done (2 created, 0 updated, 0 skipped, 0 removed)');
     expect(said.some((t) => /^\[1\/2\] \+ lead done [\d.]+ s: ✓ lead live \(reports to —\)$/.test(t))).toBe(true);
     expect(said.some((t) => /^\[2\/2\] \+ aide done [\d.]+ s: ✓ aide live \(reports to lead\)$/.test(t))).toBe(true);
     // Each workspace's own bot DMed the operator.

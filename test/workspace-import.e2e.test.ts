@@ -12,18 +12,17 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { adminLookupUser } from '../bots/matrix/homeserver.js';
 import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
+import { MESHPILOT_BIN, startLauncher, type UpLauncher } from './helpers/launcher-up.js';
 
 let env: BotEnv;
-let launcher: ChildProcess;
-let out = '';
+let launcher: UpLauncher;
 let tpl: string;
 let homes: string;
 
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
+const BIN = MESHPILOT_BIN;
 const childEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => ({
   PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', MESHPILOT_HOME: env.home, MESHPILOT_LOG_LEVEL: process.env['MESHPILOT_TEST_LOG'] ?? 'warn', ...extra,
 });
@@ -47,13 +46,6 @@ function cli(args: string[], extra: Record<string, string> = {}, onOut?: (text: 
 }
 
 const result = (r: CliRun): Record<string, unknown> | undefined => r.events.find((e) => e['type'] === 'result');
-
-function waitOut(re: RegExp, ms = 60_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const iv = setInterval(() => { if (re.test(out)) { clearInterval(iv); clearTimeout(t); resolve(); } }, 100);
-    const t = setTimeout(() => { clearInterval(iv); reject(new Error(`launcher did not print ${re}; output:\n${out.slice(-3000)}`)); }, ms);
-  });
-}
 
 function writeTemplate(dir: string, files: Record<string, string>): string {
   rmSync(dir, { recursive: true, force: true });
@@ -147,19 +139,12 @@ beforeAll(async () => {
   await env.registerBot('host');
   const paths = `["${env.work}/**"]`;
   env.writeManifest('host', ['fs.read', 'fs.list', 'fs.stat', 'fs.write', 'fs.delete'].map((c) => `  ${c}: { paths_allowed: ${paths} }\n`).join('') + '  sys.info: {}\n');
-  launcher = spawn(process.execPath, [BIN, 'up'], { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  launcher.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  launcher.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-  await waitOut(/launcher running \(pid \d+\)/);
+  launcher = startLauncher(childEnv());
+  await launcher.waitOut(/launcher running \(pid \d+\)/, 60_000);
 }, 120_000);
 
 afterAll(async () => {
-  if (launcher && launcher.exitCode === null) {
-    const exited = new Promise((r) => launcher.once('exit', r));
-    launcher.kill('SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
-    if (launcher.exitCode === null) launcher.kill('SIGKILL');
-  }
+  await launcher?.stop();
   await env?.cleanup();
 }, 60_000);
 
@@ -181,7 +166,7 @@ describe('workspace import, ls, rm', () => {
   it('imports a 5-workspace tree: each bot comes up and DMs the operator "live"; audited started → creates → completed', async () => {
     const t0 = Date.now();
     const r = await cli(['workspace', 'import', labTemplate(), '--yes']);
-    expect(r.code, `${r.out}\n${r.err}\n${out.slice(-3000)}`).toBe(0);
+    expect(r.code, `${r.out}\n${r.err}\n${launcher.output().slice(-3000)}`).toBe(0);
     expect(r.out).toMatch(/home-lab: done \(5 created, 0 updated, 1 skipped, 0 removed\)/);
     // parents before children: restic's line comes after backup's, alerts' after monitor's
     const doneAt = (n: string): number => r.out.indexOf(`+ ${n} done`);

@@ -16,9 +16,9 @@ import type { DashEnv } from './auth.js';
 import { formOf, sessionOf } from './auth.js';
 import type { DashboardApprovals } from './approvals.js';
 import { argsFromForm, capForm } from './cap-form.js';
+import { DashboardRuns } from './runs.js';
 import { ago, csrfField, page, type Html } from './layout.js';
 
-const RUNS_KEPT = 200;
 
 export function entryRows(entries: readonly AuditEntry[]): Html {
   if (entries.length === 0) return html`<tr><td colspan="6" class="muted">No entries.</td></tr>`;
@@ -40,7 +40,7 @@ export interface DeviceDeps {
 export function deviceRoutes(app: Hono<DashEnv>, deps: DeviceDeps): void {
   const rt = deps.runtime;
   /** Runs still waiting (for an approval), and finished ones until read, by run id. */
-  const runs = new Map<string, { device: string; actor: string; done?: InvokeResult; promise: Promise<InvokeResult> }>();
+  const runs = new DashboardRuns();
 
   const known = (c: Context<DashEnv>, device: string): Response | Promise<Response> | undefined =>
     rt.devices.listing(device) ? undefined : c.html(page({ title: 'Unknown device', session: sessionOf(c) }, html`<h1>Unknown device</h1><p>No device named <code>${device}</code>. <a href="/">Back to the fleet</a>.</p>`), 404);
@@ -108,22 +108,10 @@ ${approvalsHtml(device, s)}
     const parsed = argsFromForm(def, form);
     if (!parsed.ok) return answer(html`<p class="bad">${parsed.message}</p>`, 400);
     const id = randomUUID();
-    let asked = false;
-    const hook = deps.approvals.hook(device, def.name, s.actor);
-    const promise = rt.invoker.invoke({ device, capability: def.name, args: parsed.args, actor: s.actor, requestId: id, context: { surface: 'dashboard' } }, async (req) => {
-      asked = true;
-      return hook(req);
-    });
-    const run: { device: string; actor: string; done?: InvokeResult; promise: Promise<InvokeResult> } = { device, actor: s.actor, promise };
-    void promise.then((r) => { run.done = r; });
     // Answer at once when the call waits for an approval; else with its result.
-    const first = await Promise.race([promise, new Promise<'waiting'>((resolve) => {
-      const check = setInterval(() => { if (asked) { clearInterval(check); resolve('waiting'); } }, 20);
-      void promise.finally(() => clearInterval(check));
-    })]);
+    const first = await runs.start(id, { device, actor: s.actor }, deps.approvals.hook(device, def.name, s.actor), (hook) =>
+      rt.invoker.invoke({ device, capability: def.name, args: parsed.args, actor: s.actor, requestId: id, context: { surface: 'dashboard' } }, hook));
     if (first !== 'waiting') return answer(resultHtml(first));
-    runs.set(id, run);
-    if (runs.size > RUNS_KEPT) runs.delete(runs.keys().next().value!);
     return answer(html`<div hx-get="/devices/${device}/runs/${id}" hx-trigger="every 1s" hx-swap="outerHTML"><p class="notice warn">Waiting for approval: see <em>Pending approvals</em> below (or in the bot's DM). <a href="/devices/${device}/runs/${id}">Result</a></p></div>`, 202);
   });
 

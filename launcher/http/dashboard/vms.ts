@@ -29,12 +29,12 @@ import type { Runtime } from '../../runtime-core.js';
 import type { DashboardApprovals } from './approvals.js';
 import { formOf, sessionOf, type DashEnv } from './auth.js';
 import { argsFromForm, capForm } from './cap-form.js';
+import { DashboardRuns } from './runs.js';
 import { ago, csrfField, page, type Html } from './layout.js';
 
 /** The verbs this page offers, by capability (their schemas come from VM_VERBS). */
 const ACTIONS = ['vm.new', 'vm.stop', 'vm.start', 'vm.rm', 'vm.share', 'vm.unshare'] as const;
 type Action = (typeof ACTIONS)[number];
-const RUNS_KEPT = 200;
 /** A listing of one device that takes longer is shown as not answering. */
 const LIST_TIMEOUT_MS = 15_000;
 
@@ -138,7 +138,7 @@ function resultHtml(r: InvokeResult): Html {
 
 export function vmsRoutes(app: Hono<DashEnv>, deps: VmsDeps): void {
   const rt = deps.runtime;
-  const runs = new Map<string, { actor: string; done?: InvokeResult; promise: Promise<InvokeResult> }>();
+  const runs = new DashboardRuns();
   const defs = (): Map<string, AnyCapability> => new Map(VM_VERBS.flatMap((v) => {
     const def = rt.capabilities.get(v.capability);
     return def ? [[v.capability, def] as [string, AnyCapability]] : [];
@@ -205,21 +205,9 @@ ${await listHtml(s)}`));
     if (!parsed.ok) return answer(html`<p class="notice bad">${parsed.message}</p>`, 400);
     const caller = callerOn(deps.config, s.actor, manifest);
     const id = randomUUID();
-    let asked = false;
-    const hook = deps.approvals.hook(device, def.name, s.actor);
-    const promise = rt.invoker.invoke({ device, capability: def.name, args: parsed.args, actor: s.actor, caller, requestId: id, context: { surface: 'dashboard' } }, async (req) => {
-      asked = true;
-      return hook(req);
-    });
-    const run: { actor: string; done?: InvokeResult; promise: Promise<InvokeResult> } = { actor: s.actor, promise };
-    void promise.then((r) => { run.done = r; });
-    const first = await Promise.race([promise, new Promise<'waiting'>((resolve) => {
-      const check = setInterval(() => { if (asked) { clearInterval(check); resolve('waiting'); } }, 20);
-      void promise.finally(() => clearInterval(check));
-    })]);
+    const first = await runs.start(id, { device, actor: s.actor }, deps.approvals.hook(device, def.name, s.actor), (hook) =>
+      rt.invoker.invoke({ device, capability: def.name, args: parsed.args, actor: s.actor, caller, requestId: id, context: { surface: 'dashboard' } }, hook));
     if (first !== 'waiting') return answer(resultHtml(first));
-    runs.set(id, run);
-    if (runs.size > RUNS_KEPT) runs.delete(runs.keys().next().value!);
     const where = isStaff(caller.level) ? html`on <a href="/devices/${device}">${device}'s page</a> or in the bot's DM` : 'by an operator';
     return answer(html`<div hx-get="/vms/runs/${id}" hx-trigger="every 1s" hx-swap="outerHTML" data-waiting><p class="notice warn">${def.name} on ${device} waits for approval ${where}. <a href="/vms/runs/${id}">Result</a></p></div>`, 202);
   });
