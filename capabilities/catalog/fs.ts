@@ -248,7 +248,7 @@ const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
 const fsWrite = defineCapability({
   name: 'fs.write',
   description:
-    'Create or replace a file with the given content, atomically (written beside it, then renamed over it). ' +
+    'Create or replace a file with the given content, atomically (written beside it, then renamed over it); a new file\'s missing directories are made. ' +
     'Keeps the existing permission mode unless `mode` is given; refuses to write through a symlink. Returns the bytes written.',
   input: z
     .object({
