@@ -25,26 +25,19 @@ export interface CrossSigningOptions {
   log: Logger;
 }
 
-/**
- * POST with user-interactive auth by password when the server asks for it (401 with a UIA session).
- * With a password at hand it goes with the first request: Synapse opens the UIA session and completes
- * its password stage in that one round trip (no 401 first to learn a session id). A server that wants
- * its session answers 401 with one, and the request is sent once more with it; a wrong password
- * (M_FORBIDDEN) is not tried again.
- */
+/** POST with user-interactive auth by password when the server asks for it (401 with a UIA session). */
 async function postWithUia(client: SessionClient, o: CrossSigningOptions, p: string, body: Record<string, unknown>): Promise<void> {
-  const auth = (session?: string): Record<string, unknown> => ({
-    type: 'm.login.password', identifier: { type: 'm.id.user', user: o.userId }, password: o.password, ...(session !== undefined ? { session } : {}),
-  });
   try {
-    await client.doRequest('POST', p, null, o.password ? { ...body, auth: auth() } : body);
+    await client.doRequest('POST', p, null, body);
   } catch (err) {
     const i = errInfo(err);
     if (i.status !== 401 || i.errcode === 'M_UNKNOWN_TOKEN') throw err;
     if (!o.password) throw new MeshpilotError('auth', 'the homeserver asks for the bot account\'s password to publish cross-signing keys, and meshpilot has none stored for it');
     const uia = (err as { body?: { session?: unknown } }).body?.session;
-    if (i.errcode === 'M_FORBIDDEN' || typeof uia !== 'string') throw err;
-    await client.doRequest('POST', p, null, { ...body, auth: auth(uia) });
+    await client.doRequest('POST', p, null, {
+      ...body,
+      auth: { type: 'm.login.password', identifier: { type: 'm.id.user', user: o.userId }, password: o.password, ...(typeof uia === 'string' ? { session: uia } : {}) },
+    });
   }
 }
 
