@@ -1,5 +1,6 @@
 /**
- * Launcher and CLI figures, run as a user runs them (`node bin/meshpilot.mjs …`, the pre-built bundle).
+ * Launcher and CLI figures, run as a user runs them (`meshpilot …`: package.json's bin, bin/meshpilot.cjs, which
+ * runs the pre-built bundle dist/meshpilot.cjs).
  *
  * - launcher.tree_rss: RSS of `meshpilot up` plus every process under it (walked in /proc), at rest, with
  *   one device bot and encryption on (the operator room included). The homeserver is the real Synapse at
@@ -24,7 +25,7 @@ import type { BenchFigure } from './run.js';
 
 export const figures = ['launcher.tree_rss', 'cli.help', 'cli.cap_sys_info'];
 
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.cjs');
 const say = (line: string): void => void process.stderr.write(`# ${line}\n`);
 
 const mb = (kb: number): number => Math.round(kb / 1024);

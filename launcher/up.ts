@@ -145,7 +145,7 @@ declare const __MESHPILOT_CLI_BUNDLE__: boolean | undefined;
 
 /**
  * What bots are forked from: one pre-built file per bot process instead of transpiling the sources in
- * each one. A launcher running from dist/meshpilot.mjs was built together with dist/device-bot.mjs from
+ * each one. A launcher running from dist/meshpilot.cjs was built together with dist/device-bot.mjs from
  * the same sources (launcher/bundle.ts buildBundles), so it uses that as is: no esbuild in `up`. Run from
  * the sources (tests, tsx), it builds the bot bundle first; buildBotBundle stops esbuild's service after.
  */

@@ -1,5 +1,5 @@
 /**
- * Builds dist/meshpilot.mjs (CLI and launcher) and dist/device-bot.mjs (launcher/bundle.ts).
+ * Builds dist/meshpilot.cjs (CLI and launcher) and dist/device-bot.mjs (launcher/bundle.ts).
  * Run through tsx by scripts/bundle-fresh.mjs in a process of its own, so neither tsx nor esbuild's
  * service stays behind in the process that then runs meshpilot. Exit 1 with esbuild's message on failure.
  */

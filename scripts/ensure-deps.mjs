@@ -2,7 +2,7 @@
 // Installs what is missing before `npm start` / `npm test` / `npm run bench`, so each works as the
 // very first command after `git clone`:
 //   - npm dependencies (npm ci) when node_modules is absent or older than package-lock.json;
-//   - the bundles meshpilot runs from (dist/meshpilot.mjs, dist/device-bot.mjs; launcher/bundle.ts) when
+//   - the bundles meshpilot runs from (dist/meshpilot.cjs, dist/device-bot.mjs; launcher/bundle.ts) when
 //     missing or older than a source file, so the first command does not pay for the build;
 //   - with --system (tests): Debian packages the test suite drives for real (apt-get, as root).
 // Plain Node, no dependencies: it runs before any are installed.

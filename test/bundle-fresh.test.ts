@@ -1,6 +1,7 @@
 /**
- * bin/meshpilot.mjs runs the pre-built dist/meshpilot.mjs, never code older than the sources
- * (scripts/bundle-fresh.mjs), and `meshpilot up` leaves no esbuild or tsx process beside the launcher.
+ * bin/meshpilot.cjs (and bin/meshpilot.mjs, which runs it) runs the pre-built dist/meshpilot.cjs, never code
+ * older than the sources (scripts/bundle-fresh.cjs), and `meshpilot up` leaves no esbuild or tsx process
+ * beside the launcher.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
@@ -19,7 +20,7 @@ const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
 function fakeRoot(inputs: string[], builtFrom: number): string {
   const root = tempDir('mp-fresh-');
   mkdirSync(path.join(root, 'dist'));
-  writeFileSync(path.join(root, 'dist', 'meshpilot.mjs'), '');
+  writeFileSync(path.join(root, 'dist', 'meshpilot.cjs'), '');
   writeFileSync(path.join(root, 'dist', 'device-bot.mjs'), '');
   for (const f of inputs) {
     mkdirSync(path.dirname(path.join(root, f)), { recursive: true });
@@ -47,6 +48,9 @@ describe('bundle freshness', () => {
     const noBot = fakeRoot(['launcher/main.ts'], now);
     spawnSync('rm', [path.join(noBot, 'dist', 'device-bot.mjs')]);
     expect(bundlesFresh(noBot)).toBe(false);
+    const noCli = fakeRoot(['launcher/main.ts'], now);
+    spawnSync('rm', [path.join(noCli, 'dist', 'meshpilot.cjs')]);
+    expect(bundlesFresh(noCli)).toBe(false);
     const noStamp = fakeRoot(['launcher/main.ts'], now);
     spawnSync('rm', [path.join(noStamp, 'dist', 'meshpilot-build.json')]);
     expect(bundlesFresh(noStamp)).toBe(false);
@@ -65,6 +69,8 @@ describe('bundle freshness', () => {
     expect(stamp.builtFrom).toBeGreaterThanOrEqual(touched);
     expect(stamp.inputs).toContain('launcher/main.ts');
     expect(stamp.inputs).toContain('bots/device-main.ts');
+    // the CLI entry's loader is not an esbuild input, but an edit of it must rebuild too
+    expect(stamp.inputs).toContain('scripts/cli-loader.cjs');
   }, 90_000);
 });
 
