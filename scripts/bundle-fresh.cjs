@@ -24,9 +24,10 @@ function bundlesFresh(root = ROOT) {
   }
   if (typeof stamp?.builtFrom !== 'number' || !Array.isArray(stamp.inputs) || stamp.inputs.length === 0) return false;
   if (!existsSync(join(root, 'dist', 'meshpilot.cjs')) || !existsSync(join(root, 'dist', 'device-bot.mjs'))) return false;
+  const base = `${root}/`; // inputs are relative paths with '/' (launcher/bundle.ts): no path.join per file
   for (const rel of stamp.inputs) {
-    // no Stats object per file, and a missing file is undefined rather than an exception
-    const st = statSync(join(root, rel), { throwIfNoEntry: false });
+    // a missing file is undefined rather than an exception
+    const st = statSync(base + rel, { throwIfNoEntry: false });
     if (st === undefined) {
       // a listed lock file may not exist (no package-lock.json); a listed source that vanished means stale
       if (LOCK_FILE.test(rel)) continue;
