@@ -74,10 +74,26 @@ const zodEnglishOnly = {
   },
 };
 
+/**
+ * commander requires node:child_process at load (which loads node:net: ~3 ms of every command) for the
+ * executable subcommands meshpilot never declares: in the CLI bundle it is required on first use.
+ */
+const commanderLazyChildProcess = {
+  name: 'commander-lazy-child-process',
+  setup(b: { onLoad: (o: { filter: RegExp }, f: (a: { path: string }) => { contents: string; loader: 'js' }) => void }): void {
+    b.onLoad({ filter: /[\\/]node_modules[\\/]commander[\\/]lib[\\/]command\.js$/ }, (a) => {
+      const text = readFileSync(a.path, 'utf8');
+      const eager = "const childProcess = require('node:child_process');";
+      if (!text.includes(eager)) throw new Error(`${a.path}: no "${eager}" to make lazy (commander changed: update launcher/bundle.ts)`);
+      return { contents: text.replace(eager, "const childProcess = { spawn: (...a) => require('node:child_process').spawn(...a) };"), loader: 'js' };
+    });
+  },
+};
+
 /** Chunks of an older build that this one no longer uses are removed once they are this old (a bot still running from that build may yet import them). */
 const STALE_CHUNK_MS = 24 * 3600_000;
 
-type Plugin = typeof stubUnused | typeof zodEnglishOnly;
+type Plugin = typeof stubUnused | typeof zodEnglishOnly | typeof commanderLazyChildProcess;
 interface Built { file: string; ms: number; bytes: number; inputs: string[] }
 
 /**
@@ -146,7 +162,7 @@ async function buildCliBundle(outfile: string, version: string): Promise<Built> 
     entryPoints: { [`${name}-entry`]: CLI_SOURCE },
     entryNames: '[name]-[hash]',
     outdir: dir,
-    plugins: [stubUnused, zodEnglishOnly],
+    plugins: [stubUnused, zodEnglishOnly, commanderLazyChildProcess],
     // esbuild finds its native binary beside its own package: it cannot be bundled (only `up` run from
     // the sources ever loads it)
     external: [...EXTERNAL, 'esbuild'],

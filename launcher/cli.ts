@@ -16,7 +16,8 @@ export { EXIT, UsageError, type CliIo, type CommandContext } from './commands/co
 const defaultIo: CliIo = {
   out: (t) => process.stdout.write(t),
   err: (t) => process.stderr.write(t),
-  isTTY: Boolean(process.stdin.isTTY && process.stdout.isTTY),
+  // Read when a command asks: process.stdin is made on first access (a stream, ~5 ms that only prompts need).
+  get isTTY() { return Boolean(process.stdin.isTTY && process.stdout.isTTY); },
   ask: async (q) => {
     const { createInterface } = await import('node:readline/promises');
     const rl = createInterface({ input: process.stdin, output: process.stderr });

@@ -144,6 +144,18 @@ describe('meshpilot CLI (real child processes)', { timeout: 120_000 }, () => {
     expect(cli(home, ['audit', 'tail', '-n', 'zero']).code).toBe(2);
   });
 
+  it('agent init writes the agent\'s files (the bundle\'s dynamic import of yaml, a CommonJS package); a bad address is a usage error', () => {
+    const home = tempDir('mp-cli-');
+    const out = path.join(tempDir('mp-cli-agent-'), 'agent');
+    const bad = cli(home, ['agent', 'init', '--device', 'nas', '--address', 'not-an-ip', '--out', out]);
+    expect(bad).toMatchObject({ code: 2, err: 'error: --address must be an IP address\n' });
+    const r = cli(home, ['agent', 'init', '--device', 'nas', '--address', '10.99.0.7', '--out', out]);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(readFileSync(path.join(out, 'agent.yaml'), 'utf8')).toMatch(/^device: nas$/m);
+    expect(readFileSync(path.join(out, 'agent.yaml'), 'utf8')).toMatch(/address: 10\.99\.0\.7/);
+  });
+
   it('--help works on every command', () => {
     const home = tempDir('mp-cli-');
     for (const args of [['--help'], ['cap', '--help'], ['audit', 'verify', '--help'], ['manifest', 'check', '--help'], ['devices', '--help']]) {

@@ -8,7 +8,7 @@
  * Declarations only at load; each handler imports what it runs.
  */
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { isIP } from 'node:net';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { defineCommand } from '../../capabilities/commands.js';
@@ -17,6 +17,9 @@ import { UsageError, type CliEntry, type CommandContext } from './context.js';
 
 const cli = ['cli'] as const;
 const PORT = '--port must be 1-65535';
+
+/** node:net's isIP, loaded when an address is checked: node:net costs every command ~2 ms to load. */
+const isIP = (a: string): number => (createRequire(import.meta.url)('node:net') as typeof import('node:net')).isIP(a);
 
 export const AGENT_COMMANDS: CliEntry[] = [
   defineCommand({
@@ -44,7 +47,8 @@ export const AGENT_COMMANDS: CliEntry[] = [
       const { generateSecret, loadSecretFile, writeSecretFile } = await import('../../capabilities/agent/auth.js');
       const { ensureHome, resolveHome, templateText, thisOs } = await import('../../capabilities/home.js');
       const { agentSecretPath } = await import('../../capabilities/agent/client.js');
-      const { stringify: toYaml } = await import('yaml');
+      // yaml is CommonJS: in the bundle a dynamic import of it has `default` only (its named exports were undefined there)
+      const { stringify: toYaml } = (await import('yaml')).default;
       const { port } = opts;
       const out = path.resolve(opts.out);
       mkdirSync(out, { recursive: true, mode: 0o700 });
