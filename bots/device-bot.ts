@@ -157,31 +157,44 @@ export class DeviceBot {
     return mayTalk(this.o.manifest(), this.levelOf(userId));
   }
 
-  /** Ensures a DM with each operator; returns the rooms created now (where "live" was announced). */
-  async start(): Promise<string[]> {
+  /**
+   * Ensures a DM with each operator; returns the rooms created now (where "live" was announced).
+   * `ready` (the Matrix session's start): the DMs are looked up and created meanwhile, and "live" is
+   * posted once it resolves (a reply to it is then always seen); when it rejects, so does this.
+   */
+  async start(o: { ready?: Promise<unknown> } = {}): Promise<string[]> {
     const dropped = this.auditDropped(this.approvals.expireStale());
     const m = this.o.manifest();
-    const created: string[] = [];
-    for (const op of this.operators()) {
+    // One operator's DM does not wait for another's (each is a room creation on the homeserver).
+    const opened = await Promise.all(this.operators().map(async (op) => {
       try {
-        let room = await this.o.chat.findDm(op);
-        if (!room) {
-          const ws = m?.workspace;
-          room = await this.o.chat.createDm(op, ws ? {
-            name: `🧑‍💼 ${this.o.device}`,
-            topic: `meshpilot workspace ${this.o.device} on ${ws.host} · home ${ws.home} · reports to ${ws.parent ?? '—'}`,
-          } : {
-            name: `🖥 ${this.o.device}`,
-            topic: `meshpilot device ${this.o.device} · ${m?.os ?? 'unknown os'} · via ${m?.transport.kind ?? '?'}`,
-          });
-          created.push(room);
-          const live = liveText(this.o.device, m);
-          const eventId = await this.o.chat.sendHtml(room, live.plain, live.html);
-          // State events are never encrypted: add-pc reads this to know the bot is live without syncing as the bot.
-          await this.o.chat.setState(room, LIVE_STATE_EVENT, '', { device: this.o.device, ts: Date.now(), event_id: eventId });
-        }
+        const room = await this.o.chat.findDm(op);
+        if (room) return undefined;
+        const ws = m?.workspace;
+        return { op, room: await this.o.chat.createDm(op, ws ? {
+          name: `🧑‍💼 ${this.o.device}`,
+          topic: `meshpilot workspace ${this.o.device} on ${ws.host} · home ${ws.home} · reports to ${ws.parent ?? '—'}`,
+        } : {
+          name: `🖥 ${this.o.device}`,
+          topic: `meshpilot device ${this.o.device} · ${m?.os ?? 'unknown os'} · via ${m?.transport.kind ?? '?'}`,
+        }) };
       } catch (err) {
         this.o.logger.warn({ operator: op, err: toMpError(err).message }, 'could not open a DM with an operator');
+        return undefined;
+      }
+    }));
+    await o.ready;
+    const created: string[] = [];
+    for (const dm of opened) {
+      if (!dm) continue;
+      created.push(dm.room);
+      try {
+        const live = liveText(this.o.device, m);
+        const eventId = await this.o.chat.sendHtml(dm.room, live.plain, live.html);
+        // State events are never encrypted: add-pc reads this to know the bot is live without syncing as the bot.
+        await this.o.chat.setState(dm.room, LIVE_STATE_EVENT, '', { device: this.o.device, ts: Date.now(), event_id: eventId });
+      } catch (err) {
+        this.o.logger.warn({ operator: dm.op, err: toMpError(err).message }, 'could not open a DM with an operator');
       }
     }
     await this.tellDropped(dropped);

@@ -116,6 +116,7 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
           storeDir: path.join(dir, 'crypto'), crossSigningFile: path.join(dir, 'cross-signing.json'), ...(password ? { password } : {}),
           // Room keys go to operators only: a stranger invited into a DM cannot read it (keys are shared after start, once bot exists).
           keyRecipients: (u: string) => bot.mayTalk(u),
+          account: { userId: r.userId, deviceId: r.deviceId },
         };
       } catch (err) {
         const e = toMpError(err);
@@ -147,7 +148,8 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
       setTyping: (r, t, ms) => session.setTyping(r, t, ms),
       setState: async (r, t, k, c) => { await session.setState(r, t, k, c); },
       getState: (r, t, k) => session.getState(r, t, k),
-      createDm: (u, o) => session.createDm(u, { ...o, encrypted: session.encryptionEnabled() }),
+      // encrypted when the session has encryption on (or is setting it up: "live" DMs are made while it starts)
+      createDm: (u, o) => session.createDm(u, { ...o, encrypted: encryption !== undefined }),
       findDm: async (u) => (await session.findDm(u)) ?? undefined,
       joinRoom: async (r) => { await session.joinRoom(r); },
       leaveRoom: (r) => session.leaveRoom(r),
@@ -250,8 +252,12 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   // The launcher died (even by SIGKILL): never linger as an orphan in our own process group.
   process.on('disconnect', () => void shutdown());
 
-  await session.start();
-  await bot.start();
+  // The operators' DMs are looked up (and a new bot's created) while the session starts (crypto, first
+  // sync); "live" is posted once it has. This device's cross-signing runs meanwhile; the launcher hears
+  // `ready` when all of it is done.
+  const started = session.start();
+  await Promise.all([started, bot.start({ ready: started })]);
+  await session.startupDone();
   settler.touch(); // start-up's garbage goes once the bot has been quiet for a moment
   send({ type: 'ready' });
   log.info({ userId: creds.userId }, 'device bot running');

@@ -8,6 +8,7 @@ import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import { readCredentials, writeCredentials } from '../bots/credentials.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
@@ -130,9 +131,25 @@ describe('device bot with end-to-end encryption', () => {
     expect(devices).not.toContain(old);
     // same cross-signing identity, and the new device is signed by it
     expect(JSON.stringify((await env.hs.crossSigningKeys(botUserId))?.master)).toBe(masterBefore);
+    // the homeserver holds the new device's keys signed by the identity's self-signing key (uploaded before "ready")
+    const query = await fetch(`${env.hs.url}/_matrix/client/v3/keys/query`, {
+      method: 'POST', headers: { Authorization: `Bearer ${env.operator.accessToken}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ device_keys: { [botUserId]: [] } }),
+    });
+    const published = (await query.json()) as { device_keys?: Record<string, Record<string, { signatures?: Record<string, Record<string, string>> }>>; self_signing_keys?: Record<string, { keys: Record<string, string> }> };
+    const sskId = Object.keys(published.self_signing_keys?.[botUserId]?.keys ?? {})[0];
+    expect(sskId).toMatch(/^ed25519:/);
+    expect(Object.keys(published.device_keys?.[botUserId]?.[now.deviceId!]?.signatures?.[botUserId] ?? {})).toContain(sskId);
+    // and the phone, which learns of the change through its sync (device_lists.changed), then shows no red shield
     const crypto = env.phone.client.getCrypto()!;
-    await crypto.getUserDeviceInfo([botUserId], true);
-    const status = await crypto.getDeviceVerificationStatus(botUserId, now.deviceId!);
+    const deadline = Date.now() + 20_000;
+    let status: Awaited<ReturnType<typeof crypto.getDeviceVerificationStatus>> = null;
+    for (;;) {
+      await crypto.getUserDeviceInfo([botUserId], true);
+      status = await crypto.getDeviceVerificationStatus(botUserId, now.deviceId!);
+      if (status?.signedByOwner || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
     expect(status?.signedByOwner).toBe(true);
     // and it can read what the phone sends now
     const idx = env.phone.events.length;
@@ -145,22 +162,26 @@ describe('device bot with end-to-end encryption', () => {
   it('a bot still waiting for an unreachable homeserver exits as soon as its launcher goes away (no orphan)', async () => {
     const user = await env.registerBot('lonely');
     env.writeManifest('lonely', '  sys.info: {}\n');
-    // a port nothing listens on: the bot keeps retrying its encryption device check
-    const closed = await new Promise<number>((resolve) => {
-      const srv = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port } = srv.address() as net.AddressInfo;
-        srv.close(() => resolve(port));
-      });
-    });
-    writeCredentials(path.join(env.home, 'keys'), 'lonely', { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId, password: 'pw-lonely', homeserverUrl: `http://127.0.0.1:${closed}` });
-    const bot = env.startBot('lonely');
-    const exited = new Promise<number | null>((resolve) => bot.once('exit', (code) => resolve(code)));
-    await new Promise((r) => setTimeout(r, 3_000)); // loaded, and retrying
-    expect(bot.exitCode).toBeNull();
-    const t0 = Date.now();
-    bot.disconnect();
-    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5_000))]);
-    expect(code).toBe(0);
-    expect(Date.now() - t0).toBeLessThan(5_000);
-  }, 30_000);
+    // a homeserver that is down (503 to everything): the bot keeps retrying its encryption device check.
+    // Its first request says it is loaded and in that retry loop (a fixed wait would race a slow start).
+    let asked!: () => void;
+    const firstRequest = new Promise<void>((r) => { asked = r; });
+    const down = http.createServer((_req, res) => { asked(); res.writeHead(503).end('{"errcode":"M_UNKNOWN","error":"down"}'); });
+    const port = await new Promise<number>((resolve) => down.listen(0, '127.0.0.1', () => resolve((down.address() as net.AddressInfo).port)));
+    try {
+      writeCredentials(path.join(env.home, 'keys'), 'lonely', { userId: user.userId, accessToken: user.accessToken, deviceId: user.deviceId, password: 'pw-lonely', homeserverUrl: `http://127.0.0.1:${port}` });
+      const bot = env.startBot('lonely');
+      const exited = new Promise<number | null>((resolve) => bot.once('exit', (code) => resolve(code)));
+      await Promise.race([firstRequest, exited]);
+      expect(bot.exitCode).toBeNull();
+      const t0 = Date.now();
+      bot.disconnect();
+      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5_000))]);
+      expect(code).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(5_000);
+    } finally {
+      down.closeAllConnections();
+      down.close();
+    }
+  }, 60_000);
 });

@@ -25,19 +25,26 @@ export interface CrossSigningOptions {
   log: Logger;
 }
 
-/** POST with user-interactive auth by password when the server asks for it (401 with a UIA session). */
+/**
+ * POST with user-interactive auth by password when the server asks for it (401 with a UIA session).
+ * With a password at hand it goes with the first request: Synapse opens the UIA session and completes
+ * its password stage in that one round trip (no 401 first to learn a session id). A server that wants
+ * its session answers 401 with one, and the request is sent once more with it; a wrong password
+ * (M_FORBIDDEN) is not tried again.
+ */
 async function postWithUia(client: SessionClient, o: CrossSigningOptions, p: string, body: Record<string, unknown>): Promise<void> {
+  const auth = (session?: string): Record<string, unknown> => ({
+    type: 'm.login.password', identifier: { type: 'm.id.user', user: o.userId }, password: o.password, ...(session !== undefined ? { session } : {}),
+  });
   try {
-    await client.doRequest('POST', p, null, body);
+    await client.doRequest('POST', p, null, o.password ? { ...body, auth: auth() } : body);
   } catch (err) {
     const i = errInfo(err);
     if (i.status !== 401 || i.errcode === 'M_UNKNOWN_TOKEN') throw err;
     if (!o.password) throw new MeshpilotError('auth', 'the homeserver asks for the bot account\'s password to publish cross-signing keys, and meshpilot has none stored for it');
     const uia = (err as { body?: { session?: unknown } }).body?.session;
-    await client.doRequest('POST', p, null, {
-      ...body,
-      auth: { type: 'm.login.password', identifier: { type: 'm.id.user', user: o.userId }, password: o.password, ...(typeof uia === 'string' ? { session: uia } : {}) },
-    });
+    if (i.errcode === 'M_FORBIDDEN' || typeof uia !== 'string') throw err;
+    await client.doRequest('POST', p, null, { ...body, auth: auth(uia) });
   }
 }
 
@@ -48,6 +55,18 @@ async function postWithUia(client: SessionClient, o: CrossSigningOptions, p: str
 async function flushCryptoRequests(client: SessionClient): Promise<void> {
   const engine = cryptoEngine(client);
   if (engine?.lock) await engine.lock.acquire('sync', () => engine.run());
+}
+
+/**
+ * /keys/signatures/upload answers 200 even when it refuses a signature (in `failures`): a refused one
+ * means this device is not cross-signed, so it is an error (and the done-marker is not written).
+ */
+function signaturesTaken(answer: unknown): void {
+  const failures = (answer as { failures?: unknown } | null)?.failures;
+  if (!failures || typeof failures !== 'object') return;
+  const refused = Object.values(failures as Record<string, unknown>).flatMap((byKey) =>
+    byKey && typeof byKey === 'object' ? Object.entries(byKey as Record<string, { error?: unknown }>).map(([k, v]) => `${k}: ${typeof v?.error === 'string' ? v.error.slice(0, 200) : 'refused'}`) : []);
+  if (refused.length > 0) throw new MeshpilotError('exec_failed', `the homeserver refused this device's cross-signing signature (${refused.slice(0, 3).join('; ')})`);
 }
 
 /**
@@ -81,11 +100,11 @@ export async function ensureCrossSigning(client: SessionClient, o: CrossSigningO
     // The identity exists (ours, imported): sign this device with it.
     const body = await m.signOwnDevice();
     if (!body) throw new MeshpilotError('exec_failed', 'the crypto module could not sign this device');
-    await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, body);
+    signaturesTaken(await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, body));
   } else {
     const reqs = await m.bootstrapCrossSigning(true);
     await postWithUia(client, o, '/_matrix/client/v3/keys/device_signing/upload', reqs.uploadSigningKeys);
-    await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, reqs.uploadSignatures);
+    signaturesTaken(await client.doRequest('POST', '/_matrix/client/v3/keys/signatures/upload', null, reqs.uploadSignatures));
     const exported = await m.exportCrossSigningKeys?.();
     if (exported && file) {
       writeFileSync(`${file}.tmp`, JSON.stringify(exported), { mode: 0o600 });

@@ -28,7 +28,7 @@ export async function checkCryptoDevice(o: {
   fixHint: string;
   save: (c: { accessToken: string; deviceId: string }) => void;
   logger: Logger;
-}): Promise<{ accessToken: string; deviceId: string; replacedDeviceId?: string }> {
+}): Promise<{ userId: string; accessToken: string; deviceId: string; replacedDeviceId?: string }> {
   const api = new HomeserverApi(o.homeserverUrl, o.accessToken);
   const who = await api.whoami();
   const deviceId = who.deviceId;
@@ -42,7 +42,7 @@ export async function checkCryptoDevice(o: {
     }
   })();
   const storeComplete = existsSync(path.join(o.storeDir, CRYPTO_STORE_FILE));
-  if (storeOwner === deviceId && storeComplete) return { accessToken: o.accessToken, deviceId };
+  if (storeOwner === deviceId && storeComplete) return { userId: who.userId, accessToken: o.accessToken, deviceId };
 
   const archive = (): void => {
     if (existsSync(o.storeDir)) renameSync(o.storeDir, `${o.storeDir}.replaced-${Date.now()}`);
@@ -54,7 +54,7 @@ export async function checkCryptoDevice(o: {
       o.logger.warn({ deviceId, storeOwner }, 'the crypto store belongs to another Matrix device: setting it aside and starting a fresh one');
       archive();
     }
-    return { accessToken: o.accessToken, deviceId };
+    return { userId: who.userId, accessToken: o.accessToken, deviceId };
   }
   // The server knows this device's keys but the store is gone (or belongs to another device): lost.
   if (!o.password) {
@@ -70,5 +70,5 @@ export async function checkCryptoDevice(o: {
   } catch (err) {
     o.logger.warn({ error: (err as Error).message, deviceId }, 'the old Matrix device could not be deleted; remove it from the account by hand');
   }
-  return { accessToken: login.accessToken, deviceId: login.deviceId, replacedDeviceId: deviceId };
+  return { userId: who.userId, accessToken: login.accessToken, deviceId: login.deviceId, replacedDeviceId: deviceId };
 }

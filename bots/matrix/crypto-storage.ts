@@ -56,6 +56,11 @@ export class FileCryptoStorage implements ICryptoStorageProvider {
     renameSync(tmp, this.file);
   }
 
+  /** The stored device id, or null when none is stored yet (getDeviceId without the promise). */
+  deviceIdNow(): string | null {
+    return this.state.deviceId;
+  }
+
   async getDeviceId(): Promise<string> {
     return this.state.deviceId ?? ''; // the SDK takes a falsy id as none stored yet
   }

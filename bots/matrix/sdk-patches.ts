@@ -60,6 +60,14 @@ export class SessionClient extends MatrixClient {
         if (claim) await engine.processKeysClaimRequest(claim);
       });
   }
+  /**
+   * The user id this access token belongs to, when the caller has just asked /whoami: the SDK's
+   * getUserId() then answers from it instead of asking again.
+   */
+  knownUserId(userId: string): void {
+    // The SDK keeps it in a private field that getWhoAmI() fills (impersonateUserId() would also mark it an appservice masquerade).
+    (this as unknown as { userId?: string }).userId = userId;
+  }
   syncOnce(token: string | null): Promise<unknown> {
     return this.doSync(token ?? '');
   }

@@ -47,13 +47,26 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
     if (!existsSync(path.dirname(e2ee.storeDir))) throw new MeshpilotError('config', `${path.dirname(e2ee.storeDir)} does not exist (was the device removed?)`);
     mkdirSync(e2ee.storeDir, { recursive: true, mode: 0o700 });
   }
-  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, e2ee ? new FileCryptoStorage(e2ee.storeDir) : undefined);
+  const cryptoStore = e2ee ? new FileCryptoStorage(e2ee.storeDir) : undefined;
+  const client = new SessionClient(homeserverUrl, opts.accessToken, storage satisfies IStorageProvider, cryptoStore);
+  if (e2ee?.account) {
+    // checkCryptoDevice asked /whoami for this token just now: the SDK need not ask again (user id at
+    // start, device id when its store has none yet).
+    client.knownUserId(e2ee.account.userId);
+    if (cryptoStore && !cryptoStore.deviceIdNow()) void cryptoStore.setDeviceId(e2ee.account.deviceId);
+  }
   client.keyRecipients = e2ee?.keyRecipients;
   client.membersOf = (roomId) => session.roomMembers(roomId);
   // roomId → its members, until a sync shows a membership change there (the bot checks them before every post).
   const memberCache = new Map<string, Promise<Array<{ userId: string; membership: string }>>>();
   const cryptoClient = () => readyCrypto(client);
   let crossSignProblem: string | undefined;
+  /** The cross-signing start() leaves running (it needs neither the first sync nor the bot's first message). */
+  let crossSigning: Promise<void> = Promise.resolve();
+  /** Set once start() has returned: until then a room created encrypted is encrypted if e2ee is configured (crypto is being set up). */
+  let started = false;
+  /** Rooms are created encrypted when the crypto client is ready, or is being set up by start(). */
+  const encryptsRooms = (): boolean => cryptoClient() !== undefined || (e2ee !== undefined && !started);
   const media = createMediaDownloader({
     api: new HomeserverApi(homeserverUrl, opts.accessToken),
     versions: () => client.getServerVersions(),
@@ -195,12 +208,17 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
           await firstBatch.promise;
           if (!signal.aborted && state === 'starting') state = 'syncing';
           if (cryptoClient() && e2ee) {
-            crossSignProblem = await ensureCrossSigning(client, { storeDir: e2ee.storeDir, crossSigningFile: e2ee.crossSigningFile, password: e2ee.password, userId, log }).catch((err: unknown) => {
-              const problem = errInfo(err).message;
-              log.warn({ error: problem }, 'cross-signing could not be set up: clients will show this bot\'s device as not verified by its owner');
-              return problem;
-            });
+            // In the background: the bot's first message does not wait for it (startupDone() does).
+            const csUserId = userId;
+            crossSigning = ensureCrossSigning(client, { storeDir: e2ee.storeDir, crossSigningFile: e2ee.crossSigningFile, password: e2ee.password, userId: csUserId, log }).then(
+              (problem) => { crossSignProblem = problem; },
+              (err: unknown) => {
+                crossSignProblem = errInfo(err).message;
+                log.warn({ error: crossSignProblem }, 'cross-signing could not be set up: clients will show this bot\'s device as not verified by its owner');
+              },
+            );
           } else if (e2ee) log.warn('end-to-end encryption did not start; running without it');
+          started = true;
           log.info({ userId, encryption: cryptoClient() ? `on (${cryptoClient()?.clientDeviceId})` : 'off' }, 'Matrix session started');
           return;
         } catch (err) {
@@ -217,8 +235,12 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       }
     },
 
+    startupDone: () => crossSigning,
+
     async stop() {
       abort.abort();
+      // Cross-signing still running (a stop right after start) finishes first, briefly: it saves its keys.
+      await Promise.race([crossSigning, new Promise((r) => setTimeout(r, 5_000).unref())]);
       client.stop();
       if (state !== 'unauthorized') state = 'stopped';
       await loopDone;
@@ -330,7 +352,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
           preset: 'trusted_private_chat',
           ...(o.name !== undefined ? { name: o.name } : {}),
           ...(o.topic !== undefined ? { topic: o.topic } : {}),
-          ...(o.encrypted && cryptoClient() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }] } : {}),
+          ...(o.encrypted && encryptsRooms() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }] } : {}),
         });
         const direct = await readDirect();
         direct[target] = [roomId, ...(direct[target] ?? []).filter((r) => r !== roomId)];
@@ -362,7 +384,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
           ...(o.topic !== undefined ? { topic: o.topic } : {}),
           ...(o.invite !== undefined ? { invite: o.invite } : {}),
           ...(o.userPowerLevels !== undefined ? { power_level_content_override: { users: o.userPowerLevels } } : {}),
-          ...(o.encrypted && cryptoClient() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }] } : {}),
+          ...(o.encrypted && encryptsRooms() ? { initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }] } : {}),
         }),
       );
     },
@@ -408,6 +430,7 @@ export function createMatrixSession(opts: MatrixSessionOptions): MatrixSession {
       const backend = cryptoBackend();
       if (!c) return { enabled: false, ...(backend ? { backend } : {}), problem: !opts.encryption ? 'encryption is turned off' : !cryptoAvailable() ? 'no Matrix crypto module loads' : 'encryption did not start' };
       const m = cryptoMachine(client);
+      await crossSigning;
       const crossSigned = m?.isOwnDeviceCrossSigned ? await m.isOwnDeviceCrossSigned() : false;
       return { enabled: true, ...(backend ? { backend } : {}), deviceId: c.clientDeviceId, crossSigned, ...(crossSignProblem ? { problem: crossSignProblem } : {}) };
     },

@@ -35,6 +35,11 @@ export interface MatrixSessionOptions {
      * must not be able to decrypt what the bot says there. Default: every joined or invited member.
      */
     keyRecipients?: (userId: string) => boolean;
+    /**
+     * The account and device checkCryptoDevice found for this access token: the SDK then does not ask
+     * /whoami for them again at start (two round trips per start).
+     */
+    account?: { userId: string; deviceId: string };
   };
 }
 
@@ -109,6 +114,11 @@ export interface MatrixSession {
    * down, until stop()): anything sent to the bot after start() resolves reaches the callbacks.
    */
   start(): Promise<void>;
+  /**
+   * Resolves when the work start() leaves running in the background is done (this device's
+   * cross-signing), failed or not: what a process waits for before it calls itself ready.
+   */
+  startupDone(): Promise<void>;
   /** Stops syncing now (even while the homeserver is down) and saves the sync token. */
   stop(): Promise<void>;
   onMessage(cb: (m: MatrixMessage) => void | Promise<void>): () => void;
@@ -126,11 +136,14 @@ export interface MatrixSession {
   /** The state event's content, or null when there is none. */
   getState(roomId: string, type: string, stateKey?: string): Promise<Record<string, unknown> | null>;
   setState(roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<string>;
-  /** Creates a DM; encrypted (m.megolm.v1.aes-sha2) when `encrypted` and this session has encryption on. */
+  /**
+   * Creates a DM; encrypted (m.megolm.v1.aes-sha2) when `encrypted` and this session has encryption on
+   * (or, before start() has returned, is setting it up: a DM can be created while the session starts).
+   */
   createDm(userId: string, opts?: { name?: string; topic?: string; encrypted?: boolean }): Promise<string>;
   /** A DM room with userId from the bot's m.direct account data that the bot is still in, or null. */
   findDm(userId: string): Promise<string | null>;
-  /** Creates a (non-DM) room; encrypted (m.megolm.v1.aes-sha2) when `encrypted` and this session has encryption on. */
+  /** Creates a (non-DM) room; encrypted (m.megolm.v1.aes-sha2) when `encrypted` and this session has encryption on (as createDm). */
   createRoom(opts: CreateRoomOptions): Promise<string>;
   invite(roomId: string, userId: string): Promise<void>;
   /** Every state event of the room (type, state key, content). */

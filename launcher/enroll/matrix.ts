@@ -174,6 +174,12 @@ export function removeBotKeys(home: HomeLayout, name: string): void {
   try { if (readdirSync(dir).length === 0) rmSync(dir, { recursive: true, force: true }); } catch { /* gone */ }
 }
 
+/** The wait between rounds while the bot has no DM yet (it is still starting: seconds). */
+const LIVE_POLL_MS = 500;
+/** The wait between rounds once a DM exists (its "live" follows within a second), for at most LIVE_FAST_FOR_MS. */
+const LIVE_POLL_FAST_MS = 100;
+const LIVE_FAST_FOR_MS = 5_000;
+
 /** Polls the bot's own view of its rooms until it has posted "✓ <device> live" (after sinceTs). */
 export async function waitForLiveMessage(w: LiveWait): Promise<void> {
   // Never /sync as the bot: its to-device messages (encryption keys) would be acknowledged here and
@@ -185,11 +191,14 @@ export async function waitForLiveMessage(w: LiveWait): Promise<void> {
   const Direct = z.record(z.string().max(255), z.array(z.string().max(255)).max(100));
   const Live = z.object({ device: z.string().max(64), ts: z.number(), event_id: z.string().max(255) }).loose();
   const Event = z.object({ sender: z.string().max(255), type: z.string().max(255), content: z.object({ body: z.unknown().optional() }).loose() }).loose();
+  let fastUntil: number | undefined;
   while (Date.now() < deadline) {
     if (w.signal?.aborted) throw new MeshpilotError('internal', 'interrupted');
+    let rooms = 0;
     try {
       const direct = Direct.safeParse(await api.accountData(w.botUserId, 'm.direct'));
       for (const room of new Set(Object.values(direct.success ? direct.data : {}).flat())) {
+        rooms += 1;
         // a room the bot cannot read (left, forbidden) is skipped, not the end of this round
         const live = Live.safeParse(await api.stateEvent(room, 'dev.meshpilot.live', '').catch(() => null));
         if (!live.success || live.data.device !== w.device || live.data.ts < w.sinceTs - 1000) continue;
@@ -201,7 +210,10 @@ export async function waitForLiveMessage(w: LiveWait): Promise<void> {
     } catch {
       // homeserver briefly unreachable: keep polling until the deadline
     }
-    await new Promise((res) => setTimeout(res, 500));
+    // A bot with a DM is about to post "live" in it: poll quickly for a few seconds (a bot that had DMs
+    // before, restarted, may take longer: then back to the slow pace).
+    if (rooms > 0) fastUntil ??= Date.now() + LIVE_FAST_FOR_MS;
+    await new Promise((res) => setTimeout(res, fastUntil !== undefined && Date.now() < fastUntil ? LIVE_POLL_FAST_MS : LIVE_POLL_MS));
   }
   throw new MeshpilotError('timeout', `the bot of ${w.device} did not post "${want}" within ${Math.round(w.timeoutMs / 1000)} s: check the launcher's log (is the homeserver reachable from it?)`);
 }
