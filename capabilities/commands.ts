@@ -44,6 +44,7 @@ export interface CommandDefinition<S extends ArgsSchema, C> {
   readonly name: string;
   /** One line for help: what it does. */
   readonly summary: string;
+  /** The arguments' schema (built on first read when the declaration gives a function: defineCommand). */
   readonly args: S;
   /** Fields taken by position, in order; only the last may be an array (it takes the remaining words). */
   readonly positional?: ReadonlyArray<keyof z.input<S> & string>;
@@ -66,9 +67,19 @@ export interface CommandGroup {
   readonly surfaces: readonly Surface[];
 }
 
-/** Identity helper that keeps `args` typed from the schema inside `run`. */
-export function defineCommand<S extends ArgsSchema, C>(def: CommandDefinition<S, C>): CommandDefinition<S, C> {
-  return def;
+/**
+ * What a declaration file writes: `args` is the schema, or a function that builds it. The function runs
+ * on the first read of `args` (once): `meshpilot --help` and any one command build no other command's
+ * schema (launcher/commands/program.ts), which was ~10 ms of zod work at every CLI start.
+ */
+export type CommandDeclaration<S extends ArgsSchema, C> = Omit<CommandDefinition<S, C>, 'args'> & { readonly args: S | (() => S) };
+
+/** Keeps `args` typed from the schema inside `run`; a schema given as a function is built on first use. */
+export function defineCommand<S extends ArgsSchema, C>(def: CommandDeclaration<S, C>): CommandDefinition<S, C> {
+  const { args } = def;
+  if (typeof args !== 'function') return def as CommandDefinition<S, C>;
+  let built: S | undefined;
+  return Object.defineProperty({ ...def }, 'args', { get: () => (built ??= args()), enumerable: true }) as CommandDefinition<S, C>;
 }
 
 export function defineGroup(name: string, summary: string, surfaces: readonly Surface[] = ['cli']): CommandGroup {

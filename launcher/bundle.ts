@@ -121,11 +121,11 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
  * Builds the CLI / launcher bundle (dist/meshpilot.cjs and its chunks) and the device bot bundle beside it,
  * then writes the stamp that lets bin/meshpilot.cjs tell whether they are still fresh. `dir` is for tests.
  */
-export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE)): Promise<{ ms: number; bytes: number; files: string[] }> {
+export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE), opts: CliBuildOptions = {}): Promise<{ ms: number; bytes: number; files: string[] }> {
   const started = Date.now();
   try {
     const version = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string }).version ?? '0.0.0';
-    const cli = await buildCliBundle(path.join(dir, path.basename(CLI_BUNDLE)), version);
+    const cli = await buildCliBundle(path.join(dir, path.basename(CLI_BUNDLE)), version, opts);
     const bot = await buildOne(BOT_SOURCE, path.join(dir, path.basename(BOT_BUNDLE)), {
       plugins: [stubUnused, zodEnglishOnly],
       inject: [BUNDLE_GLOBALS],
@@ -150,7 +150,16 @@ export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE)): Prom
  * Why CommonJS: Node 20 compiles an ES module anew on every run, while a vm.Script takes V8's code cache
  * (the loader's doc says how it is kept). `--help` and `cap` spent ~40 ms compiling ~300 KB of chunks.
  */
-async function buildCliBundle(outfile: string, version: string): Promise<Built> {
+export interface CliBuildOptions {
+  /**
+   * Every top-level command's help term (launcher/commands/program.ts commandTerms(CLI_COMMANDS), which
+   * scripts/build-bundles.ts computes from the sources it bundles): with them a command line builds only the
+   * commands it names (launcher/cli.ts). Without, the bundle builds every command at start.
+   */
+  cliTerms?: Readonly<Record<string, string>>;
+}
+
+async function buildCliBundle(outfile: string, version: string, opts: CliBuildOptions): Promise<Built> {
   const started = Date.now();
   if (!outfile.endsWith('.cjs')) throw new Error(`the CLI bundle must be a .cjs file (got ${outfile})`);
   const { build, transform } = await import('esbuild');
@@ -167,7 +176,10 @@ async function buildCliBundle(outfile: string, version: string): Promise<Built> 
     // the sources ever loads it)
     external: [...EXTERNAL, 'esbuild'],
     // capabilities/agent/server.ts reads ../../package.json beside its source, which is not where the bundle is
-    define: { __MESHPILOT_AGENT_VERSION__: JSON.stringify(version), __MESHPILOT_CLI_BUNDLE__: 'true' },
+    define: {
+      __MESHPILOT_AGENT_VERSION__: JSON.stringify(version), __MESHPILOT_CLI_BUNDLE__: 'true',
+      ...(opts.cliTerms ? { __MESHPILOT_CLI_TERMS__: JSON.stringify(opts.cliTerms) } : {}),
+    },
     // Names as written instead of keepNames: keepNames calls a helper for every function and class as each
     // chunk loads (zod, commander: ~20 ms of every command). Unminified names keep `.name` (error classes
     // that name themselves after their constructor) except where esbuild renames a clash (Foo -> Foo2).

@@ -8,7 +8,7 @@
 import { Command, CommanderError } from 'commander';
 import { CLI_COMMANDS } from './commands/index.js';
 import { EXIT, UsageError, type CliIo, type CommandContext, type RuntimeOptions } from './commands/context.js';
-import { registerCommands } from './commands/program.js';
+import { registerCommands, type CommandTerms } from './commands/program.js';
 import type { Runtime } from './runtime-core.js';
 
 export { EXIT, UsageError, type CliIo, type CommandContext } from './commands/context.js';
@@ -25,7 +25,16 @@ const defaultIo: CliIo = {
   },
 };
 
-export function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
+/**
+ * The bundle's table of every top-level command's help term (launcher/bundle.ts, from commandTerms() of
+ * these declarations at build time): with it, a command line builds only the commands it names. Run from
+ * the sources there is none, and every command is built.
+ */
+declare const __MESHPILOT_CLI_TERMS__: CommandTerms | undefined;
+const BUNDLED_TERMS = typeof __MESHPILOT_CLI_TERMS__ === 'undefined' ? undefined : __MESHPILOT_CLI_TERMS__;
+
+/** `argv`: the command line about to be parsed, when only the commands it names need building. */
+export function buildProgram(io: CliIo, setExit: (code: number) => void, argv?: readonly string[]): Command {
   let rt: Runtime | undefined;
   const runtime = async (opts: RuntimeOptions = {}): Promise<Runtime> => {
     if (rt) return rt;
@@ -42,14 +51,14 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .exitOverride();
   program.hook('postAction', async () => { if (rt) await rt.close(); rt = undefined; });
   const ctx: CommandContext = { io, runtime, setExit };
-  registerCommands(program, CLI_COMMANDS, ctx);
+  registerCommands(program, CLI_COMMANDS, ctx, argv && BUNDLED_TERMS ? { argv, terms: BUNDLED_TERMS } : {});
   return program;
 }
 
 /** Runs the CLI; returns the exit code (never throws, never prints a stack trace). */
 export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<number> {
   let code: number = EXIT.ok;
-  const program = buildProgram(io, (c) => { code = c; });
+  const program = buildProgram(io, (c) => { code = c; }, argv);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return code;

@@ -9,6 +9,9 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { buildBundles } from '../launcher/bundle.js';
+import { runCli } from '../launcher/cli.js';
+import { CLI_COMMANDS } from '../launcher/commands/index.js';
+import { commandTerms } from '../launcher/commands/program.js';
 import { tempDir } from './helpers/tmp.js';
 
 let dist = '';
@@ -36,7 +39,8 @@ describe('CLI bundle code cache', { timeout: 120_000 }, () => {
     // the home enrolled once by the real bin: the temp bundle's package root (dist/..) has no templates
     const r = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'meshpilot.cjs'), 'devices'], { env: { ...process.env, MESHPILOT_HOME: home }, encoding: 'utf8', timeout: 90_000 });
     expect(r.status, r.stderr).toBe(0);
-    await buildBundles(dist);
+    // as scripts/build-bundles.ts builds it: with the top-level commands' help terms
+    await buildBundles(dist, { cliTerms: commandTerms(CLI_COMMANDS) });
   }, 180_000);
   afterAll(() => rmSync(dist, { recursive: true, force: true }));
 
@@ -56,6 +60,15 @@ describe('CLI bundle code cache', { timeout: 120_000 }, () => {
     expect(second.report).toEqual({ accepted: loaded, rejected: 0, compiled: 0 });
     expect(second.out).toBe(first.out);
     expect(second.err).toBe(first.err);
+  });
+
+  it('the bundle\'s help (from the terms it carries) is the help of the sources (every command built)', async () => {
+    for (const args of [['--help'], ['vm', '--help'], ['help', 'cap']]) {
+      let live = '';
+      const code = await runCli(args, { out: (t) => { live += t; }, err: (t) => { live += t; }, isTTY: false });
+      const bundled = run(args);
+      expect({ code: bundled.code, out: bundled.out + bundled.err }).toEqual({ code, out: live });
+    }
   });
 
   it('cap runs through the cached chunks and caches the ones it added (catalog, runtime)', () => {

@@ -1,10 +1,11 @@
 /** The CLI surface of the command declarations (launcher/commands/program.ts), on a made-up family. */
-import { Command } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { defineCommand, defineGroup } from '../capabilities/commands.js';
-import { UsageError, type CliEntry, type CommandContext } from '../launcher/commands/context.js';
-import { registerCommands } from '../launcher/commands/program.js';
+import { defineCommand, defineGroup, isGroup } from '../capabilities/commands.js';
+import { UsageError, type CliCommand, type CliEntry, type CommandContext } from '../launcher/commands/context.js';
+import { CLI_COMMANDS } from '../launcher/commands/index.js';
+import { commandTerms, registerCommands } from '../launcher/commands/program.js';
 
 const N = '-n must be a whole number from 1 to 9';
 
@@ -79,5 +80,66 @@ describe('CLI derived from declarations', () => {
     expect((e as Error).message).toMatch(/^--port: .*10/);
     expect((e as Error).message).not.toContain('\n');
     expect(calls).toEqual([]);
+  });
+});
+
+describe('a command line builds only the commands it names (CLI bundle: launcher/cli.ts)', () => {
+  /** The real table, each declaration's schema counted as it is built; the program prints into `out`. */
+  function real(opts?: { argv: string[] }): { program: Command; out: string[]; built: string[] } {
+    const out: string[] = [];
+    const built: string[] = [];
+    const entries = CLI_COMMANDS.map((e) => {
+      if (isGroup(e)) return e;
+      const copy = Object.create(e) as CliCommand;
+      Object.defineProperty(copy, 'args', { get: () => { built.push(e.name); return e.args; } });
+      return copy;
+    });
+    const ctx: CommandContext = {
+      io: { out: (t) => out.push(t), err: (t) => out.push(t), isTTY: false },
+      runtime: () => Promise.reject(new Error('no runtime in this test')),
+      setExit: () => undefined,
+    };
+    const program = new Command('meshpilot').exitOverride().configureOutput({ writeOut: (t) => out.push(t), writeErr: (t) => out.push(t), getOutHelpWidth: () => 100, getErrHelpWidth: () => 100 });
+    registerCommands(program, entries, ctx, opts ? { argv: opts.argv, terms: commandTerms(CLI_COMMANDS) } : {});
+    return { program, out, built };
+  }
+
+  const help = async (argv: string[], lazy: boolean): Promise<{ text: string; built: string[] }> => {
+    const { program, out, built } = real(lazy ? { argv } : undefined);
+    await program.parseAsync(argv, { from: 'user' }).catch((e: unknown) => {
+      if (!(e instanceof CommanderError)) throw e;
+    });
+    return { text: out.join(''), built };
+  };
+
+  it('--help builds no command and prints what building every one prints', async () => {
+    const full = await help(['--help'], false);
+    expect(full.built.length).toBeGreaterThan(20);
+    const lazy = await help(['--help'], true);
+    expect(lazy.built).toEqual([]);
+    expect(lazy.text).toBe(full.text);
+    expect(lazy.text).toContain('cap [options] <device> <capability> [args...]');
+    expect(lazy.text).toContain('capabilities|caps [options] [name]');
+  });
+
+  it('a command (or its alias, or its group) builds its family only, and help for it is the same', async () => {
+    for (const argv of [['cap', '--help'], ['caps', '--help'], ['vm', '--help'], ['vm', 'ls', '--help'], ['help', 'audit'], ['capp']]) {
+      const full = await help(argv, false);
+      const lazy = await help(argv, true);
+      expect(lazy.text, argv.join(' ')).toBe(full.text);
+      const first = argv[0] === 'help' ? argv[1]! : argv[0]!;
+      expect(lazy.built.every((n) => n.split(' ')[0] === (first === 'caps' ? 'capabilities' : first)), `${argv.join(' ')}: ${lazy.built.join(', ')}`).toBe(true);
+    }
+    expect((await help(['cap', '--help'], true)).built).toEqual(['cap']);
+    expect((await help(['capp'], true)).built).toEqual([]);
+  });
+
+  it('the named command runs with its own validation; commandTerms lists every top-level command', async () => {
+    const { program, built } = real({ argv: ['manifest', 'check'] });
+    await expect(program.parseAsync(['manifest', 'check'], { from: 'user' })).rejects.toMatchObject({ code: 'commander.missingArgument' });
+    expect(built).toEqual(['manifest check']);
+    const terms = commandTerms(CLI_COMMANDS);
+    expect(Object.keys(terms)).toEqual(CLI_COMMANDS.filter((e) => e.surfaces.includes('cli') && !e.name.includes(' ')).map((e) => e.name));
+    expect(terms['add-pc']).toMatch(/^add-pc \[options\] <name>$/);
   });
 });

@@ -63,7 +63,7 @@ const cli = ['cli'] as const;
 export const ENROLL_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'add-pc', summary: 'enroll a machine: WireGuard + agent (--via wg) or plain ssh (--via ssh), its Matrix bot, its manifest', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       name: z.string().describe('device name: 1-32 of a-z, 0-9, -'),
       via: z.enum(['wg', 'ssh']).describe('wg: mesh + agent on the device; ssh: nothing installed'),
       ssh: z.string().describe('how to reach it now: an ~/.ssh/config alias or user@host[:port]'),
@@ -108,7 +108,7 @@ export const ENROLL_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'revoke', summary: 'take a device away: bot, Matrix user, agent, WireGuard peer, mesh IP; manifest and keys archived', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       name: z.string(),
       yes: z.boolean().optional().describe('do not ask for confirmation'),
       json: z.boolean().optional().describe('one JSON event per line'),

@@ -24,7 +24,7 @@ const isIP = (a: string): number => (createRequire(import.meta.url)('node:net') 
 export const AGENT_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'agent', summary: 'the device agent: run it (--config), set one up (init), or print its boot service (service)', permission: 'operator', surfaces: cli,
-    args: z.object({ config: z.string().optional().describe('agent config (YAML or JSON)') }),
+    args: () => z.object({ config: z.string().optional().describe('agent config (YAML or JSON)') }),
     cli: { flags: { config: '--config <file>' } },
     run: async (opts, _ctx: CommandContext) => {
       if (!opts.config) throw new UsageError('meshpilot agent needs --config <file> (or a subcommand: init, service)');
@@ -34,7 +34,7 @@ export const AGENT_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'agent init', summary: 'write agent.yaml, agent.secret and manifest.yaml for a device into --out, and the controller copy of the secret', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       device: z.string().regex(DEVICE_NAME, { error: '--device must be 1-32 characters of a-z, 0-9 and -' }).describe('device name'),
       address: z.string().refine((a) => isIP(a) !== 0, { error: '--address must be an IP address' }).describe("the device's mesh (WireGuard) IP the agent listens on"),
       port: z.coerce.number({ error: PORT }).int({ error: PORT }).min(1, { error: PORT }).max(65535, { error: PORT }).default(7420).describe('agent port'),
@@ -94,7 +94,7 @@ export const AGENT_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'agent service', summary: 'render the boot service definition (systemd unit, launchd plist, Task Scheduler XML)', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       kind: z.enum(['systemd', 'launchd', 'windows']).describe('service manager'),
       agent: z.string().describe('absolute path of meshpilot-agent.mjs on the device'),
       agentConfig: z.string().describe('absolute path of the agent config on the device (--config belongs to `meshpilot agent`)'),

@@ -24,7 +24,7 @@ export const AUDIT_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'audit verify', permission: 'operator', surfaces: cli,
     summary: 'walk the chain(s) and compare each device\'s with the newest head its bot anchored in Matrix: prints `ok N entries head=<hash>` or the first seq that disagrees and why',
-    args: z.object({
+    args: () => z.object({
       device: z.string().optional().describe('only this device'),
       requireAnchors: z.boolean().optional().describe('exit 1 also when anchors could not be read from Matrix (homeserver down, token refused)'),
     }),
@@ -60,7 +60,7 @@ export const AUDIT_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'audit tail', summary: 'the latest audit entries', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       n: z.coerce.number({ error: N_RANGE }).int({ error: N_RANGE }).min(1, { error: N_RANGE }).max(100000, { error: N_RANGE }).default(20).describe('how many'),
       device: z.string().optional().describe('only this device'),
       json: z.boolean().optional().describe('one JSON entry per line'),

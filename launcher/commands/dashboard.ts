@@ -11,7 +11,7 @@ import type { CliEntry, CommandContext } from './context.js';
 export const DASHBOARD_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'dashboard', summary: 'print a one-time login link for the web dashboard (works once, for 5 minutes)', permission: 'operator', surfaces: ['cli'],
-    args: z.object({ json: z.boolean().optional().describe('print {"url", "expiresAt"} as JSON') }),
+    args: () => z.object({ json: z.boolean().optional().describe('print {"url", "expiresAt"} as JSON') }),
     run: async (opts, ctx: CommandContext) => {
       const [{ DashboardLogins, LINK_TTL_MS, baseUrlOf, loginUrl }, { resolveHttpConfig }, { cliActor }] = await Promise.all([
         import('../../capabilities/dashboard-login.js'), import('../http/embedded.js'), import('../http/dashboard/index.js'),

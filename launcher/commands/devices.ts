@@ -38,7 +38,7 @@ const cliHttp = ['cli', 'http'] as const;
 export const DEVICE_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'devices', summary: 'list devices (a device exists when MESHPILOT_HOME/manifests/<device>.yaml exists)', permission: 'operator', surfaces: cliHttp,
-    args: z.object({ json: z.boolean().optional().describe('print JSON') }),
+    args: () => z.object({ json: z.boolean().optional().describe('print JSON') }),
     run: async (opts, ctx: CommandContext) => {
       const { io } = ctx;
       const r = await ctx.runtime();
@@ -63,7 +63,7 @@ export const DEVICE_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'capabilities', summary: 'list capabilities (or show one), optionally only those a device enables', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       name: z.string().optional().describe('a capability, e.g. fs.read'),
       device: z.string().optional().describe('only what this device enables'),
     }),
@@ -89,7 +89,7 @@ export const DEVICE_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'cap', summary: 'run a capability on a device through policy, approval and audit', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       device: z.string().describe('device name (see `meshpilot devices`)'),
       capability: z.string().describe('capability name (see `meshpilot capabilities`)'),
       args: z.array(z.string()).default([]).describe('arguments as key=value (numbers, true/false, lists as a,b,c)'),
@@ -140,7 +140,7 @@ export const DEVICE_COMMANDS: CliEntry[] = [
   defineGroup('manifest', 'device manifests'),
   defineCommand({
     name: 'manifest check', summary: 'validate manifest files: prints ok or every error with file:line field', permission: 'operator', surfaces: cli,
-    args: z.object({ files: z.array(z.string()).min(1) }),
+    args: () => z.object({ files: z.array(z.string()).min(1) }),
     positional: ['files'],
     run: async ({ files }, ctx: CommandContext) => {
       const { formatIssue, loadManifest } = await import('../../capabilities/manifest.js');

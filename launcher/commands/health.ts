@@ -12,7 +12,7 @@ import { EXIT, UsageError, type CliEntry, type CommandContext } from './context.
 export const HEALTH_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'health', summary: 'check every device now (WireGuard handshake, agent, ssh, audit chain) and print its state', permission: 'operator', surfaces: ['cli', 'http'],
-    args: z.object({ json: z.boolean().optional().describe('print JSON') }),
+    args: () => z.object({ json: z.boolean().optional().describe('print JSON') }),
     run: async (opts, ctx: CommandContext) => {
       const [{ HealthMonitor, healthSettings }, { ago }] = await Promise.all([import('../health/monitor.js'), import('../health/alerts.js')]);
       const { loadConfig } = await import('../../capabilities/config.js');

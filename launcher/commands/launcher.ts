@@ -12,7 +12,7 @@ const cli = ['cli'] as const;
 export const LAUNCHER_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'up', summary: 'start meshpilot (what `npm start` runs): checks the data dir, devices and audit, then runs what is configured', permission: 'operator', surfaces: cli,
-    args: z.object({}),
+    args: () => z.object({}),
     run: async (_a, ctx: CommandContext) => {
       const { runUp } = await import('../up.js');
       ctx.setExit(await runUp(await ctx.runtime(), ctx.io));
@@ -20,7 +20,7 @@ export const LAUNCHER_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'reload', summary: 'make the running launcher re-read manifests and retry failed bots (sends it SIGHUP)', permission: 'operator', surfaces: cli,
-    args: z.object({}),
+    args: () => z.object({}),
     run: async (_a, ctx: CommandContext) => {
       // No runtime(): reloading must not create the data dir or open the database.
       const { resolveHome } = await import('../../capabilities/home.js');

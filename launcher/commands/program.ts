@@ -56,15 +56,59 @@ function addCommand(parent: Command, word: string, def: CliCommand, ctx: Command
   return cmd;
 }
 
+/** How the program's help shows each top-level command it has not built: `cap [options] <device> <capability> [args...]`. */
+export type CommandTerms = Readonly<Record<string, string>>;
+
+export interface RegisterOptions {
+  /**
+   * The command line about to be parsed. With `terms`, only the declarations whose first word (or alias)
+   * it holds are built as commander commands, schema and all; every other top-level command is its name,
+   * summary and term (commander can dispatch only to a word the command line holds). Without: all built.
+   */
+  argv?: readonly string[];
+  /** commandTerms() of the same declarations (the CLI bundle carries them: launcher/bundle.ts). */
+  terms?: CommandTerms;
+}
+
 /** Registers the declarations on the program, groups before their subcommands (`audit` before `audit tail`). */
-export function registerCommands(program: Command, entries: readonly CliEntry[], ctx: CommandContext): void {
+export function registerCommands(program: Command, entries: readonly CliEntry[], ctx: CommandContext, opts: RegisterOptions = {}): void {
+  const { argv, terms } = opts;
+  const words = argv && terms ? new Set(argv) : undefined;
+  const stubTerms = new Map<Command, string>();
+  if (words) {
+    const base = program.createHelp();
+    program.configureHelp({ ...program.configureHelp(), subcommandTerm: (cmd) => stubTerms.get(cmd) ?? base.subcommandTerm(cmd) });
+  }
+  // on the command line: its first word, or a top-level command's alias (`caps`)
+  const named = (e: CliEntry, path: readonly string[]): boolean =>
+    !words || words.has(path[0]!) || (path.length === 1 && !isGroup(e) && (e.cli?.aliases ?? []).some((a) => words.has(a)));
   const byName = new Map<string, Command>([['', program]]);
   for (const e of entries) {
     if (!e.surfaces.includes('cli')) continue;
-    const words = e.name.split(' ');
-    const parent = byName.get(words.slice(0, -1).join(' '));
-    if (!parent) throw new Error(`command "${e.name}": declare "${words.slice(0, -1).join(' ')}" before it`);
-    const word = words[words.length - 1]!;
+    const path = e.name.split(' ');
+    const term = terms?.[e.name];
+    if (!named(e, path)) {
+      if (path.length > 1) continue; // inside a group the command line does not name: nothing can reach it
+      if (term !== undefined) {
+        const stub = program.command(path[0]!).description(e.summary);
+        for (const alias of isGroup(e) ? [] : e.cli?.aliases ?? []) stub.alias(alias);
+        stub.action(() => { throw new Error(`command "${e.name}" was not built (launcher/commands/program.ts)`); });
+        stubTerms.set(stub, term);
+        continue;
+      }
+    }
+    const parent = byName.get(path.slice(0, -1).join(' '));
+    if (!parent) throw new Error(`command "${e.name}": declare "${path.slice(0, -1).join(' ')}" before it`);
+    const word = path[path.length - 1]!;
     byName.set(e.name, isGroup(e) ? parent.command(word).description(e.summary) : addCommand(parent, word, e, ctx));
   }
+}
+
+/** Each top-level command's term in the program's help, from the declarations built in full. */
+export function commandTerms(entries: readonly CliEntry[]): Record<string, string> {
+  const program = new Command('meshpilot');
+  const unused = (): never => { throw new Error('commandTerms builds commands, it runs none'); };
+  registerCommands(program, entries, { io: { out: unused, err: unused, isTTY: false }, runtime: unused, setExit: unused });
+  const help = program.createHelp();
+  return Object.fromEntries(program.commands.map((c) => [c.name(), help.subcommandTerm(c)]));
 }

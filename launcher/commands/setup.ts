@@ -12,7 +12,7 @@ const cli = ['cli'] as const;
 export const SETUP_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'init', summary: 'write MESHPILOT_HOME/config.yaml (homeserver, operators, bot accounts, Anthropic key); asks for what flags don\'t give', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       homeserver: z.string().optional().describe('Matrix homeserver base URL, e.g. https://matrix.example.org'),
       serverName: z.string().optional().describe('the server name in user IDs, if it differs from the URL host'),
       operator: z.array(z.string()).optional().describe('operator Matrix IDs (who may command the bots)'),
@@ -35,7 +35,7 @@ export const SETUP_COMMANDS: CliEntry[] = [
   defineGroup('bot', 'device bot accounts'),
   defineCommand({
     name: 'bot register', summary: 'create (shared-secret registration) or record the Matrix account of a device bot', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       device: z.string(),
       token: z.string().optional().describe('use this existing access token'),
       password: z.string().optional().describe('log in to an existing account with this password'),
@@ -46,7 +46,7 @@ export const SETUP_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'doctor', summary: 'check each dependency (config, homeserver, bot tokens, LLM key, ssh/wg/ffmpeg) and print a verdict per line', permission: 'operator', surfaces: cli,
-    args: z.object({}),
+    args: () => z.object({}),
     run: async (_a, ctx: CommandContext) => (await import('../setup.js')).runDoctor(ctx),
   }),
 ];

@@ -39,7 +39,7 @@ export const SSH_COMMANDS: CliEntry[] = [
   defineGroup('ssh', 'host keys of ssh devices (trusted keys: MESHPILOT_HOME/known_hosts)'),
   defineCommand({
     name: 'ssh fingerprint', summary: 'connect to an ssh device and print the host key it presents; changes nothing', permission: 'operator', surfaces: cli,
-    args: z.object({ device: z.string() }), positional: ['device'],
+    args: () => z.object({ device: z.string() }), positional: ['device'],
     run: async ({ device }, ctx: CommandContext) => {
       const target = await sshTarget(ctx, device);
       const { probeHostKey } = await import('../../capabilities/transports/ssh.js');
@@ -50,7 +50,7 @@ export const SSH_COMMANDS: CliEntry[] = [
   }),
   defineCommand({
     name: 'ssh trust', summary: 'trust the host key of an ssh device, after checking that the server presents exactly this fingerprint', permission: 'operator', surfaces: cli,
-    args: z.object({
+    args: () => z.object({
       device: z.string(),
       fingerprint: z.string().describe('the fingerprint you checked on the server (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)'),
       replace: z.boolean().optional().describe('replace a different key already trusted for this host (after a reinstall)'),

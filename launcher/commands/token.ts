@@ -26,7 +26,7 @@ export const TOKEN_COMMANDS: CliEntry[] = [
     name: 'token create', permission: 'operator', surfaces: cli,
     summary: 'create an API token scoped to devices and capabilities (globs); prints it once',
     positional: ['name'],
-    args: z.object({
+    args: () => z.object({
       name: TokenNameSchema.describe('a name for the token (the audit actor is api:<name>)'),
       device: globs.describe('device globs it may use, e.g. web-*,db1'),
       capability: globs.describe('capability globs it may run, e.g. sys.*,svc.status (fleet.add-pc / fleet.revoke for the write endpoints; commands by their dotted names, e.g. workspace.ls, audit.*)'),
@@ -54,7 +54,7 @@ export const TOKEN_COMMANDS: CliEntry[] = [
   defineCommand({
     name: 'token ls', permission: 'operator', surfaces: cli,
     summary: 'list API tokens: prefix, scopes, rate, expiry and last use',
-    args: z.object({ all: z.boolean().optional().describe('include revoked tokens') }),
+    args: () => z.object({ all: z.boolean().optional().describe('include revoked tokens') }),
     run: async (a, ctx: CommandContext) => {
       const { TokenStore } = await import('../http/tokens.js');
       const r = await ctx.runtime({ transports: 'none' });
@@ -71,7 +71,7 @@ export const TOKEN_COMMANDS: CliEntry[] = [
     name: 'token revoke', permission: 'operator', surfaces: cli,
     summary: 'revoke an API token by name (at once: its next request gets 401)',
     positional: ['name'],
-    args: z.object({ name: TokenNameSchema.describe('the token\'s name') }),
+    args: () => z.object({ name: TokenNameSchema.describe('the token\'s name') }),
     run: async (a, ctx: CommandContext) => {
       const { TokenStore } = await import('../http/tokens.js');
       const r = await ctx.runtime({ transports: 'none' });

@@ -33,14 +33,19 @@ function cliField(field: z.ZodType, positional: boolean): z.ZodType {
   return (optional ? base.optional() : base).describe(description);
 }
 
-function cliCommand(v: VmVerb): CliCommand {
+/** The CLI command's arguments: the device, the capability's own (as strings), --yes, --output. */
+function cliArgs(v: VmVerb): z.ZodObject {
   const shape: Record<string, z.ZodType> = { device: DeviceNameSchema.describe('the device it runs on (see `meshpilot devices`)') };
   for (const [k, f] of Object.entries(v.args.shape as Record<string, z.ZodType>)) shape[k] = cliField(f, v.positional.includes(k));
   shape['yes'] = z.boolean().optional().describe('approve without asking when the manifest wants approval (CLI only: over HTTP the device\'s operators approve, through POST /v1/exec)');
   shape['output'] = z.enum(['text', 'json']).default('text').describe('output format');
+  return z.object(shape);
+}
+
+function cliCommand(v: VmVerb): CliCommand {
   return defineCommand({
     name: `vm ${v.verb}`, summary: v.summary, permission: 'operator', capability: v.capability, surfaces: ['cli', 'http'],
-    args: z.object(shape), positional: ['device', ...v.positional] as never,
+    args: () => cliArgs(v), positional: ['device', ...v.positional] as never,
     cli: { flags: { yes: '-y, --yes', output: '--output <format>' } as never, ...(v.verb === 'exec' ? { helpAfter: '\nPut -- before a program with options: meshpilot vm exec nas dev -- ls -la /' } : {}) },
     run: async (a: Record<string, unknown>, ctx: CommandContext) => {
       const { coerceArg } = await import('../../capabilities/args.js');
