@@ -196,7 +196,9 @@ async function buildCliBundle(outfile: string, version: string, opts: CliBuildOp
     const odd = r.warnings.find((w) => /import\.meta/.test(w.text));
     if (odd) throw new Error(`${path.basename(f.path)}: ${odd.text} (only import.meta.url is provided to the CLI's chunks)`);
     const file = f.path.replace(/\.mjs$/, '.cjs');
-    chunks.push({ file, code: r.code.replace(chunkRef, '"./$1.cjs"') });
+    const code = r.code.replace(chunkRef, '"./$1.cjs"');
+    // each chunk is the function the loader calls (scripts/cli-loader.cjs): strict, as the ES modules were
+    chunks.push({ file, code: `(function (exports, require, module, __mpUrl) {"use strict";${code}\n})` });
     if (result.metafile.outputs[path.relative(PACKAGE_ROOT, f.path)]?.entryPoint === path.relative(PACKAGE_ROOT, CLI_SOURCE)) main = path.basename(file);
   }
   if (!main) throw new Error('the CLI build has no entry chunk');

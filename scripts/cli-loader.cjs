@@ -19,6 +19,10 @@ const CHUNK = /^\.\/meshpilot-[\w-]+\.cjs$/;
 const mode = process.env.MESHPILOT_CODE_CACHE ?? 'on';
 const useCache = mode !== 'off';
 
+// One require for every chunk (they all sit in this folder), and their URLs from this folder's: chunk
+// names are [\w-]+.cjs, nothing in them to escape.
+const nodeRequire = createRequire(__filename);
+const dirUrl = pathToFileURL(__dirname).href;
 const modules = new Map();
 /** Chunks compiled without an accepted cache: written by save(). */
 const uncached = [];
@@ -32,8 +36,9 @@ function load(file) {
   if (known) return known.exports;
   const module = { exports: {} };
   modules.set(file, module);
-  // Strict like the ES modules the chunks were built as; no __dirname/__filename, which they never had.
-  const source = `(function (exports, require, module, __mpUrl) {"use strict";${fs.readFileSync(file, 'utf8')}\n})`;
+  // Each chunk is a function expression (exports, require, module, __mpUrl), strict like the ES modules it was
+  // built from, with no __dirname/__filename, which they never had: its text goes to V8 as it is read.
+  const source = fs.readFileSync(file, 'utf8');
   let cachedData;
   if (useCache) {
     try { cachedData = fs.readFileSync(cacheFile(file)); } catch { /* none yet */ }
@@ -44,13 +49,15 @@ function load(file) {
     if (cachedData) rejected++;
     uncached.push([file, script]);
   }
-  const nodeRequire = createRequire(file);
-  const req = (id) => (CHUNK.test(id) ? load(path.join(path.dirname(file), id)) : nodeRequire(id));
-  req.resolve = nodeRequire.resolve;
-  req.cache = nodeRequire.cache;
-  script.runInThisContext().call(module.exports, module.exports, req, module, pathToFileURL(file).href);
+  script.runInThisContext().call(module.exports, module.exports, req, module, `${dirUrl}/${path.basename(file)}`);
   return module.exports;
 }
+
+function req(id) {
+  return CHUNK.test(id) ? load(path.join(__dirname, id)) : nodeRequire(id);
+}
+req.resolve = nodeRequire.resolve;
+req.cache = nodeRequire.cache;
 
 /** Writes the caches this process lacked (atomically; a read-only dist/ simply keeps none). launcher/main.ts calls it. */
 function save() {
