@@ -8,8 +8,8 @@
  *   4 its manifest in MESHPILOT_HOME/manifests/<name>.yaml, staged beside it and renamed over
  *   5 the running launcher picks it up (SIGHUP, and its folder watch) and its bot says
  *     "✓ <name> live (reports to …)"
- * Steps 1-4 are prepareWorkspace, step 5 its finish(): an import prepares the whole tree, parents first,
- * then waits for all the bots at once.
+ * Steps 1-4 are prepareWorkspace, step 5 its finish(): an import prepares the tree parents first and
+ * starts each finish() as soon as that workspace is made (its bot starts while the next are made).
  * A failure part-way undoes what this workspace's create did, in reverse (manifest removed, account
  * deactivated, role file deleted and the home left only if it was there before) and says what it
  * undid; the import goes on with the others. An update rewrites the role file and the manifest: the

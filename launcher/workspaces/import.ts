@@ -3,7 +3,8 @@
  * plan it against the workspaces table (plan.ts: create / update / unchanged / skip / remove, the
  * empty-plan guard), render the plan as a tree, then, unless it is a dry run, apply it with progress:
  * creates and updates parents before children (homes, accounts and manifests a tree level at a
- * time, then every new bot's "live" awaited at once), removals children first. A workspace whose
+ * time; each new bot is started as soon as its own workspace is made, and every "live" is awaited
+ * once the tree is made), removals children first. A workspace whose
  * create fails is rolled back alone (create.ts), with its descendants (a child never reports to a
  * workspace that is not there); the others go on and the import says "partly done" with exactly
  * which failed and why. A re-run with no changes is a no-op.
@@ -124,7 +125,7 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
     const indexOf = new Map<string, number>();
     let index = 0;
     const specs = new Map<string, WorkspaceSpecRow>();
-    const prepared: PreparedWorkspace[] = [];
+    const prepared: Array<{ p: PreparedWorkspace; live: Promise<StepResult> }> = [];
     const report = (ws: WorkspaceSpecRow, action: 'create' | 'update', r: StepResult): void => {
       const i = indexOf.get(ws.name) ?? 0;
       env.runs.step(run, action === 'create' ? 'workspace.create' : 'workspace.update', {
@@ -164,8 +165,9 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       onProgress({ type: 'step', index: i, total, action, name: ws.name, status: 'running', message: `${action === 'create' ? 'creating' : 'updating'} on ${s.device} (home ${s.home})` });
       if (action === 'update') return report(s, 'update', await updateWorkspace(env, s, run.id));
       const p = await prepareWorkspace(env, s, run.id);
-      if (p.ok) prepared.push(p.prepared);
-      else report(s, 'create', p.result);
+      if (!p.ok) return report(s, 'create', p.result);
+      // Step 5 starts now: the launcher starts this bot while the next workspaces are being made.
+      prepared.push({ p: p.prepared, live: p.prepared.finish() });
     };
     const levels = new Map<number, TemplateWorkspace[]>();
     for (const ws of work) levels.set(ws.depth, [...(levels.get(ws.depth) ?? []), ws]);
@@ -174,9 +176,9 @@ export async function applyImport(prepared: PreparedImport, opts: ApplyOptions, 
       const lane = async (): Promise<void> => { for (let ws = queue.shift(); ws; ws = queue.shift()) await one(ws); };
       await Promise.all(Array.from({ length: Math.min(CONCURRENCY, queue.length) }, lane));
     }
-    // Step 5 for all of them at once: the launcher starts their bots together; each says live or is rolled back.
+    // Step 5: each bot was started as soon as its workspace was made; each says live or is rolled back.
     if (prepared.length > 0) onProgress({ type: 'info', message: `${prepared.length} workspace${prepared.length === 1 ? '' : 's'} made (homes, accounts, manifests) in ${((Date.now() - run.startedAt) / 1000).toFixed(1)} s; waiting for ${prepared.length === 1 ? 'its bot' : 'their bots'} to say live …` });
-    const finished = await Promise.all(prepared.map(async (p) => ({ p, r: await p.finish() })));
+    const finished = await Promise.all(prepared.map(async ({ p, live }) => ({ p, r: await live })));
     // A workspace whose parent did not come up is rolled back too: nothing reports to a workspace that is not there.
     const down = new Set(finished.filter((f) => !f.r.ok).map((f) => f.p.name));
     for (const f of finished) {
