@@ -9,13 +9,15 @@ import { Command, CommanderError } from 'commander';
 import { CLI_COMMANDS } from './commands/index.js';
 import { EXIT, UsageError, type CliIo, type CommandContext, type RuntimeOptions } from './commands/context.js';
 import { registerCommands, type CommandTerms } from './commands/program.js';
+import { stdioWriter } from './stdio.js';
 import type { Runtime } from './runtime-core.js';
 
 export { EXIT, UsageError, type CliIo, type CommandContext } from './commands/context.js';
 
 const defaultIo: CliIo = {
-  out: (t) => process.stdout.write(t),
-  err: (t) => process.stderr.write(t),
+  // fs.writeSync until the stream is made (launcher/stdio.ts; the stream's write when main.ts did not set that up)
+  out: stdioWriter('stdout'),
+  err: stdioWriter('stderr'),
   // Read when a command asks: process.stdin is made on first access (a stream, ~5 ms that only prompts need).
   get isTTY() { return Boolean(process.stdin.isTTY && process.stdout.isTTY); },
   ask: async (q) => {

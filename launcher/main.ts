@@ -1,3 +1,5 @@
+import { madeStreams, watchStdio } from './stdio.js';
+
 const argv = process.argv.slice(2);
 // One-shot commands keep the terminal for their own output; long-running ones log at info.
 // Set before any module loads: loggers read the level when they are created.
@@ -16,14 +18,15 @@ async function main(): Promise<void> {
     for (const flag of ['--no-opt', '--no-sparkplug', '--wasm-tiering-budget=100000000', '--wasm-lazy-validation']) setFlagsFromString(flag);
   }
   // A reader that went away (`meshpilot … | head`) ends the command quietly, as other tools do: no
-  // EPIPE stack trace. Any other write error is one line and exit 1.
-  for (const stream of [process.stdout, process.stderr]) {
+  // EPIPE stack trace. Any other write error is one line and exit 1. Attached when each stream is made:
+  // until then the CLI writes without one (launcher/stdio.ts).
+  watchStdio((stream) => {
     stream.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
       try { process.stderr.write(`meshpilot: cannot write output: ${err.message}\n`); } catch { /* stderr is gone too */ }
       process.exit(1);
     });
-  }
+  });
   const { runCli } = await import('./cli.js');
   const code = await runCli(argv);
   process.exitCode = code;
@@ -35,7 +38,7 @@ async function main(): Promise<void> {
   // terminals are written synchronously; a pipe whose reader lags still holds bytes: then the process
   // ends as usual), exiting here skips the engine's teardown that a natural exit pays after the last
   // callback: 10-20 ms of every `meshpilot cap` and `--help`.
-  const flushed = (): boolean => process.stdout.writableLength === 0 && process.stderr.writableLength === 0;
+  const flushed = (): boolean => madeStreams().every((s) => s.writableLength === 0);
   // A one-shot command's compiled code is what the next one needs: saved now (where it is missing), never
   // by `up` or the agent, which run under other V8 flags (V8 takes a cache only under the flags it was made with).
   if (!servesForever && !longRunning.has(argv[0] ?? '')) codeCache?.save();

@@ -51,6 +51,39 @@ describe('meshpilot CLI (real child processes)', { timeout: 120_000 }, () => {
     expect(parsed.result.truncated).toBe(true);
   });
 
+  it('a reader that goes away early ends the command quietly, exit 0 (EPIPE, no stack trace)', async () => {
+    const home = tempDir('mp-cli-');
+    const file = path.join(tempDir('mp-cli-pipe-'), 'ctl.txt');
+    writeFileSync(file, '\u0001'.repeat(70_000));
+    const child = spawn(process.execPath, [BIN, 'cap', 'local', 'fs.read', `path=${file}`, '--output', 'json'], {
+      env: { ...process.env, MESHPILOT_HOME: home, MESHPILOT_LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    // `| head -c 100`: the first bytes, then the reader is gone with ~400 KB still to write
+    const first = await new Promise<Buffer>((resolve) => child.stdout.once('data', resolve));
+    child.stdout.destroy();
+    expect(first.toString('utf8')).toMatch(/^\{\n {2}"device": "local"/);
+    expect(await exited).toBe(0);
+    expect(err).not.toMatch(/EPIPE|Error|\n\s+at /);
+  });
+
+  it('output written before any stream exists and after it is made arrives in order', () => {
+    // `cap` prints its result on stdout and the audit footer on stderr, both into one pipe here
+    const home = tempDir('mp-cli-');
+    const dir = tempDir('mp-cli-order-');
+    for (const f of ['a.txt', 'b.txt']) writeFileSync(path.join(dir, f), f);
+    const r = spawnSync('sh', ['-c', `"${process.execPath}" "${BIN}" cap local fs.list path=${dir} 2>&1`], {
+      env: { ...process.env, MESHPILOT_HOME: home, MESHPILOT_LOG_LEVEL: 'warn' }, encoding: 'utf8', timeout: 30_000,
+    });
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines.at(-1)).toMatch(/^🧾 audit local #\d+ fs\.list ok$/);
+    expect(lines.slice(0, -1).join('\n')).toMatch(/a\.txt[\s\S]*b\.txt/);
+  });
+
   it('exit codes: 0 ok, 3 denied, 4 failed, 2 usage; the footer names the audit entry', () => {
     const home = tempDir('mp-cli-');
     const ok = cli(home, ['cap', 'local', 'fs.list', 'path=/tmp']);
