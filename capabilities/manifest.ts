@@ -13,6 +13,7 @@ import { LevelSchema, type Level } from './levels.js';
 import { builtinRegistry, type CapabilityRegistry } from './registry.js';
 
 import { DeviceNameSchema } from './names.js';
+import { VmNameSchema } from './vm/args.js';
 export { DEVICE_NAME, DeviceNameSchema } from './names.js';
 export const OsSchema = z.enum(['linux', 'darwin', 'windows']);
 export type DeviceOs = z.infer<typeof OsSchema>;
@@ -35,6 +36,7 @@ const NameGlob = z.string().min(1).max(256);
 export const WorkspaceSectionSchema = z.object({
   host: DeviceNameSchema.describe('the device the workspace runs on'),
   home: z.string().min(1).max(1024),
+  vm: DeviceNameSchema.optional().describe('the VM of the host device the workspace lives in (its home is inside it)'),
   role: z.string().min(1).max(8000),
   model: z.string().min(1).max(200).optional(),
   parent: DeviceNameSchema.nullable().default(null),
@@ -42,21 +44,34 @@ export const WorkspaceSectionSchema = z.object({
 }).strict();
 export type WorkspaceSection = z.infer<typeof WorkspaceSectionSchema>;
 
+const LocalTransportSchema = z.object({ kind: z.literal('local') }).strict();
+const SshTransportSchema = z.object({
+  kind: z.literal('ssh'),
+  host: z.string().min(1).max(255).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  user: z.string().min(1).max(64).optional(),
+  key: z.string().min(1).max(1024).optional().describe('private key file on the controller'),
+  alias: z.string().min(1).max(255).optional().describe('a Host alias from ~/.ssh/config'),
+  trust_on_first_use: z.boolean().optional(),
+}).strict().refine((t) => t.host !== undefined || t.alias !== undefined, 'an ssh transport needs host or alias');
+
+const VIA_KINDS = 'a workspace in a VM needs its device reached over local or ssh';
+
 export const TransportSchema = z.discriminatedUnion('kind', [
-  z.object({ kind: z.literal('local') }).strict(),
-  z.object({
-    kind: z.literal('ssh'),
-    host: z.string().min(1).max(255).optional(),
-    port: z.number().int().min(1).max(65535).optional(),
-    user: z.string().min(1).max(64).optional(),
-    key: z.string().min(1).max(1024).optional().describe('private key file on the controller'),
-    alias: z.string().min(1).max(255).optional().describe('a Host alias from ~/.ssh/config'),
-    trust_on_first_use: z.boolean().optional(),
-  }).strict().refine((t) => t.host !== undefined || t.alias !== undefined, 'an ssh transport needs host or alias'),
+  LocalTransportSchema,
+  SshTransportSchema,
   z.object({
     kind: z.literal('mesh'),
     address: z.string().min(1).max(64).describe("the device's mesh (WireGuard) IP"),
     port: z.number().int().min(1).max(65535).default(7420),
+  }).strict(),
+  // Capabilities run inside the device's VM `mp-<vm>` (capabilities/transports/vm.ts), the device reached through `via`.
+  z.object({
+    kind: z.literal('vm'),
+    vm: VmNameSchema,
+    via: z.discriminatedUnion('kind', [LocalTransportSchema, SshTransportSchema], {
+      error: (iss) => (iss.code === 'invalid_union' ? VIA_KINDS : undefined),
+    }).default({ kind: 'local' }).describe("how the VM's device is reached: { kind: local } (default) or an ssh transport"),
   }).strict(),
 ]);
 export type TransportConfig = z.infer<typeof TransportSchema>;
