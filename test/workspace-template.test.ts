@@ -291,6 +291,49 @@ workspaces:
     ]);
   });
 
+  it('a workspace in a VM: the device must grant vm.exec and be reached over local or ssh, the home is a directory of its own', () => {
+    write({
+      'vmhost.yaml': 'device: vmhost\ncapabilities:\n  fs.read: { paths_allowed: ["/srv/**"] }\n  vm.exec: {}\n',
+      'meshbox.yaml': 'device: meshbox\ntransport: { kind: mesh, address: 10.0.0.2, port: 7700 }\ncapabilities:\n  vm.exec: {}\n',
+    }, path.join(tmp, 'manifests'));
+    write({
+      'org.yaml': `name: lab
+workspaces:
+  - name: a
+    role: r
+    device: vmhost
+    vm: dev
+    home: ~/ws/a
+    capabilities: [fs.read]
+  - name: b
+    role: r
+    device: server
+    vm: dev
+  - name: c
+    role: r
+    device: vmhost
+    vm: dev
+    home: "~/"
+  - name: d
+    role: r
+    device: vmhost
+    vm: dev
+    home: ~/ws/a
+`,
+    });
+    const issues = issuesOf();
+    expect(issues).toContain('org.yaml:12 workspaces[1].vm: VM dev: a workspace in a VM needs vm.exec on server (its calls run inside the VM as vm.exec\'s do), and server\'s manifest does not grant it');
+    expect(issues).toContain('org.yaml:16 workspaces[2].vm: VM dev: the home ~/ would be the whole VM; give the workspace a directory of its own (e.g. ~/workspaces/<name>)');
+    expect(issues).toContain('org.yaml:18 workspaces[3].home: ~/ws/a in VM dev on vmhost is already the home of a (org.yaml:3)');
+    // a's home is outside vmhost's fs.read paths (/srv/**): inside a VM that is no objection
+    expect(issues.filter((i) => i.includes('workspaces[0]'))).toEqual([]);
+    expect(devices.get('meshbox')?.transport.kind).toBe('mesh');
+    write({ 'org.yaml': 'name: lab\nworkspaces:\n  - name: m\n    role: r\n    device: meshbox\n    vm: dev\n' });
+    expect(issuesOf()).toEqual(['org.yaml:6 workspaces[0].vm: VM dev: a workspace in a VM needs its device reached over local or ssh; meshbox is reached over mesh']);
+    write({ 'org.yaml': 'name: lab\nworkspaces:\n  - name: e\n    role: r\n    device: vmhost\n    vm: Bad_Name\n' });
+    expect(issuesOf()[0]).toMatch(/^org\.yaml:6 workspaces\[0\]\.vm: a VM name is/);
+  });
+
   it('a device with an invalid manifest says so', () => {
     write({ 'broken.yaml': 'device: broken\nbogus: 1\n' }, path.join(tmp, 'manifests'));
     write({ 'org.yaml': 'name: lab\nworkspaces:\n  - name: a\n    role: r\n    device: broken\n' });

@@ -26,6 +26,22 @@ export interface WorkspaceSpec {
   /** the ownership label (template identity); null when created by hand */
   template: string | null;
   capabilities: readonly string[];
+  /** a VM of the device: the home is inside it and every call of the workspace runs there */
+  vm?: string | null | undefined;
+}
+
+/**
+ * Why a workspace cannot live in a VM of this device, or undefined when it can. Its calls run inside
+ * the VM the way vm.exec's do (podman exec through the device's transport), so the device must grant
+ * vm.exec; the device is reached over local or ssh (a mesh device's agent does not run a VM's calls
+ * yet); and the home is a directory of its own, never the VM's / or ~ (rm --purge deletes it).
+ */
+export function vmHomeProblem(device: Manifest, home: string): string | undefined {
+  if (!device.capabilities['vm.exec']) return `a workspace in a VM needs vm.exec on ${device.device} (its calls run inside the VM as vm.exec's do), and ${device.device}'s manifest does not grant it`;
+  if (device.transport.kind !== 'local' && device.transport.kind !== 'ssh') return `a workspace in a VM needs its device reached over local or ssh; ${device.device} is reached over ${device.transport.kind}`;
+  const h = homeOf(home);
+  if (h === '/' || h === '~') return `the home ${home} would be the whole VM; give the workspace a directory of its own (e.g. ~/workspaces/<name>)`;
+  return undefined;
 }
 
 export type Derived = { ok: true; text: string; manifest: Manifest } | { ok: false; error: MpError };
@@ -52,6 +68,10 @@ export function deriveWorkspaceManifest(device: Manifest, spec: WorkspaceSpec, o
   const fail = (message: string): Derived => ({ ok: false, error: { code: 'policy_denied', message: `${spec.name}: ${message}` } });
   if (device.workspace) return fail(`"${device.device}" is itself a workspace; a workspace runs on a device`);
   const home = homeOf(spec.home);
+  if (spec.vm) {
+    const problem = vmHomeProblem(device, spec.home);
+    if (problem) return fail(`VM ${spec.vm}: ${problem}`);
+  }
   const caps: Record<string, CapabilityOptions> = {};
   for (const name of [...new Set(spec.capabilities)].sort()) {
     const def = registry.get(name);
@@ -66,7 +86,11 @@ export function deriveWorkspaceManifest(device: Manifest, spec: WorkspaceSpec, o
     }
     const opt: CapabilityOptions = { ...own };
     const scope = def.scope;
-    if (scope?.kind === 'paths') {
+    if (spec.vm) {
+      // Inside the VM: the device's own path lists are about the device's file system, not the VM's.
+      // Every path list is the home; a capability without one (sys.info) keeps the device's options.
+      if (scope?.kind === 'paths' || scope?.kind === 'binary' || scope?.kind === 'eval') opt.paths_allowed = narrowed(home);
+    } else if (scope?.kind === 'paths') {
       if (!covers(own.paths_allowed, home)) {
         return fail(`${name} on ${device.device} allows only [${(own.paths_allowed ?? []).join(', ')}]; the home ${home} is outside it`);
       }
@@ -82,6 +106,7 @@ export function deriveWorkspaceManifest(device: Manifest, spec: WorkspaceSpec, o
   const workspace: WorkspaceSection = {
     host: device.device,
     home,
+    ...(spec.vm ? { vm: spec.vm } : {}),
     role: spec.role,
     ...(spec.model ? { model: spec.model } : {}),
     parent: spec.parent,
@@ -90,9 +115,10 @@ export function deriveWorkspaceManifest(device: Manifest, spec: WorkspaceSpec, o
   const body = {
     device: spec.name,
     os: device.os,
-    transport: device.transport,
+    // in a VM: every call runs inside it, through the device's own transport (capabilities/transports/vm.ts)
+    transport: spec.vm ? { kind: 'vm', vm: spec.vm, via: device.transport } : device.transport,
     operators: device.operators,
-    description: `workspace ${spec.name} on ${device.device}`,
+    description: `workspace ${spec.name} ${spec.vm ? `in VM ${spec.vm} ` : ''}on ${device.device}`,
     limits: device.limits,
     capabilities: caps,
     workspace,

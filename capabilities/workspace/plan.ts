@@ -22,6 +22,8 @@ export interface PlanNode {
   /** for update: the fields that differ; for skip/conflict/remove: why */
   detail?: string;
   device?: string;
+  /** the VM of the device it lives in */
+  vm?: string;
   children: PlanNode[];
 }
 
@@ -52,7 +54,7 @@ export function templateIdentity(t: Pick<OrgTemplate, 'name'>): string {
 
 function desired(ws: TemplateWorkspace, template: string): DesiredRow {
   return {
-    name: ws.name, parent: ws.parent, device: ws.device ?? '', home: ws.home, role_hash: roleHash(ws.role),
+    name: ws.name, parent: ws.parent, device: ws.device ?? '', vm: ws.vm ?? null, home: ws.home, role_hash: roleHash(ws.role),
     model: ws.model ?? null, capabilities: [...new Set(ws.capabilities)].sort(), template,
   };
 }
@@ -61,6 +63,7 @@ function changedFields(want: DesiredRow, have: WorkspaceRow): string[] {
   const out: string[] = [];
   if (want.parent !== have.parent) out.push(`parent ${have.parent ?? '—'} → ${want.parent ?? '—'}`);
   if (want.device !== have.device) out.push(`device ${have.device} → ${want.device}`);
+  if ((want.vm ?? null) !== (have.vm ?? null)) out.push(`vm ${have.vm ?? '—'} → ${want.vm ?? '—'}`);
   if (want.home !== have.home) out.push(`home ${have.home} → ${want.home}`);
   if (want.role_hash !== have.role_hash) out.push('role');
   if (want.model !== have.model) out.push(`model ${have.model ?? '—'} → ${want.model ?? '—'}`);
@@ -85,7 +88,7 @@ export function planImport(t: OrgTemplate, current: WorkspaceRow[], mode: PlanMo
 
   const visit = (ws: TemplateWorkspace): PlanNode => {
     const have = byName.get(ws.name);
-    const node: PlanNode = { name: ws.name, action: 'unchanged', children: [], ...(ws.device ? { device: ws.device } : {}) };
+    const node: PlanNode = { name: ws.name, action: 'unchanged', children: [], ...(ws.device ? { device: ws.device } : {}), ...(ws.vm ? { vm: ws.vm } : {}) };
     if (!ws.spawning) {
       node.action = 'skip';
       node.detail = `spawning: false at ${ws.skippedBy ?? '?'}${have ? '; the existing workspace is left as is' : ''}`;
@@ -143,7 +146,7 @@ export function planImport(t: OrgTemplate, current: WorkspaceRow[], mode: PlanMo
       }
     }
     // Removed subtrees as trees (a removed workspace under a removed parent nests there).
-    const nodes = new Map<string, PlanNode>(gone.map((r) => [r.name, { name: r.name, action: 'remove', device: r.device, detail: 'no longer in the template', children: [] }]));
+    const nodes = new Map<string, PlanNode>(gone.map((r) => [r.name, { name: r.name, action: 'remove', device: r.device, ...(r.vm ? { vm: r.vm } : {}), detail: 'no longer in the template', children: [] }]));
     for (const r of [...gone].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
       const n = nodes.get(r.name)!;
       const parentNode = r.parent ? nodes.get(r.parent) : undefined;
@@ -175,7 +178,7 @@ export function renderPlan(plan: WorkspacePlan): string {
     nodes.forEach((n, i) => {
       const last = i === nodes.length - 1;
       const branch = top ? '' : last ? '└─ ' : '├─ ';
-      const on = n.device && (n.action === 'create' || n.action === 'remove') ? ` on ${n.device}` : '';
+      const on = n.device && (n.action === 'create' || n.action === 'remove') ? `${n.vm ? ` in VM ${n.vm}` : ''} on ${n.device}` : '';
       lines.push(`${prefix}${branch}${MARK[n.action]} ${n.name}  ${n.action}${on}${n.detail ? ` (${n.detail})` : ''}`);
       walk(n.children, top ? prefix : prefix + (last ? '   ' : '│  '), false);
     });

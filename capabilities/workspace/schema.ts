@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { DeviceNameSchema } from '../names.js';
+import { VmNameSchema } from '../vm/args.js';
 
 /** Size limits of one template (all its files together). */
 export const TEMPLATE_LIMITS = {
@@ -57,6 +58,8 @@ export const WorkspaceNodeSchema = z.object({
   role: z.string().trim().min(1).max(8000).optional(),
   home: HomeSchema.optional(),
   device: DeviceNameSchema.optional(),
+  /** a VM of that device (made by `vm new`): the home is inside it, and every call of the workspace runs there */
+  vm: VmNameSchema.optional(),
   model: ModelSchema.optional(),
   capabilities: CapabilityList.optional(),
   spawning: z.boolean().optional(),
@@ -82,6 +85,8 @@ export interface TemplateWorkspace {
   home: string;
   /** undefined only for a skipped workspace when neither it nor the defaults name one */
   device: string | undefined;
+  /** the VM of `device` it lives in (its home is inside it), or undefined: on the device itself */
+  vm: string | undefined;
   model: string | undefined;
   capabilities: string[];
   /** false when it or an ancestor says `spawning: false` */
@@ -94,7 +99,7 @@ export interface TemplateWorkspace {
   /** where the capabilities list came from: this node, or the defaults */
   capabilitiesFrom: 'node' | 'defaults';
   /** lines of the fields, for validation errors against devices */
-  lines: { device: number | null; capabilities: Array<number | null> };
+  lines: { device: number | null; vm: number | null; capabilities: Array<number | null> };
 }
 
 export interface OrgTemplate {

@@ -32,6 +32,9 @@ registerMigration('capabilities.workspaces.v1', `
   CREATE INDEX workspaces_parent ON workspaces (parent);
 `);
 
+// The VM of the device a workspace lives in (NULL: on the device itself).
+registerMigration('capabilities.workspaces.v2', 'ALTER TABLE workspaces ADD COLUMN vm TEXT;');
+
 export const WorkspaceStateSchema = z.enum(['pending', 'live', 'failed', 'stopped', 'removing']);
 export type WorkspaceState = z.infer<typeof WorkspaceStateSchema>;
 
@@ -40,6 +43,8 @@ export const WorkspaceRowSchema = z.object({
   name: WorkspaceNameSchema,
   parent: WorkspaceNameSchema.nullable(),
   device: z.string().min(1).max(64),
+  /** the VM of that device it lives in; null (or absent) = on the device itself */
+  vm: z.string().min(1).max(64).nullable().optional(),
   home: z.string().min(1).max(1024),
   role_hash: z.string().regex(/^[0-9a-f]{64}$/),
   model: z.string().max(200).nullable(),
@@ -73,10 +78,10 @@ export class WorkspaceStore {
     // this module may load after the database opened (the CLI opens it first): its table then comes now
     applyNamedMigrations(db);
     this.stmts = {
-      all: db.prepare('SELECT name, parent, device, home, role_hash, model, capabilities, template, state FROM workspaces ORDER BY name'),
-      insert: db.prepare(`INSERT INTO workspaces (name, parent, device, home, role_hash, model, capabilities, template, state, created_at, updated_at)
-        VALUES (@name, @parent, @device, @home, @role_hash, @model, @capabilities, @template, @state, @now, @now)
-        ON CONFLICT (name) DO UPDATE SET parent = @parent, device = @device, home = @home, role_hash = @role_hash,
+      all: db.prepare('SELECT name, parent, device, vm, home, role_hash, model, capabilities, template, state FROM workspaces ORDER BY name'),
+      insert: db.prepare(`INSERT INTO workspaces (name, parent, device, vm, home, role_hash, model, capabilities, template, state, created_at, updated_at)
+        VALUES (@name, @parent, @device, @vm, @home, @role_hash, @model, @capabilities, @template, @state, @now, @now)
+        ON CONFLICT (name) DO UPDATE SET parent = @parent, device = @device, vm = @vm, home = @home, role_hash = @role_hash,
           model = @model, capabilities = @capabilities, template = @template, updated_at = @now`),
       remove: db.prepare('DELETE FROM workspaces WHERE name = ?'),
       setState: db.prepare('UPDATE workspaces SET state = ?, updated_at = ? WHERE name = ?'),
@@ -101,7 +106,7 @@ export class WorkspaceStore {
 
   /** Inserts or updates one row (a new row gets `state`; an update keeps the row's state). */
   upsert(row: Omit<WorkspaceRow, 'state'>, state: WorkspaceState = 'pending'): void {
-    this.stmts.insert.run({ ...row, capabilities: JSON.stringify([...new Set(row.capabilities)].sort()), state, now: Date.now() });
+    this.stmts.insert.run({ ...row, vm: row.vm ?? null, capabilities: JSON.stringify([...new Set(row.capabilities)].sort()), state, now: Date.now() });
   }
 
   remove(name: string): boolean {

@@ -192,6 +192,7 @@ class Walker {
       role: node.role ?? '',
       home: node.home ?? `~/workspaces/${node.name}`,
       device: node.device ?? d.device,
+      vm: node.vm,
       model: node.model ?? d.model,
       capabilities: [...new Set(caps)],
       spawning: skip === undefined,
@@ -202,6 +203,7 @@ class Walker {
       capabilitiesFrom: node.capabilities ? 'node' : 'defaults',
       lines: {
         device: lineOf(at.pf.doc, at.pf.counter, [...at.docPath, node.device !== undefined ? 'device' : 'name']),
+        vm: node.vm !== undefined ? lineOf(at.pf.doc, at.pf.counter, [...at.docPath, 'vm']) : null,
         capabilities: caps.map((_, i) => (node.capabilities ? lineOf(at.pf.doc, at.pf.counter, [...at.docPath, 'capabilities', i]) : null)),
       },
     };

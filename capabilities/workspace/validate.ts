@@ -8,7 +8,7 @@
 import * as path from 'node:path';
 import type { Manifest } from '../manifest.js';
 import { builtinRegistry, type CapabilityRegistry } from '../registry.js';
-import { WORKSPACE_ONLY_CAPABILITIES } from './derive.js';
+import { vmHomeProblem, WORKSPACE_ONLY_CAPABILITIES } from './derive.js';
 import type { OrgTemplate, TemplateIssue, TemplateWorkspace } from './schema.js';
 import { parseTemplate, sortIssues, type TemplateLimits, type TemplateParse } from './template.js';
 
@@ -53,9 +53,9 @@ export function validateTemplate(t: OrgTemplate, opts: ValidateOptions): Templat
       at(ws, 'device', 'no device: set device here or in defaults.device');
       continue;
     }
-    const homeKey = `${ws.device}\0${ws.home}`;
+    const homeKey = `${ws.device}\0${ws.vm ?? ''}\0${ws.home}`;
     const sameHome = homes.get(homeKey);
-    if (sameHome) at(ws, 'home', `${ws.home} on ${ws.device} is already the home of ${sameHome.name} (${where(sameHome)})`);
+    if (sameHome) at(ws, 'home', `${ws.home} ${ws.vm ? `in VM ${ws.vm} ` : ''}on ${ws.device} is already the home of ${sameHome.name} (${where(sameHome)})`);
     else homes.set(homeKey, ws);
     const manifest = opts.devices.get(ws.device);
     if (!manifest) {
@@ -65,6 +65,10 @@ export function validateTemplate(t: OrgTemplate, opts: ValidateOptions): Templat
         ? `device "${ws.device}" has an invalid manifest: ${problem.split('\n')[0]}`
         : `unknown device "${ws.device}"${known ? ` (known: ${known.join(', ') || 'none'})` : ''}`, ws.lines.device);
       continue;
+    }
+    if (ws.vm !== undefined) {
+      const problem = vmHomeProblem(manifest, ws.home);
+      if (problem) at(ws, 'vm', `VM ${ws.vm}: ${problem}`, ws.lines.vm);
     }
     ws.capabilities.forEach((cap, i) => {
       const field = ws.capabilitiesFrom === 'node' ? `capabilities[${i}]` : 'capabilities';

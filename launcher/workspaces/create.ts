@@ -17,14 +17,14 @@
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { autoApprove, type InvokeResult } from '../../capabilities/invoke.js';
 import { MeshpilotError, toMpError, type MpError } from '../../capabilities/errors.js';
 import { deriveWorkspaceManifest } from '../../capabilities/workspace/derive.js';
 import type { WorkspaceRow } from '../../capabilities/workspace/store.js';
 import { readCredentials } from '../../bots/credentials.js';
 import { pokeLauncher, type WorkspaceEnv } from './env.js';
+import { homeOps, ROLE_FILE } from './home.js';
 
-export const ROLE_FILE = 'ROLE.md';
+export { ROLE_FILE };
 
 /** What a create or update needs: the row to write, and the role itself (the row keeps only its hash). */
 export interface WorkspaceSpecRow extends Omit<WorkspaceRow, 'state'> {
@@ -45,11 +45,6 @@ export function roleText(ws: Pick<WorkspaceSpecRow, 'name' | 'role' | 'parent' |
   return `# ${ws.name}\n\n${ws.role.trim()}\n\n<!-- meshpilot: the role of workspace ${ws.name} (reports to ${ws.parent ?? '—'}${ws.template ? `, template ${ws.template}` : ''}); the import rewrites this file -->\n`;
 }
 
-function callError(r: InvokeResult, what: string): MeshpilotError {
-  const e = r.error ?? { code: 'internal' as const, message: 'failed' };
-  return new MeshpilotError(e.code, `${what}: ${e.message}`);
-}
-
 /** The derived manifest's text, or the reason it cannot be (nothing is created then). */
 function derive(env: WorkspaceEnv, ws: WorkspaceSpecRow): { ok: true; text: string } | { ok: false; error: MpError } {
   const devices = env.o.runtime.devices;
@@ -58,7 +53,7 @@ function derive(env: WorkspaceEnv, ws: WorkspaceSpecRow): { ok: true; text: stri
   const existing = devices.get(ws.name);
   if (existing && !existing.workspace) return { ok: false, error: { code: 'usage', message: `${ws.name}: a device of that name exists (${devices.fileFor(ws.name)})` } };
   if (!existing && existsSync(devices.fileFor(ws.name))) return { ok: false, error: { code: 'usage', message: `${ws.name}: ${devices.fileFor(ws.name)} exists and is not a valid workspace manifest` } };
-  const d = deriveWorkspaceManifest(host, { name: ws.name, home: ws.home, role: ws.role, model: ws.model, parent: ws.parent, template: ws.template, capabilities: ws.capabilities }, { file: devices.fileFor(ws.name), registry: env.o.runtime.invoker.registry });
+  const d = deriveWorkspaceManifest(host, { name: ws.name, home: ws.home, vm: ws.vm, role: ws.role, model: ws.model, parent: ws.parent, template: ws.template, capabilities: ws.capabilities }, { file: devices.fileFor(ws.name), registry: env.o.runtime.invoker.registry });
   return d.ok ? { ok: true, text: d.text } : d;
 }
 
@@ -68,24 +63,6 @@ function writeManifest(env: WorkspaceEnv, name: string, text: string): void {
   const tmp = path.join(path.dirname(file), `.${name}.yaml.${process.pid}.tmp`);
   writeFileSync(tmp, text, { mode: 0o600 });
   renameSync(tmp, file);
-}
-
-async function call(env: WorkspaceEnv, device: string, capability: string, args: Record<string, unknown>, importId: string | undefined): Promise<InvokeResult> {
-  // The operator approved the plan (the import's confirmation, or --yes): the calls it makes need no second ✅.
-  return env.o.runtime.invoker.invoke({ device, capability, args, actor: env.actor, context: { workspace_import: importId ?? null } }, autoApprove);
-}
-
-/** Whether `p` exists on the device: true/false, or undefined when fs.stat is not granted there. */
-async function existsOn(env: WorkspaceEnv, device: string, p: string, importId: string | undefined): Promise<boolean | undefined> {
-  const r = await call(env, device, 'fs.stat', { path: p }, importId);
-  if (r.ok) return true;
-  if (r.error?.code === 'not_found') return false;
-  return undefined;
-}
-
-async function writeRole(env: WorkspaceEnv, ws: WorkspaceSpecRow, importId: string | undefined): Promise<void> {
-  const r = await call(env, ws.device, 'fs.write', { path: `${ws.home.replace(/\/+$/, '')}/${ROLE_FILE}`, content: roleText(ws), mode: '0644' }, importId);
-  if (!r.ok) throw callError(r, `making its home ${ws.home} on ${ws.device} (fs.write ${ROLE_FILE})`);
 }
 
 async function waitLive(env: WorkspaceEnv, name: string, sinceTs: number): Promise<void> {
@@ -127,6 +104,7 @@ export async function prepareWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, 
   env.store.setState(ws.name, 'pending');
   const home = ws.home.replace(/\/+$/, '');
   const roleFile = `${home}/${ROLE_FILE}`;
+  const place = homeOps(env, ws, importId);
   const done = { role: false, roleExisted: true, homeExisted: true, account: false, userId: '', manifest: false };
   const keysHad = existsSync(path.join(env.o.runtime.home.keys, ws.name, 'matrix.json'));
   let sinceTs = Date.now();
@@ -151,20 +129,19 @@ export async function prepareWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, 
     }
     if (done.role && !done.roleExisted) {
       await undo(`${ROLE_FILE} deleted`, async () => {
-        const r = await call(env, ws.device, 'fs.delete', { path: roleFile }, importId);
-        if (!r.ok && r.error?.code !== 'not_found') throw callError(r, `deleting ${roleFile}`);
+        await place.deleteFile(roleFile);
       });
-      if (!done.homeExisted) leftovers.push(`the empty home ${home} stays on ${ws.device} (fs.delete removes files, not directories)`);
+      if (!done.homeExisted) leftovers.push(`the empty home ${home} stays ${place.where}${ws.vm ? '' : ' (fs.delete removes files, not directories)'}`);
     }
     env.store.setState(ws.name, 'failed');
     return { ok: false, name: ws.name, error, undone, leftovers, ms: ms() };
   };
   try {
     // 2: the home, through invoke on the host device
-    const homeExisted = await existsOn(env, ws.device, home, importId);
+    const homeExisted = await place.exists(home);
     done.homeExisted = homeExisted !== false;
-    done.roleExisted = done.homeExisted ? (await existsOn(env, ws.device, roleFile, importId)) !== false : false;
-    await writeRole(env, ws, importId);
+    done.roleExisted = done.homeExisted ? (await place.exists(roleFile)) !== false : false;
+    await place.writeRole(home, roleText(ws));
     done.role = true;
     // 3: the Matrix account
     const { ensureBotAccount } = await import('../enroll/matrix.js');
@@ -214,7 +191,7 @@ export async function updateWorkspace(env: WorkspaceEnv, ws: WorkspaceSpecRow, i
   const derived = derive(env, ws);
   if (!derived.ok) return { ok: false, name: ws.name, error: derived.error, undone: [], leftovers: [], ms: ms() };
   try {
-    await writeRole(env, ws, importId);
+    await homeOps(env, ws, importId).writeRole(ws.home.replace(/\/+$/, ''), roleText(ws));
     const file = env.o.runtime.devices.fileFor(ws.name);
     const before = existsSync(file) ? readFileSync(file, 'utf8') : undefined;
     if (before !== derived.text) writeManifest(env, ws.name, derived.text);

@@ -78,7 +78,7 @@ export interface ApplyOptions extends WorkspaceOptions {
 
 function spec(ws: TemplateWorkspace, label: string): WorkspaceSpecRow {
   return {
-    name: ws.name, parent: ws.parent, device: ws.device ?? '', home: ws.home, role_hash: roleHash(ws.role), role: ws.role,
+    name: ws.name, parent: ws.parent, device: ws.device ?? '', vm: ws.vm ?? null, home: ws.home, role_hash: roleHash(ws.role), role: ws.role,
     model: ws.model ?? null, capabilities: [...new Set(ws.capabilities)].sort(), template: label,
   };
 }

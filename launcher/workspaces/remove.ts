@@ -5,20 +5,20 @@
  *   3 its manifest removed: the launcher's supervisor stops its bot (SIGHUP too); we wait for the
  *     bot's process to be gone
  *   4 its Matrix account deactivated, its keys and bot state removed
- *   5 its home kept, unless `purge`: then its files are deleted through invoke (fs.delete on the
- *     host device; directories stay: fs.delete removes files)
+ *   5 its home kept, unless `purge`: then its files are deleted through invoke (home.ts: fs.delete
+ *     on the host device, directories stay; in a VM the whole home goes, by vm.exec)
  *   6 its row deleted, the remove audited
  * Something already gone counts as removed (never wedged on not-found).
  */
 import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
-import { autoApprove } from '../../capabilities/invoke.js';
 import { botUserId } from '../../capabilities/config.js';
 import { toMpError, type MpError } from '../../capabilities/errors.js';
 import type { WorkspaceRow } from '../../capabilities/workspace/store.js';
 import { readCredentials } from '../../bots/credentials.js';
 import { botProcesses } from './bot-process.js';
-import { ROLE_FILE, type StepResult } from './create.js';
+import type { StepResult } from './create.js';
+import { homeOps } from './home.js';
 import { pokeLauncher, type WorkspaceEnv } from './env.js';
 
 export interface RemoveOneOptions {
@@ -108,8 +108,9 @@ export async function removeOne(env: WorkspaceEnv, name: string, opts: RemoveOne
     // 5: the home
     const device = row?.device ?? manifest?.workspace?.host;
     const home = (row?.home ?? manifest?.workspace?.home)?.replace(/\/+$/, '');
+    const vm = row?.vm ?? manifest?.workspace?.vm;
     if (opts.purge && device && home && rt.devices.get(device)) {
-      const purged = await purgeHome(env, device, home, opts.importId);
+      const purged = await homeOps(env, { device, vm }, opts.importId).purge(home);
       notes.push(...purged.notes);
       leftovers.push(...purged.leftovers);
     } else if (home) notes.push(`home ${home} kept${opts.purge ? ` (device ${device ?? '?'} unknown: nothing purged)` : ''}`);
@@ -129,30 +130,6 @@ export async function removeOne(env: WorkspaceEnv, name: string, opts: RemoveOne
     env.runs.step({ id: opts.importId ?? `rm-${name}`, actor: env.actor }, 'workspace.remove', { workspace: name }, error, ms());
     return { ok: false, name, error, undone: notes, leftovers, ms: ms() };
   }
-}
-
-/** Deletes the home's files (top level: the role file and what else is there) through fs.delete on the device. */
-async function purgeHome(env: WorkspaceEnv, device: string, home: string, importId: string | undefined): Promise<{ notes: string[]; leftovers: string[] }> {
-  const inv = env.o.runtime.invoker;
-  const ctx = { workspace_import: importId ?? null };
-  const notes: string[] = [];
-  const leftovers: string[] = [];
-  const list = await inv.invoke({ device, capability: 'fs.list', args: { path: home }, actor: env.actor, context: ctx }, autoApprove);
-  let names: Array<{ name: string; type: string }> = [{ name: ROLE_FILE, type: 'file' }];
-  if (list.ok) {
-    const data = list.result?.data as { entries?: Array<{ name: string; type: string }> } | undefined;
-    names = data?.entries ?? names;
-  } else if (list.error?.code === 'not_found') return { notes: [`home ${home} already gone`], leftovers };
-  let deleted = 0;
-  const dirs: string[] = [];
-  for (const e of names) {
-    if (e.type === 'dir') { dirs.push(e.name); continue; }
-    const r = await inv.invoke({ device, capability: 'fs.delete', args: { path: `${home}/${e.name}` }, actor: env.actor, context: ctx }, autoApprove);
-    if (r.ok || r.error?.code === 'not_found') deleted++;
-    else leftovers.push(`purging ${home}/${e.name}: ${r.error?.message ?? 'failed'}`);
-  }
-  notes.push(`home ${home} purged (${deleted} file${deleted === 1 ? '' : 's'} deleted${dirs.length ? `; directories left: ${dirs.join(', ')}` : ''})`);
-  return { notes, leftovers };
 }
 
 /** The workspace and its descendants, children first; stops at the first failure (a parent never goes before its children). */
