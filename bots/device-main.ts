@@ -66,9 +66,10 @@ async function main(device: string, heartbeatMs = 10_000): Promise<void> {
   const devices = new DeviceRegistry(home.manifests, builtinRegistry());
   if (!devices.get(device)) fatal('manifest_invalid', devices.problems(device) ?? `no manifest for ${device}`);
   // Load only the transport this device uses (each registers itself): less memory per bot.
-  const kind = devices.get(device)?.transport.kind;
-  if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
-  if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
+  const transport = devices.get(device)?.transport;
+  if (transport?.kind === 'ssh' || (transport?.kind === 'vm' && transport.via.kind === 'ssh')) await import('../capabilities/transports/ssh.js');
+  if (transport?.kind === 'mesh') await import('../capabilities/transports/mesh.js');
+  if (transport?.kind === 'vm') await import('../capabilities/transports/vm.js');
   // workspace.delegate (a workspace bot): relayed through the launcher over IPC (bots/delegation.ts).
   const delegation = new DelegationClient(process.send ? (m) => {
     if (!process.connected) return false;

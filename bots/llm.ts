@@ -260,7 +260,8 @@ function capabilityLine(name: string, o: CapabilityOptions, risk: Risk | undefin
  * dates, no counters), so it stays in the prompt cache across turns and restarts.
  */
 export function buildSystemPrompt(input: SystemPromptInput): string {
-  const transport = input.transport.kind === 'local' ? 'local (this machine)' : input.transport.kind === 'ssh' ? 'ssh' : 'mesh agent';
+  const transport = input.transport.kind === 'local' ? 'local (this machine)' : input.transport.kind === 'ssh' ? 'ssh'
+    : input.transport.kind === 'vm' ? `inside the VM ${input.transport.vm} (its own file system)` : 'mesh agent';
   const names = Object.keys(input.capabilities).filter((n) => input.capabilities[n] !== undefined).sort();
   const registry = input.registry ?? builtinRegistry();
   const caps = names.map((n) => capabilityLine(n, input.capabilities[n]!, registry.get(n)?.risk));

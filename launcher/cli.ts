@@ -41,7 +41,7 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void, argv?: 
   const runtime = async (opts: RuntimeOptions = {}): Promise<Runtime> => {
     if (rt) return rt;
     const core = await import('./runtime-core.js');
-    if ((opts.transports ?? 'all') === 'all') await core.loadTransports(['ssh', 'mesh']);
+    if ((opts.transports ?? 'all') === 'all') await core.loadTransports(['ssh', 'mesh', 'vm']);
     rt = core.openRuntime(opts.approve ? { approve: opts.approve } : {});
     return rt;
   };

@@ -74,5 +74,7 @@ export async function loadTransports(kinds: Iterable<string>): Promise<void> {
   for (const kind of new Set(kinds)) {
     if (kind === 'ssh') await import('../capabilities/transports/ssh.js');
     if (kind === 'mesh') await import('../capabilities/transports/mesh.js');
+    // A VM reached over ssh loads ssh.ts on its first call (capabilities/transports/vm.ts).
+    if (kind === 'vm') await import('../capabilities/transports/vm.js');
   }
 }

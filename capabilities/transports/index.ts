@@ -4,7 +4,7 @@
  */
 import type { CapabilityResult } from '../capability.js';
 import { MeshpilotError } from '../errors.js';
-import type { Manifest } from '../manifest.js';
+import type { Manifest, TransportConfig } from '../manifest.js';
 import type { PathResolver } from '../policy.js';
 import { LocalHost } from './local.js';
 import type { Host } from './types.js';
@@ -31,9 +31,25 @@ export interface TransportProvider {
 type Factory = (manifest: Manifest) => Endpoint;
 const extraFactories = new Map<string, Factory>();
 
-/** Transport modules (ssh, mesh) register here when loaded, keeping this module free of their deps. */
-export function registerTransport(kind: 'ssh' | 'mesh', factory: Factory): void {
+/** Transport modules (ssh, mesh, vm) register here when loaded, keeping this module free of their deps. */
+export function registerTransport(kind: 'ssh' | 'mesh' | 'vm', factory: Factory): void {
   extraFactories.set(kind, factory);
+}
+
+/** Whether the module of this transport kind has been loaded (`local` always is). */
+export function transportLoaded(kind: TransportConfig['kind']): boolean {
+  return kind === 'local' || extraFactories.has(kind);
+}
+
+/**
+ * The endpoint for `transport` serving `manifest`'s device: its own transport, or another one for the
+ * same device (a VM's `via`: the vm transport runs its podman commands through it).
+ */
+export function endpointForTransport(manifest: Manifest, transport: TransportConfig = manifest.transport): Endpoint {
+  if (transport.kind === 'local') return { kind: 'host', host: new LocalHost(manifest.device) };
+  const factory = extraFactories.get(transport.kind);
+  if (!factory) throw new MeshpilotError('config', `the ${transport.kind} transport is not available in this build`);
+  return factory(transport === manifest.transport ? manifest : { ...manifest, transport });
 }
 
 export class DefaultTransports implements TransportProvider {
@@ -44,14 +60,7 @@ export class DefaultTransports implements TransportProvider {
     const hit = this.cache.get(manifest.device);
     if (hit && hit.key === key) return hit.endpoint;
     if (hit) void closeEndpoint(hit.endpoint);
-    let endpoint: Endpoint;
-    if (manifest.transport.kind === 'local') {
-      endpoint = { kind: 'host', host: new LocalHost(manifest.device) };
-    } else {
-      const factory = extraFactories.get(manifest.transport.kind);
-      if (!factory) throw new MeshpilotError('config', `the ${manifest.transport.kind} transport is not available in this build`);
-      endpoint = factory(manifest);
-    }
+    const endpoint = endpointForTransport(manifest);
     this.cache.set(manifest.device, { key, endpoint });
     return endpoint;
   }

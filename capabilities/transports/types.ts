@@ -1,6 +1,6 @@
 /**
- * The primitive operations a capability may perform on a device. `local` and `ssh` implement
- * this interface; `mesh` does not (the device agent runs capabilities with its own local Host).
+ * The primitive operations a capability may perform on a device. `local`, `ssh` and `vm` (inside one
+ * of the device's VMs) implement this interface; `mesh` does not (the device agent runs capabilities with its own local Host).
  *
  * Only capabilities/invoke.ts and the device agent hold a Host: everything else goes through
  * invoke(), which is what lets us promise that nothing runs without a policy check and an audit entry.
@@ -68,7 +68,7 @@ export interface MountUsage {
 }
 
 export interface Host {
-  readonly kind: 'local' | 'ssh';
+  readonly kind: 'local' | 'ssh' | 'vm';
   /** Device name, used in messages ("docker not installed on local"). */
   readonly device: string;
   /** Rejects with MeshpilotError('tool_missing') when argv[0] cannot be found. */
