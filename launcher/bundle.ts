@@ -122,7 +122,7 @@ export async function buildBotBundle(outfile: string = BOT_BUNDLE): Promise<{ fi
  * then writes the stamp that lets bin/meshpilot.cjs tell whether they are still fresh. `dir` is for tests.
  */
 export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE), opts: CliBuildOptions = {}): Promise<{ ms: number; bytes: number; files: string[] }> {
-  const started = Date.now();
+  const started = opts.startedAt ?? Date.now();
   try {
     const version = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string }).version ?? '0.0.0';
     const cli = await buildCliBundle(path.join(dir, path.basename(CLI_BUNDLE)), version, opts);
@@ -157,6 +157,8 @@ export interface CliBuildOptions {
    * commands it names (launcher/cli.ts). Without, the bundle builds every command at start.
    */
   cliTerms?: Readonly<Record<string, string>>;
+  /** When the sources began to be read (the stamp's `builtFrom`): before cliTerms' declarations were imported. */
+  startedAt?: number;
 }
 
 async function buildCliBundle(outfile: string, version: string, opts: CliBuildOptions): Promise<Built> {
