@@ -143,13 +143,6 @@ export async function buildBundles(dir: string = path.dirname(CLI_BUNDLE), opts:
   }
 }
 
-/**
- * The CLI / launcher: esbuild's split ES build, each file then converted to CommonJS (chunks import each
- * other through require(), `import()` becomes a require() in a promise, `import.meta.url` the chunk's
- * own URL), and the entry `outfile` (.cjs) is scripts/cli-loader.cjs naming the main chunk and the build.
- * Why CommonJS: Node 20 compiles an ES module anew on every run, while a vm.Script takes V8's code cache
- * (the loader's doc says how it is kept). `--help` and `cap` spent ~40 ms compiling ~300 KB of chunks.
- */
 export interface CliBuildOptions {
   /**
    * Every top-level command's help term (launcher/commands/program.ts commandTerms(CLI_COMMANDS), which
@@ -161,6 +154,13 @@ export interface CliBuildOptions {
   startedAt?: number;
 }
 
+/**
+ * The CLI / launcher: esbuild's split ES build, each file then converted to CommonJS (chunks import each
+ * other through require(), `import()` becomes a require() in a promise, `import.meta.url` the chunk's
+ * own URL), and the entry `outfile` (.cjs) is scripts/cli-loader.cjs naming the main chunk and the build.
+ * Why CommonJS: Node 20 compiles an ES module anew on every run, while a vm.Script takes V8's code cache
+ * (the loader's doc says how it is kept). `--help` and `cap` spent ~40 ms compiling ~300 KB of chunks.
+ */
 async function buildCliBundle(outfile: string, version: string, opts: CliBuildOptions): Promise<Built> {
   const started = Date.now();
   if (!outfile.endsWith('.cjs')) throw new Error(`the CLI bundle must be a .cjs file (got ${outfile})`);
