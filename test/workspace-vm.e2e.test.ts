@@ -155,6 +155,8 @@ describe('a workspace homed in a VM', () => {
     const execs = hostAudit().filter((e) => e.capability === 'vm.exec');
     expect(execs.length).toBeGreaterThanOrEqual(2);
     expect(execs.some((e) => e.outcome === 'ok' && JSON.stringify(e.args).includes('ROLE.md'))).toBe(true);
+    const ls = await cli(['workspace', 'ls']);
+    expect(ls.out).toMatch(new RegExp(`${WS} {2}live {2}in VM ${VM} on host {2}~/ws/sandbox`));
   }, 240_000);
 
   it('from chat, its bot works inside the VM: lists and writes in its home, and is refused outside it', async () => {

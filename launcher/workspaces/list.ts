@@ -11,6 +11,8 @@ export interface WorkspaceListing {
   name: string;
   parent: string | null;
   device: string;
+  /** the VM of the device it lives in */
+  vm?: string;
   home: string;
   /** the table's state; `manifest only` for a workspace manifest the table does not know */
   state: WorkspaceRow['state'] | 'manifest only';
@@ -32,12 +34,12 @@ export function listWorkspaces(opts: WorkspaceOptions): WorkspaceList {
   const env = workspaceEnv(opts);
   const rows = env.store.list();
   const items = new Map<string, WorkspaceListing>();
-  for (const r of rows) items.set(r.name, { name: r.name, parent: r.parent, device: r.device, home: r.home, state: r.state, template: r.template, children: [] });
+  for (const r of rows) items.set(r.name, { name: r.name, parent: r.parent, device: r.device, ...(r.vm ? { vm: r.vm } : {}), home: r.home, state: r.state, template: r.template, children: [] });
   const devices = opts.runtime.devices;
   for (const d of devices.names()) {
     if (items.has(d)) continue;
     const m = devices.get(d);
-    if (m?.workspace) items.set(d, { name: d, parent: m.workspace.parent, device: m.workspace.host, home: m.workspace.home, state: 'manifest only', template: m.workspace.template, children: [] });
+    if (m?.workspace) items.set(d, { name: d, parent: m.workspace.parent, device: m.workspace.host, ...(m.workspace.vm ? { vm: m.workspace.vm } : {}), home: m.workspace.home, state: 'manifest only', template: m.workspace.template, children: [] });
   }
   const launcher = env.launcher();
   if (launcher) {
@@ -68,7 +70,7 @@ export function renderList(roots: readonly WorkspaceListing[], count: number, la
       const last = i === nodes.length - 1;
       const branch = top ? '' : last ? '└─ ' : '├─ ';
       const owner = n.template ? `template ${n.template}` : 'by hand';
-      lines.push(`${prefix}${branch}${n.name}  ${n.state}  on ${n.device}  ${n.home}  (${owner}${n.bot ? `; bot ${n.bot}` : ''})`);
+      lines.push(`${prefix}${branch}${n.name}  ${n.state}  ${n.vm ? `in VM ${n.vm} ` : ''}on ${n.device}  ${n.home}  (${owner}${n.bot ? `; bot ${n.bot}` : ''})`);
       walk(n.children, top ? prefix : prefix + (last ? '   ' : '│  '), false);
     });
   };
