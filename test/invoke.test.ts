@@ -140,7 +140,7 @@ describe('invoke: the policy decides before the device is contacted', () => {
 describe('architecture', () => {
   // What runs things on a device. Only invoke() (through the transport registry) and the device
   // agent (which wraps LocalHost in its own Invoker) may hold one of these.
-  const EXECUTING = /^(LocalHost|runLocalProcess|SshHost|sshHostFor|SshPool|sshPool|PooledConnection|sshHandshake|MeshRunner|DefaultTransports|registerTransport)$/;
+  const EXECUTING = /^(LocalHost|runLocalProcess|SshHost|sshHostFor|SshPool|sshPool|PooledConnection|sshHandshake|MeshRunner|VmHost|vmHostFor|DefaultTransports|registerTransport)$/;
   // launcher/enroll/remote.ts installs WireGuard and the agent over ssh (add-pc): no capability may, and it audits each enrollment.
   const ALLOWED = new Set(['capabilities/invoke.ts', 'capabilities/agent/server.ts', 'launcher/enroll/remote.ts']);
   // The read-only probes: all that the health monitor and the hub reader use to look at a device

@@ -9,8 +9,9 @@
  *
  * Commands: `podman exec -i [-w cwd] [-e K=V…] <id> [timeout …] argv…`: podman reads no options after
  * the container, and argv stays an argv (no shell). The timeout runs inside the VM (`timeout -s TERM
- * -k 2`, coreutils or busybox, checked once) so the whole command goes; without one, the via Host's
- * timeout ends `podman exec` (what it started inside may outlive it).
+ * -k 2`, coreutils or busybox; a VM without one is learnt from the first exec, which then runs again
+ * without it) so the whole command goes; without one, the via Host's timeout ends `podman exec`
+ * (what it started inside may outlive it).
  *
  * Files: POSIX sh with coreutils or busybox inside the VM, one `podman exec` per operation. Every path
  * is an argument of a fixed script (`sh -c '…' sh "$path"`), never spliced into it; data goes
@@ -35,6 +36,7 @@ const KILL_GRACE_S = 2;
 /** Beyond the timeout, how long the via Host waits for the VM's own `timeout` before it ends `podman exec`. */
 const OUTER_GRACE_MS = (KILL_GRACE_S + 5) * 1000;
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const EXEC_MARK = 'MESHPILOT_EXEC';
 /** File operations: bounded by this, whatever the capability's timeout. */
 const FILE_OP_TIMEOUT_MS = 60_000;
 /** Inspecting the container and probing for `timeout`. */
@@ -143,6 +145,13 @@ exec rm -- "$1"`;
 const REALPATH_SH = `if [ ! -e "$1" ]; then echo 'MPERR ENOENT' >&2; exit 2; fi
 exec readlink -f -- "$1"`;
 
+/** Every process whose environment holds "$1" (the exec's mark), but this shell. */
+const KILL_MARKED_SH = `for d in /proc/[0-9]*; do
+  [ "$d" = "/proc/$$" ] && continue
+  if tr '\\0' '\\n' < "$d/environ" 2>/dev/null | grep -qxF -- "$1"; then kill -KILL "\${d#/proc/}" 2>/dev/null; fi
+done
+exit 0`;
+
 const HOME_SH = `printf '%s' "\${HOME:-/}"`;
 
 export class VmHost implements Host {
@@ -151,7 +160,8 @@ export class VmHost implements Host {
   private readonly where: string;
   private via: Host | undefined;
   private container: Promise<string> | undefined;
-  private inVmTimeout: Promise<boolean> | undefined;
+  /** Whether the VM has `timeout` (unknown until the first exec tries it). */
+  private inVmTimeout: boolean | undefined;
   private home: string | undefined;
   private closed = false;
 
@@ -233,18 +243,6 @@ export class VmHost implements Host {
     return out;
   }
 
-  /** Whether the VM has a working `timeout` (coreutils or busybox), checked once. */
-  private hasTimeout(): Promise<boolean> {
-    if (this.opts.inVmTimeout === false) return Promise.resolve(false);
-    // A VM that cannot be reached is the caller's error, not a missing `timeout`: not remembered.
-    this.inVmTimeout ??= this.podmanExec(['timeout', '-s', 'TERM', '-k', '1', '5', 'sh', '-c', ':'], { timeoutMs: META_TIMEOUT_MS, maxOutputBytes: 4096 })
-      .then((o) => o.exitCode === 0, (err: unknown) => {
-        this.inVmTimeout = undefined;
-        throw err;
-      });
-    return this.inVmTimeout;
-  }
-
   async exec(req: ExecRequest): Promise<ExecOutcome> {
     const bin = req.argv[0];
     if (!bin) throw new MeshpilotError('invalid_args', 'argv must not be empty');
@@ -254,17 +252,29 @@ export class VmHost implements Host {
       if (!ENV_KEY.test(k)) throw new MeshpilotError('invalid_args', `environment variable name ${k} is not valid`);
       if (v.includes('\0')) throw new MeshpilotError('invalid_args', `environment variable ${k} must not contain NUL bytes`);
     }
-    const inside = await this.hasTimeout();
-    const inner = inside
-      ? ['timeout', '-s', 'TERM', '-k', String(KILL_GRACE_S), (Math.max(1, req.timeoutMs) / 1000).toFixed(3), ...req.argv]
-      : req.argv;
-    const out = await this.podmanExec(inner, {
-      ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
-      ...(req.env ? { env: req.env } : {}),
-      ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
-      timeoutMs: inside ? req.timeoutMs + OUTER_GRACE_MS : req.timeoutMs,
-      maxOutputBytes: req.maxOutputBytes,
-    });
+    // Marks what this exec starts inside the VM, for the kill after a timeout without the VM's `timeout`.
+    const mark = randomBytes(8).toString('hex');
+    const run = (inside: boolean): Promise<ExecOutcome> => this.podmanExec(
+      inside ? ['timeout', '-s', 'TERM', '-k', String(KILL_GRACE_S), (Math.max(1, req.timeoutMs) / 1000).toFixed(3), ...req.argv] : req.argv,
+      {
+        ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
+        env: { ...req.env, [EXEC_MARK]: mark },
+        ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
+        timeoutMs: inside ? req.timeoutMs + OUTER_GRACE_MS : req.timeoutMs,
+        maxOutputBytes: req.maxOutputBytes,
+      },
+    );
+    let inside = this.opts.inVmTimeout !== false && this.inVmTimeout !== false;
+    let out = await run(inside);
+    if (inside && this.inVmTimeout === undefined) {
+      // The first exec tells whether the VM has `timeout`: when it has none, nothing ran; again without it.
+      this.inVmTimeout = !(out.exitCode === 127 && /executable file .?timeout.? not found|"timeout": executable file not found/i.test(firstLine(out.stderr)));
+      if (!this.inVmTimeout) {
+        inside = false;
+        out = await run(false);
+      }
+    }
+    if (out.timedOut && !inside) await this.killMarked(mark);
     // GNU timeout exits 124 when it fired; busybox's with the signal's 128+n (TERM 143, KILL 137).
     if (inside && !out.timedOut && (out.exitCode === 124 || out.exitCode === 137 || out.exitCode === 143) && out.durationMs >= req.timeoutMs * 0.9) {
       return { ...out, timedOut: true };
@@ -282,6 +292,13 @@ export class VmHost implements Host {
       throw new MeshpilotError('permission', `${bin}: permission denied in the VM ${this.vm} on ${this.where}`);
     }
     return out;
+  }
+
+  /** Kills what an exec that timed out left inside the VM (by its mark; needs sh, tr and grep there). Best effort. */
+  private async killMarked(mark: string): Promise<void> {
+    try {
+      await this.podmanExec(['sh', '-c', KILL_MARKED_SH, 'sh', `${EXEC_MARK}=${mark}`], { timeoutMs: META_TIMEOUT_MS, maxOutputBytes: 4096 });
+    } catch { /* the VM went meanwhile: nothing left to kill */ }
   }
 
   /** Runs a file script with `sh` inside the VM; a failure becomes an errno-style error naming `p`. */
