@@ -41,7 +41,7 @@ const CAPS = `capabilities:
   fs.stat: { paths_allowed: ["${WORK}/**"] }
   fs.write: { paths_allowed: ["${WORK}/**"], approval: never }
   fs.delete: { paths_allowed: ["${WORK}/**"], approval: never }
-  shell.exec: { binaries: ["echo", "sleep", "sh", "nosuch-${RUN}"], paths_allowed: ["${WORK}", "${WORK}/**"], approval: never }
+  shell.exec: { binaries: ["echo", "sleep", "sh", "nosuch-${RUN}"], paths_allowed: ["${WORK}", "${WORK}/**"], env_allowed: ["GREETING"], approval: never }
   sys.info: {}
 `;
 
@@ -146,8 +146,8 @@ describe('the vm transport on real podman', () => {
   it('shell.exec runs an argv in the VM: ; and $(...) stay literal, a missing program is tool_missing, sys.info is the VM', async () => {
     const lit = await call('ws', 'shell.exec', { argv: ['echo', 'a;b', '$(id)', '`hostname`', "'q'"] });
     expect(lit.result).toMatchObject({ ok: true, exitCode: 0, stdout: "a;b $(id) `hostname` 'q'\n" });
-    const env = await call('ws', 'shell.exec', { argv: ['sh', '-c', 'echo "$PWD $HOSTNAME"; cat'], cwd: WORK, stdin: 'from stdin' });
-    expect(env.result?.stdout).toBe(`${WORK} ${VM}\nfrom stdin`);
+    const env = await call('ws', 'shell.exec', { argv: ['sh', '-c', 'echo "$PWD $HOSTNAME $GREETING"; cat'], cwd: WORK, env: { GREETING: '-e $(id)' }, stdin: 'from stdin' });
+    expect(env.result?.stdout).toBe(`${WORK} ${VM} -e $(id)\nfrom stdin`);
     const code = await call('ws', 'shell.exec', { argv: ['sh', '-c', 'echo oops >&2; exit 3'] });
     expect(code.result).toMatchObject({ ok: false, exitCode: 3, stderr: 'oops\n' });
     const missing = await call('ws', 'shell.exec', { argv: [`nosuch-${RUN}`] });

@@ -7,7 +7,7 @@
  * checked (the podman backend's own check: a container meshpilot did not make is refused); its id is
  * used afterwards, so a foreign container given that name later cannot take over.
  *
- * Commands: `podman exec -i [-w cwd] [-e K=V…] <id> [timeout …] argv…`: podman reads no options after
+ * Commands: `podman exec -i [--workdir=cwd] [--env=K=V…] <id> [timeout …] argv…`: podman reads no options after
  * the container, and argv stays an argv (no shell). The timeout runs inside the VM (`timeout -s TERM
  * -k 2`, coreutils or busybox; a VM without one is learnt from the first exec, which then runs again
  * without it) so the whole command goes; without one, the via Host's timeout ends `podman exec`
@@ -218,8 +218,9 @@ export class VmHost implements Host {
     const id = await this.id();
     const via = await this.viaHost();
     const argv = ['podman', 'exec', '-i'];
-    if (opts.cwd !== undefined) argv.push('-w', opts.cwd);
-    for (const [k, v] of Object.entries(opts.env ?? {})) argv.push('-e', `${k}=${v}`);
+    // One word each (--flag=value): a value starting with - is never read as a flag.
+    if (opts.cwd !== undefined) argv.push(`--workdir=${opts.cwd}`);
+    for (const [k, v] of Object.entries(opts.env ?? {})) argv.push(`--env=${k}=${v}`);
     argv.push(id, ...inner);
     let out: ExecOutcome;
     try {
