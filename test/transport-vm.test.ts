@@ -234,3 +234,24 @@ describe('the vm transport on real podman', () => {
     expect(e.result?.stdout).toBe('$(hostname);\n');
   }, 120_000);
 });
+
+describe('the vm transport in a manifest', () => {
+  const parse = (transport: string) => parseManifest(`device: w\ntransport: ${transport}\n`, 'w.yaml');
+  it('takes a VM name and a via of local (the default) or ssh', () => {
+    const local = parse('{ kind: vm, vm: dev }');
+    expect(local.ok && local.manifest.transport).toEqual({ kind: 'vm', vm: 'dev', via: { kind: 'local' } });
+    const ssh = parse('{ kind: vm, vm: dev, via: { kind: ssh, host: pc1.lan, user: root } }');
+    expect(ssh.ok && ssh.manifest.transport).toEqual({ kind: 'vm', vm: 'dev', via: { kind: 'ssh', host: 'pc1.lan', user: 'root' } });
+  });
+  it('refuses a via over mesh or another VM, a bad VM name and an ssh via without a host', () => {
+    const issues = (t: string): string[] => {
+      const r = parse(t);
+      return r.ok ? [] : r.issues.map((i) => `${i.field}: ${i.message}`);
+    };
+    expect(issues('{ kind: vm, vm: dev, via: { kind: mesh, address: 10.0.0.2 } }')).toEqual(['transport.via.kind: a workspace in a VM needs its device reached over local or ssh']);
+    expect(issues('{ kind: vm, vm: dev, via: { kind: vm, vm: other } }')).toEqual(['transport.via.kind: a workspace in a VM needs its device reached over local or ssh']);
+    expect(issues('{ kind: vm, vm: -dev }')[0]).toMatch(/^transport\.vm: a VM name is 1-32 characters/);
+    expect(issues('{ kind: vm, vm: dev, via: { kind: ssh } }')).toEqual(['transport.via: an ssh transport needs host or alias']);
+    expect(issues('{ kind: vm, vm: dev, extra: 1 }')).toEqual(['transport.extra: unknown field']);
+  });
+});
