@@ -6,7 +6,7 @@
  * write does not complete at once (a full non-blocking pipe: EAGAIN; an error: EPIPE, EBADF), that write's
  * rest and every later one go through the stream as before: in order, with its error handling.
  */
-import { writeSync } from 'node:fs';
+import { fstatSync, readlinkSync, writeSync } from 'node:fs';
 
 type Name = 'stdout' | 'stderr';
 
@@ -73,4 +73,46 @@ export function stdioWriter(name: Name): (text: string) => void {
     direct = false;
     process[name].write(text);
   };
+}
+
+/**
+ * True when fd 1 or 2 is certainly no terminal, told without making its stream (which loads Node's stream
+ * code; node:tty's isatty loads node:net): a file, pipe or socket, or /dev/null. False when it may be one:
+ * then ask the stream (`process.stdout.isTTY`).
+ */
+export function notATerminal(fd: 1 | 2): boolean {
+  try {
+    if (!fstatSync(fd).isCharacterDevice()) return true;
+    return readlinkSync(`/proc/self/fd/${fd}`) === '/dev/null';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * commander's output settings that read the stream only when it may be a terminal; otherwise what
+ * commander's own give for a stream that is not one (80 columns, colours only when the environment asks).
+ */
+export function helpOutput(): { getOutHelpWidth(): number; getErrHelpWidth(): number; getOutHasColors(): boolean; getErrHasColors(): boolean } {
+  // commander formats to 80 columns when it gets no width (`helpWidth ?? 80`)
+  const width = (name: Name, fd: 1 | 2): number => (notATerminal(fd) ? 80 : process[name].isTTY ? process[name].columns : 80);
+  const colors = (name: Name, fd: 1 | 2): boolean => {
+    const env = colorFromEnv();
+    if (env !== undefined) return env;
+    return notATerminal(fd) ? false : Boolean(process[name].isTTY && process[name].hasColors?.());
+  };
+  return {
+    getOutHelpWidth: () => width('stdout', 1),
+    getErrHelpWidth: () => width('stderr', 2),
+    getOutHasColors: () => colors('stdout', 1),
+    getErrHasColors: () => colors('stderr', 2),
+  };
+}
+
+/** commander's useColor (lib/command.js, not exported): NO_COLOR, FORCE_COLOR, CLICOLOR_FORCE. */
+export function colorFromEnv(): boolean | undefined {
+  const env = process.env;
+  if (env['NO_COLOR'] || env['FORCE_COLOR'] === '0' || env['FORCE_COLOR'] === 'false') return false;
+  if (env['FORCE_COLOR'] || env['CLICOLOR_FORCE'] !== undefined) return true;
+  return undefined;
 }
