@@ -9,7 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { CLI_COMMANDS } from './commands/index.js';
 import { EXIT, UsageError, type CliIo, type CommandContext, type RuntimeOptions } from './commands/context.js';
 import { registerCommands, type CommandTerms } from './commands/program.js';
-import { stdioWriter } from './stdio.js';
+import { helpOutput, stdioWriter } from './stdio.js';
 import type { Runtime } from './runtime-core.js';
 
 export { EXIT, UsageError, type CliIo, type CommandContext } from './commands/context.js';
@@ -49,7 +49,8 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void, argv?: 
     .description('Run your machines from a Matrix chat: capabilities, manifests, audit.')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    // width and colours without making process.stdout for output that goes to no terminal (launcher/stdio.ts)
+    .configureOutput({ writeOut: io.out, writeErr: io.err, ...helpOutput() })
     .exitOverride();
   program.hook('postAction', async () => { if (rt) await rt.close(); rt = undefined; });
   const ctx: CommandContext = { io, runtime, setExit };
