@@ -236,8 +236,10 @@ export class WhisperHttpEngine implements SttEngine {
   constructor(private readonly o: { url: string; apiKey?: string; model: string; language?: string; timeoutMs: number }) {}
 
   async transcribe(wavPath: string): Promise<Transcript> {
-    // Loaded on first use: most bots never talk to a transcription service.
-    const { fetch, FormData } = await import('undici');
+    // Loaded on first use: most bots never talk to a transcription service. undici is CommonJS: from the
+    // bot bundle (ESM) a dynamic import of it has only `default` (module.exports), so read that.
+    const undici = await import('undici');
+    const { fetch, FormData } = ((undici as unknown as { default?: typeof undici }).default ?? undici);
     const form = new FormData();
     form.append('file', new Blob([readFileSync(wavPath)], { type: 'audio/wav' }), 'voice.wav');
     form.append('model', this.o.model);

@@ -14,6 +14,7 @@ import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
 import { openDatabase } from '../capabilities/db.js';
 import { writeConfig } from '../capabilities/config.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
+import { buildBotBundle } from '../launcher/bundle.js';
 import { speakOgg, startWhisperFixture, type WhisperFixture } from './fixtures/whisper-http.js';
 import { createBotEnv, waitReady, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
@@ -189,9 +190,12 @@ describe('voice messages end to end (whisper-http)', () => {
     bot.kill('SIGKILL');
     await new Promise((r) => bot.once('exit', r));
     setVoiceConfig({ engine: 'whisper-http', whisper: { url: whisper.url, api_key: 'sk-voice', model: 'whisper-test', language: 'en', timeout_s: 5 }, max_bytes: MAX_BYTES, max_duration_s: 20, min_confidence: 0.6 });
-    bot = env.startBot('box');
+    // From the built bundle, as `meshpilot up` runs bots: the engine loads undici (CommonJS) on first
+    // use, and a dynamic import of CommonJS gives only `default` there (its named exports did not exist).
+    const { file } = await buildBotBundle();
+    bot = env.startBot('box', { entry: file });
     await waitReady(bot);
-  }, 40_000);
+  }, 90_000);
 
   it('transcribes through the endpoint (multipart WAV) and runs the mapped command', async () => {
     whisper.enqueue({ text: ' Show me the memory. ', segments: [{ avg_logprob: -0.1, no_speech_prob: 0.01 }] });

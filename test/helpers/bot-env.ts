@@ -29,7 +29,8 @@ export interface BotEnv {
   /** The bot account's user id (after registerBot). */
   botUserId(device: string): string;
   writeManifest(device: string, capabilitiesYaml: string): void;
-  startBot(device: string): ChildProcess;
+  /** entry: another bot entry for this start (the built bundle), else the env's */
+  startBot(device: string, o?: { entry?: string }): ChildProcess;
   /** Starts the bot, waits for ready and its "live" DM, and for the phone to have joined that DM. */
   startBotInDm(device: string): Promise<{ child: ChildProcess; room: string; botUserId: string }>;
   cleanup(): Promise<void>;
@@ -68,8 +69,8 @@ export async function createBotEnv(opts: { approvalTimeoutS?: number; withLlm?: 
     writeManifest(device, capabilitiesYaml) {
       writeFileSync(path.join(layoutDirs.manifests, `${device}.yaml`), `device: ${device}\nos: linux\ntransport: { kind: local }\ncapabilities:\n${capabilitiesYaml}`);
     },
-    startBot(device) {
-      const entry = opts.entry ?? DEVICE_MAIN;
+    startBot(device, o = {}) {
+      const entry = o.entry ?? opts.entry ?? DEVICE_MAIN;
       const child = fork(entry, [], {
         // The supervisor's node flags and environment (memory settings included), plus the device name.
         execArgv: botExecArgv(entry, opts.nodeArgs),
