@@ -232,7 +232,15 @@ describe('workspace import, ls, rm', () => {
     // back to the template's role: the tests after this one import the original template
     const back = await cli(['workspace', 'import', labTemplate(), '--yes']);
     expect(back.code, back.err).toBe(0);
-  }, 120_000);
+    // and its bot restarted again before the next test notes the bots' pids
+    let again = after;
+    while ((again === after || !Number.isInteger(again)) && Date.now() - t0 < 90_000) {
+      await new Promise((res) => setTimeout(res, 500));
+      again = Number(/pid (\d+)/.exec((await ls()).get('ops-lead')?.bot ?? '')?.[1]);
+    }
+    expect(again).not.toBe(after);
+    expect(alive(again)).toBe(true);
+  }, 150_000);
 
   it('reconcile with a dropped subtree removes it children first; a hand-made workspace is untouched', async () => {
     // a hand-made workspace (no template label) under ops-lead's device
