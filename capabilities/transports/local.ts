@@ -130,6 +130,15 @@ export function runLocalProcess(req: ExecRequest, device: string): Promise<ExecO
   });
 }
 
+/** A POSIX st_mode's file type (what ssh's SFTP attrs and a VM's `stat -c %f` give). */
+export function typeOfMode(mode: number): FileType {
+  const fmt = mode & 0o170000;
+  if (fmt === 0o120000) return 'symlink';
+  if (fmt === 0o100000) return 'file';
+  if (fmt === 0o040000) return 'dir';
+  return 'other';
+}
+
 function fileType(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }): FileType {
   if (st.isSymbolicLink()) return 'symlink';
   if (st.isFile()) return 'file';

@@ -18,7 +18,7 @@ import type { ClientChannel, FileEntry, SFTPWrapper, Stats } from 'ssh2';
 import { MeshpilotError } from '../errors.js';
 import type { Manifest } from '../manifest.js';
 import { registerTransport } from './index.js';
-import { CappedBuffer } from './local.js';
+import { CappedBuffer, typeOfMode } from './local.js';
 import {
   isFatalConnectionError,
   resolveTarget,
@@ -97,14 +97,6 @@ function sftpError(err: unknown, p: string): Error {
   if (e?.code === 3 || /permission denied/i.test(msg)) return Object.assign(new Error(`${p}: permission denied`), { code: 'EACCES' });
   if (err instanceof Error) return err;
   return new Error(msg);
-}
-
-function typeOfMode(mode: number): FileType {
-  const fmt = mode & 0o170000;
-  if (fmt === 0o120000) return 'symlink';
-  if (fmt === 0o100000) return 'file';
-  if (fmt === 0o040000) return 'dir';
-  return 'other';
 }
 
 function toFileStat(p: string, st: Stats): FileStat {

@@ -27,6 +27,7 @@ import type { Manifest, TransportConfig } from '../manifest.js';
 import { backendFor } from '../vm/podman.js';
 import { endpointForTransport, registerTransport, transportLoaded } from './index.js';
 import { parseSystemInfo, SYSINFO_SCRIPT } from './sysinfo.js';
+import { typeOfMode } from './local.js';
 import type { DirEntry, ExecOutcome, ExecRequest, FileStat, FileType, Host, SystemInfo } from './types.js';
 
 type VmTransport = Extract<TransportConfig, { kind: 'vm' }>;
@@ -76,14 +77,6 @@ const MARK = /^MPERR ([A-Z]+)$/m;
 
 function firstLine(b: Buffer): string {
   return b.subarray(0, 4096).toString('utf8').split('\n').map((l) => l.trim()).find(Boolean)?.slice(0, 300) ?? '';
-}
-
-function typeOfMode(mode: number): FileType {
-  const fmt = mode & 0o170000;
-  if (fmt === 0o120000) return 'symlink';
-  if (fmt === 0o100000) return 'file';
-  if (fmt === 0o040000) return 'dir';
-  return 'other';
 }
 
 /** One `stat -c '%f %s %Y %u %g'` line (raw mode in hex, size, mtime s, uid, gid); null when unreadable. */
