@@ -9,7 +9,7 @@
  * (client → launcher → VM) and the bench client shares the launcher's process and event loop.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -21,6 +21,7 @@ import { startHttpServer } from '../launcher/http/server.js';
 import { shareSurface } from '../launcher/http/share.js';
 import { openRuntime } from '../launcher/runtime-core.js';
 import type { BenchFigure } from './run.js';
+import { busyboxRootfs } from '../test/helpers/busybox-rootfs.js';
 
 export const figures = ['share.get_ms', 'share.get_bare_ms', 'share.get_ratio', 'share.mb4_ms', 'share.mb4_bare_ms', 'share.mb4_ratio'];
 
@@ -45,13 +46,7 @@ export async function benchRun(): Promise<BenchFigure[]> {
   const vm = `web-${tag}`;
   const rt = openRuntime({ root: path.join(dir, 'home') });
   try {
-    const root = path.join(dir, 'rootfs');
-    for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'www']) mkdirSync(path.join(root, d), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-    for (const a of ['sh', 'sleep', 'httpd']) symlinkSync('busybox', path.join(root, 'bin', a));
-    writeFileSync(path.join(root, 'www', 'index.html'), '<h1>hello</h1>\n');
-    writeFileSync(path.join(root, 'www', 'big.bin'), Buffer.alloc(4 * 1024 * 1024, 7));
-    execFileSync('tar', ['-C', root, '-cf', path.join(dir, 'rootfs.tar'), '.']);
+    busyboxRootfs(dir, { applets: ['sh', 'sleep', 'httpd'], dirs: ['www'], files: { 'www/index.html': '<h1>hello</h1>\n', 'www/big.bin': Buffer.alloc(4 * 1024 * 1024, 7) } });
     execFileSync('podman', ['import', '--change', 'CMD ["/bin/sleep","3600"]', path.join(dir, 'rootfs.tar'), image], { stdio: 'ignore' });
     writeFileSync(path.join(rt.home.manifests, 'local.yaml'), `device: local
 capabilities:

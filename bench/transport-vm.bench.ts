@@ -9,7 +9,7 @@
  * Medians. Needs podman, runc and busybox-static.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -19,6 +19,7 @@ import { Invoker } from '../capabilities/invoke.js';
 import { parseManifest, type Manifest } from '../capabilities/manifest.js';
 import '../capabilities/transports/vm.js';
 import type { BenchFigure } from './run.js';
+import { busyboxRootfs } from '../test/helpers/busybox-rootfs.js';
 
 export const figures = [
   'transport_vm.exec_ms', 'transport_vm.exec_bare_ms', 'transport_vm.exec_ratio',
@@ -41,12 +42,7 @@ export async function benchRun(): Promise<BenchFigure[]> {
   const vm = `tvm-${tag}`;
   const container = `mp-${vm}`;
   try {
-    const root = path.join(dir, 'rootfs');
-    for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'srv']) mkdirSync(path.join(root, d), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-    const applets = execFileSync('/bin/busybox', ['--list'], { encoding: 'utf8' }).split('\n').filter((a) => /^[a-z0-9_.[-]+$/.test(a) && a !== 'busybox');
-    for (const a of applets) symlinkSync('busybox', path.join(root, 'bin', a));
-    execFileSync('tar', ['-C', root, '-cf', path.join(dir, 'rootfs.tar'), '.']);
+    busyboxRootfs(dir, { applets: 'all', dirs: ['srv'] });
     execFileSync('podman', ['import', '--change', `CMD ["/bin/sh","-c","trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]`, path.join(dir, 'rootfs.tar'), image], { stdio: 'ignore' });
     // As vm.new makes it: meshpilot's labels (the transport checks them), the same runtime flags.
     execFileSync('podman', ['run', '-d', '--runtime', 'runc', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096', '--name', container, '--hostname', vm,

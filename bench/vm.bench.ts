@@ -10,7 +10,7 @@
  * Medians; the absolute times are printed too. Needs podman, runc and busybox-static.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -23,6 +23,7 @@ import { VmGate } from '../capabilities/vm/quota-gate.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { QuotasSchema } from '../capabilities/config.js';
 import type { BenchFigure } from './run.js';
+import { busyboxRootfs } from '../test/helpers/busybox-rootfs.js';
 
 export const figures = ['vm.new_ms', 'vm.new_bare_ms', 'vm.new_ratio', 'vm.exec_ms', 'vm.exec_bare_ms', 'vm.exec_ratio', 'vm.ls_ms', 'vm.ls_size_ms'];
 
@@ -43,11 +44,7 @@ export async function benchRun(): Promise<BenchFigure[]> {
   const image = `localhost/mp-vmbench-${tag}:latest`;
   const made: string[] = [];
   try {
-    const root = path.join(dir, 'rootfs');
-    for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(path.join(root, d), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-    for (const a of ['sh', 'sleep', 'true', 'echo']) symlinkSync('busybox', path.join(root, 'bin', a));
-    execFileSync('tar', ['-C', root, '-cf', path.join(dir, 'rootfs.tar'), '.']);
+    busyboxRootfs(dir, { applets: ['sh', 'sleep', 'true', 'echo'] });
     execFileSync('podman', ['import', '--change', `CMD ["/bin/sh","-c","trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]`, path.join(dir, 'rootfs.tar'), image], { stdio: 'ignore' });
 
     const parsed = parseManifest(`device: local

@@ -10,7 +10,7 @@
  * - an operator sees every VM with its owner; a stranger gets 403.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
@@ -25,6 +25,7 @@ import { startHttpServer, type RunningHttpServer } from '../launcher/http/server
 import { shareSurface } from '../launcher/http/share.js';
 import { openRuntime, type Runtime } from '../launcher/runtime.js';
 import { CHROMIUM, logIn, startBrowser, type BrowserEnv } from './helpers/dashboard-env.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `w${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-dashvm-${RUN}:latest`;
@@ -63,12 +64,7 @@ async function rowAction(p: Page, vm: string, verb: string): Promise<string> {
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium`);
-  const root = path.join(home, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'www']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'httpd', 'sleep']) symlinkSync('busybox', path.join(root, 'bin', a));
-  writeFileSync(path.join(root, 'www', 'index.html'), '<h1>citizen web</h1>\n');
-  execFileSync('tar', ['-C', root, '-cf', path.join(home, 'rootfs.tar'), '.']);
+  busyboxRootfs(home, { applets: ['sh', 'httpd', 'sleep'], dirs: ['www'], files: { 'www/index.html': '<h1>citizen web</h1>\n' } });
   podman('import', '--change', 'CMD ["/bin/sleep","3600"]', path.join(home, 'rootfs.tar'), IMAGE);
 
   writeConfig(path.join(home, 'config.yaml'), {

@@ -4,7 +4,6 @@
  * newbie without the exec tier, an operator who sees and removes all and so frees the quota.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
@@ -17,6 +16,7 @@ import type { VmInfo } from '../capabilities/vm/backend.js';
 import { VmGate } from '../capabilities/vm/quota-gate.js';
 import { SqliteQuotaStore } from '../capabilities/vm/quota-sqlite.js';
 import { makeTempDir } from './helpers/tmp.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `l${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-lvtest-${RUN}:latest`;
@@ -34,11 +34,7 @@ let audit: SqliteAuditLog;
 let store: SqliteQuotaStore;
 
 beforeAll(async () => {
-  const root = path.join(tmp.dir, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'echo', 'hostname']) symlinkSync('busybox', path.join(root, 'bin', a));
-  execFileSync('tar', ['-C', root, '-cf', path.join(tmp.dir, 'rootfs.tar'), '.']);
+  busyboxRootfs(tmp.dir, { applets: ['sh', 'sleep', 'echo', 'hostname'] });
   const r = parseManifest(`device: local
 capabilities:
   vm.new: { images: ["localhost/mp-lvtest-*"], tiers: [newbie, citizen, operator, admin], approval: never }

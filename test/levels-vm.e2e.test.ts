@@ -4,7 +4,7 @@
  * the quota's wording; !help shows only the vm commands granted to them.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, symlinkSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
@@ -17,6 +17,7 @@ import type { ClientEvent } from './fixtures/homeserver.js';
 import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';
 import type { RegisteredUser } from './helpers/test-homeserver.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `e${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-lvtest-${RUN}:latest`;
@@ -35,11 +36,7 @@ const fromBot = (e: ClientEvent): boolean => e.sender === botUserId && e.type ==
 beforeAll(async () => {
   env = await createBotEnv({ approvalTimeoutS: 30 });
   // The image, from a busybox-static rootfs (no registry here).
-  const root = path.join(env.work, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'hostname']) symlinkSync('busybox', path.join(root, 'bin', a));
-  execFileSync('tar', ['-C', root, '-cf', path.join(env.work, 'rootfs.tar'), '.']);
+  busyboxRootfs(env.work, { applets: ['sh', 'sleep', 'hostname'] });
   podman('import', '--change', 'CMD ["/bin/sleep","3600"]', path.join(env.work, 'rootfs.tar'), IMAGE);
 
   botUserId = (await env.registerBot('box')).userId;

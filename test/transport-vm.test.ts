@@ -7,7 +7,7 @@
  * One VM for the file, made with vm.image.import + vm.new from a busybox-static rootfs.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, symlinkSync } from 'node:fs';
+import { chmodSync, existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
@@ -19,6 +19,7 @@ import { vmHostFor } from '../capabilities/transports/vm.js';
 import type { DirEntry, FileStat } from '../capabilities/transports/types.js';
 import { startSshd, type SshdFixture } from './fixtures/sshd.js';
 import { makeTempDir } from './helpers/tmp.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `v${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-vmt-${RUN}:latest`;
@@ -60,13 +61,7 @@ const call = (device: string, capability: string, args: Record<string, unknown>)
 beforeAll(async () => {
   process.env['MESHPILOT_HOME'] = tmp.dir;
   chmodSync(tmp.dir, 0o755);
-  const root = path.join(tmp.dir, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'srv']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  // busybox-static and nothing else: every applet it has, as the only tools in the VM.
-  const applets = execFileSync('/bin/busybox', ['--list'], { encoding: 'utf8' }).split('\n').filter((a) => /^[a-z0-9_.[-]+$/.test(a) && a !== 'busybox');
-  for (const a of applets) symlinkSync('busybox', path.join(root, 'bin', a));
-  execFileSync('tar', ['-C', root, '-cf', path.join(tmp.dir, 'rootfs.tar'), '.']);
+  busyboxRootfs(tmp.dir, { applets: 'all', dirs: ['srv'] });
   chmodSync(path.join(tmp.dir, 'rootfs.tar'), 0o644);
   manifests.set('box', manifest('box', '{ kind: local }', `capabilities:
   vm.image.import: { paths_allowed: ["${tmp.dir}/**"], approval: never }

@@ -4,7 +4,7 @@
  * !cap), and the CLI `meshpilot vm … <device>` as real child processes against real podman.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { dispatchChat, type ChatCaller } from '../capabilities/commands.js';
@@ -14,6 +14,7 @@ import { PACKAGE_ROOT } from '../capabilities/home.js';
 import { DEVICE_COMMANDS } from '../bots/device-commands.js';
 import { VM_VERBS } from '../capabilities/vm/commands.js';
 import { makeTempDir } from './helpers/tmp.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'meshpilot.mjs');
 const RUN = `c${process.pid.toString(36)}`;
@@ -82,11 +83,7 @@ function cli(home: string, args: string[]) {
 
 describe('meshpilot vm (real child processes, real podman)', () => {
   it('image import, new, exec, ls, rm on the local device; approval without a TTY needs --yes', () => {
-    const root = path.join(tmp.dir, 'rootfs');
-    for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(path.join(root, d), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-    for (const a of ['sh', 'sleep', 'echo', 'cat']) symlinkSync('busybox', path.join(root, 'bin', a));
-    execFileSync('tar', ['-C', root, '-cf', path.join(tmp.dir, 'rootfs.tar'), '.']);
+    busyboxRootfs(tmp.dir, { applets: ['sh', 'sleep', 'echo', 'cat'] });
     const home = path.join(tmp.dir, 'home');
     mkdirSync(path.join(home, 'manifests'), { recursive: true });
     writeFileSync(path.join(home, 'manifests', 'local.yaml'), `device: local

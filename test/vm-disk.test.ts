@@ -5,7 +5,6 @@
  * VM within its limit keeps running; a stopped VM is not stopped again.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
@@ -15,6 +14,7 @@ import { parseManifest, type Manifest } from '../capabilities/manifest.js';
 import type { VmInfo } from '../capabilities/vm/backend.js';
 import { VmReaper } from '../capabilities/vm/reaper.js';
 import { makeTempDir } from './helpers/tmp.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `d${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-vmdisk-${RUN}:latest`;
@@ -29,11 +29,7 @@ let audit: SqliteAuditLog;
 let manifest: Manifest;
 
 beforeAll(() => {
-  const root = path.join(tmp.dir, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'data']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'dd', 'sync']) symlinkSync('busybox', path.join(root, 'bin', a));
-  execFileSync('tar', ['-C', root, '-cf', path.join(tmp.dir, 'rootfs.tar'), '.']);
+  busyboxRootfs(tmp.dir, { applets: ['sh', 'sleep', 'dd', 'sync'], dirs: ['data'] });
   podman('import', '--change', 'CMD ["/bin/sleep","3600"]', path.join(tmp.dir, 'rootfs.tar'), IMAGE);
   const r = parseManifest(`device: local
 capabilities:

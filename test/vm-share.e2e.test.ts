@@ -6,7 +6,6 @@
  * the link 404; both calls are in the audit.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../capabilities/config.js';
@@ -21,6 +20,7 @@ import type { ClientEvent } from './fixtures/homeserver.js';
 import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf, startPhone, type PhoneHandle } from './helpers/phone.js';
 import type { RegisteredUser } from './helpers/test-homeserver.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `h${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-sharee2e-${RUN}:latest`;
@@ -39,12 +39,7 @@ const fromBot = (e: ClientEvent): boolean => e.sender === botUserId && e.type ==
 
 beforeAll(async () => {
   env = await createBotEnv({ withLlm: false });
-  const root = path.join(env.work, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'www']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'httpd']) symlinkSync('busybox', path.join(root, 'bin', a));
-  writeFileSync(path.join(root, 'www', 'index.html'), 'shared with a friend\n');
-  execFileSync('tar', ['-C', root, '-cf', path.join(env.work, 'rootfs.tar'), '.']);
+  busyboxRootfs(env.work, { applets: ['sh', 'sleep', 'httpd'], dirs: ['www'], files: { 'www/index.html': 'shared with a friend\n' } });
   podman('import', '--change', 'CMD ["/bin/sleep","3600"]', path.join(env.work, 'rootfs.tar'), IMAGE);
 
   botUserId = (await env.registerBot('box')).userId;

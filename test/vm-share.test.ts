@@ -7,7 +7,7 @@
  * vm.ls lists the shares; audit entries for share and unshare.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -21,6 +21,7 @@ import type { Runtime } from '../launcher/runtime-core.js';
 import { startHttpServer, type RunningHttpServer } from '../launcher/http/server.js';
 import { shareSurface } from '../launcher/http/share.js';
 import { dashboardSurface } from '../launcher/http/dashboard/index.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `s${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-sharetest-${RUN}:latest`;
@@ -64,16 +65,9 @@ const get = (p: string, headers: Record<string, string> = {}, init: RequestInit 
   fetch(`${server.url}${p}`, { redirect: 'manual', ...init, headers });
 
 beforeAll(async () => {
-  const root = path.join(home, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'www/cgi-bin']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'httpd', 'env', 'cat', 'head', 'grep', 'sort', '[', 'test', 'printf', 'sleep', 'echo']) symlinkSync('busybox', path.join(root, 'bin', a));
-  writeFileSync(path.join(root, 'www', 'index.html'), '<h1>hello from the VM</h1>\n');
   // CGI: what the VM received (headers as HTTP_* variables, the body back). CRLF header lines: the
   // gateway parses the VM's answers strictly (busybox passes a CGI's bare LFs through).
-  writeFileSync(path.join(root, 'www', 'cgi-bin', 'echo'), '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\nSet-Cookie: meshpilot_session=evil; Path=/\\r\\nSet-Cookie: app=1; Path=/\\r\\n\\r\\n"\nenv | grep ^HTTP_ | sort\necho "METHOD=$REQUEST_METHOD"\n[ -n "$CONTENT_LENGTH" ] && head -c "$CONTENT_LENGTH"\necho\n');
-  chmodSync(path.join(root, 'www', 'cgi-bin', 'echo'), 0o755);
-  execFileSync('tar', ['-C', root, '-cf', path.join(home, 'rootfs.tar'), '.']);
+  busyboxRootfs(home, { applets: ['sh', 'httpd', 'env', 'cat', 'head', 'grep', 'sort', '[', 'test', 'printf', 'sleep', 'echo'], dirs: ['www/cgi-bin'], files: { 'www/index.html': '<h1>hello from the VM</h1>\n', 'www/cgi-bin/echo': { content: '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\nSet-Cookie: meshpilot_session=evil; Path=/\\r\\nSet-Cookie: app=1; Path=/\\r\\n\\r\\n"\nenv | grep ^HTTP_ | sort\necho "METHOD=$REQUEST_METHOD"\n[ -n "$CONTENT_LENGTH" ] && head -c "$CONTENT_LENGTH"\necho\n', mode: 0o755 } } });
 
   rt = openRuntime({ root: home });
   writeFileSync(path.join(rt.home.manifests, 'local.yaml'), `device: local

@@ -4,7 +4,6 @@
  * goes back to the model, the reply carries the footer), `!vm ls` lists it, `!vm rm` removes it.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
@@ -13,6 +12,7 @@ import { textReply, toolReply } from './fixtures/anthropic.js';
 import type { ClientEvent } from './fixtures/homeserver.js';
 import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `e${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-vme2e-${RUN}:latest`;
@@ -28,11 +28,7 @@ const botSays = (match: RegExp, sinceIdx: number): Promise<ClientEvent> =>
 
 beforeAll(async () => {
   env = await createBotEnv({ approvalTimeoutS: 10 });
-  const root = path.join(env.work, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'uname', 'hostname']) symlinkSync('busybox', path.join(root, 'bin', a));
-  execFileSync('tar', ['-C', root, '-cf', path.join(env.work, 'rootfs.tar'), '.']);
+  busyboxRootfs(env.work, { applets: ['sh', 'sleep', 'uname', 'hostname'] });
   execFileSync('podman', ['import', '--change', 'CMD ["/bin/sleep","3600"]', path.join(env.work, 'rootfs.tar'), IMAGE], { stdio: 'ignore' });
   botUserId = (await env.registerBot('box')).userId;
   env.writeManifest('box', [

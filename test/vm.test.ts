@@ -5,7 +5,6 @@
  * container refused, and the message when podman is missing.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, symlinkSync, copyFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteAuditLog } from '../capabilities/audit-sqlite.js';
@@ -19,6 +18,7 @@ import { backendFor } from '../capabilities/vm/podman.js';
 import { LocalHost } from '../capabilities/transports/local.js';
 import { connect } from 'node:net';
 import { makeTempDir } from './helpers/tmp.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `t${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-vmtest-${RUN}:latest`;
@@ -64,11 +64,7 @@ const vm = (n: string): string => {
 
 beforeAll(() => {
   // A rootfs with busybox-static only: no registry is needed (or reachable here).
-  const root = path.join(tmp.dir, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of ['sh', 'sleep', 'cat', 'echo', 'ls', 'id', 'hostname', 'head', 'true']) symlinkSync('busybox', path.join(root, 'bin', a));
-  execFileSync('tar', ['-C', root, '-cf', path.join(tmp.dir, 'rootfs.tar'), '.']);
+  busyboxRootfs(tmp.dir, { applets: ['sh', 'sleep', 'cat', 'echo', 'ls', 'id', 'hostname', 'head', 'true'] });
   env = setup();
 }, 60_000);
 

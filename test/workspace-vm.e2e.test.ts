@@ -8,7 +8,7 @@
  * inside the VM. Nothing of it is on the host's file system.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBotEnv, type BotEnv } from './helpers/bot-env.js';
 import { bodyOf } from './helpers/phone.js';
 import { MESHPILOT_BIN, startLauncher, type UpLauncher } from './helpers/launcher-up.js';
+import { busyboxRootfs } from './helpers/busybox-rootfs.js';
 
 const RUN = `w${process.pid.toString(36)}`;
 const IMAGE = `localhost/mp-wsvm-${RUN}:latest`;
@@ -82,14 +83,7 @@ function hostAudit(): Array<{ capability: string; outcome: string; args: Record<
 beforeAll(async () => {
   env = await createBotEnv();
   // A rootfs with busybox-static and every applet it has (the vm transport's file operations use sh, stat, ls…)
-  const root = path.join(env.work, 'rootfs');
-  for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'root']) mkdirSync(path.join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
-  for (const a of execFileSync('/bin/busybox', ['--list'], { encoding: 'utf8' }).split('\n').filter((x) => /^[a-z0-9_.[-]+$/.test(x) && x !== 'busybox')) {
-    try { symlinkSync('busybox', path.join(root, 'bin', a)); } catch { /* listed twice */ }
-  }
-  writeFileSync(path.join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  execFileSync('tar', ['-C', root, '-cf', path.join(env.work, 'rootfs.tar'), '.']);
+  busyboxRootfs(env.work, { applets: 'all', dirs: ['root'], files: { 'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n' } });
   rmSync(path.join(env.home, 'manifests', 'local.yaml'), { force: true });
   await env.registerBot('host');
   const paths = `["${env.work}/**"]`;
